@@ -1,0 +1,69 @@
+//! The contract between Weft's programs: the well-known ports, user id,
+//! labels and annotations that the proxy, the CNI plugin, the injector and
+//! the controller must agree on. It is deliberately tiny and dependency-free
+//! so that the data plane can depend on it without pulling in control-plane
+//! code. The identity and discovery protocols join it as they land.
+
+/// Ports the proxy listens on inside a meshed pod.
+pub mod ports {
+    /// Outbound listener; bound on loopback only, reached through redirect rules.
+    pub const OUTBOUND: u16 = 6140;
+    /// Inbound listener; receives redirected connections addressed to the pod.
+    pub const INBOUND: u16 = 6143;
+    /// Admin server: `/live`, `/ready`, `/metrics`, `/shutdown`.
+    pub const ADMIN: u16 = 6191;
+    /// Name given to the admin port in the injected container.
+    pub const ADMIN_PORT_NAME: &str = "weft-admin";
+}
+
+/// The proxy runs as this user and group; redirect rules exempt its traffic
+/// so the proxy's own upstream connections never loop back into it.
+pub const PROXY_UID: u32 = 2103;
+/// See [`PROXY_UID`].
+pub const PROXY_GID: u32 = 2103;
+
+/// Name of the injected sidecar container.
+pub const PROXY_CONTAINER_NAME: &str = "weft-proxy";
+
+/// Labels that users and tooling see.
+pub mod labels {
+    /// Namespace label that turns on injection (`enabled`).
+    pub const INJECT: &str = "weft.io/inject";
+    /// Pod label naming the namespace of the control plane.
+    pub const CONTROL_PLANE_NS: &str = "weft.io/control-plane-ns";
+    /// Pod label naming the owning workload.
+    pub const WORKLOAD: &str = "weft.io/workload";
+}
+
+/// Pod annotations that configure the proxy and its redirect rules.
+pub mod annotations {
+    /// `enabled` or `disabled`; overrides the namespace label.
+    pub const INJECT: &str = "weft.io/inject";
+    pub const SKIP_INBOUND_PORTS: &str = "config.weft.io/skip-inbound-ports";
+    pub const SKIP_OUTBOUND_PORTS: &str = "config.weft.io/skip-outbound-ports";
+    pub const SKIP_OUTBOUND_CIDRS: &str = "config.weft.io/skip-outbound-cidrs";
+    pub const OPAQUE_PORTS: &str = "config.weft.io/opaque-ports";
+    pub const PROXY_CPU_REQUEST: &str = "config.weft.io/proxy-cpu-request";
+    pub const PROXY_CPU_LIMIT: &str = "config.weft.io/proxy-cpu-limit";
+    pub const PROXY_MEMORY_REQUEST: &str = "config.weft.io/proxy-memory-request";
+    pub const PROXY_MEMORY_LIMIT: &str = "config.weft.io/proxy-memory-limit";
+    pub const PROXY_LOG_LEVEL: &str = "config.weft.io/proxy-log-level";
+}
+
+/// Well-known ports whose protocols have the server speak first (or are
+/// otherwise never HTTP). Connections to them skip protocol detection, so a
+/// client that waits for a greeting is never delayed by the detection
+/// timeout.
+pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[
+    25,    // SMTP
+    587,   // SMTP submission
+    3306,  // MySQL
+    4444,  // Galera
+    4222,  // NATS
+    5432,  // PostgreSQL
+    6379,  // Redis (client speaks first, but binary-safe inline commands confuse detection)
+    9300,  // Elasticsearch transport
+    11211, // memcached
+    27017, // MongoDB
+    33060, // MySQL X protocol
+];

@@ -1,0 +1,248 @@
+//! The proxy's Prometheus metrics.
+//!
+//! Names follow the ones existing mesh dashboards already query
+//! (`request_total`, `response_total`, `response_latency_ms`, `tcp_*`), so
+//! dashboards carry over. Labels only take bounded values: direction, peer
+//! side, protocol, status code and classification; never paths or ports of
+//! clients.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Which listener a connection or request came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `peer="src"` is the accepted connection, `peer="dst"` the one the proxy
+/// opened.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: &'static str,
+    pub peer: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpCloseLabels {
+    pub direction: &'static str,
+    pub peer: &'static str,
+    /// Empty for a clean close, else the OS error name (`ECONNRESET`, ...).
+    pub errno: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DetectLabels {
+    pub direction: &'static str,
+    /// `http1`, `http2`, `tls`, `opaque` (nothing recognisable) or
+    /// `opaque_port` (skipped by configuration).
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub direction: &'static str,
+    pub status_code: u16,
+    /// `success` or `failure` (5xx, or no response at all).
+    pub classification: &'static str,
+}
+
+/// Every metric the proxy exports, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub tcp_open: Family<TcpLabels, Counter>,
+    pub tcp_open_connections: Family<TcpLabels, Gauge>,
+    pub tcp_close: Family<TcpCloseLabels, Counter>,
+    pub tcp_read_bytes: Family<TcpLabels, Counter>,
+    pub tcp_write_bytes: Family<TcpLabels, Counter>,
+    pub tcp_connection_duration_ms: Family<TcpLabels, Histogram>,
+    pub detect: Family<DetectLabels, Counter>,
+    pub detect_timeout: Family<DirectionLabels, Counter>,
+    pub request: Family<DirectionLabels, Counter>,
+    pub response: Family<ResponseLabels, Counter>,
+    pub response_latency_ms: Family<ResponseLabels, Histogram>,
+    pub http_errors: Family<DirectionLabels, Counter>,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+        1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0, 50000.0,
+    ]
+    .into_iter()
+}
+
+fn duration_buckets() -> impl Iterator<Item = f64> {
+    [
+        1.0,
+        10.0,
+        100.0,
+        1000.0,
+        10_000.0,
+        100_000.0,
+        1_000_000.0,
+        10_000_000.0,
+    ]
+    .into_iter()
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            tcp_open: Family::default(),
+            tcp_open_connections: Family::default(),
+            tcp_close: Family::default(),
+            tcp_read_bytes: Family::default(),
+            tcp_write_bytes: Family::default(),
+            tcp_connection_duration_ms: Family::new_with_constructor(|| {
+                Histogram::new(duration_buckets())
+            }),
+            detect: Family::default(),
+            detect_timeout: Family::default(),
+            request: Family::default(),
+            response: Family::default(),
+            response_latency_ms: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            http_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        // prometheus-client appends `_total` to counters.
+        registry.register("tcp_open", "TCP connections opened", m.tcp_open.clone());
+        registry.register(
+            "tcp_open_connections",
+            "TCP connections currently open",
+            m.tcp_open_connections.clone(),
+        );
+        registry.register("tcp_close", "TCP connections closed", m.tcp_close.clone());
+        registry.register(
+            "tcp_read_bytes",
+            "Bytes read from peers",
+            m.tcp_read_bytes.clone(),
+        );
+        registry.register(
+            "tcp_write_bytes",
+            "Bytes written to peers",
+            m.tcp_write_bytes.clone(),
+        );
+        registry.register(
+            "tcp_connection_duration_ms",
+            "Lifetime of closed TCP connections",
+            m.tcp_connection_duration_ms.clone(),
+        );
+        registry.register(
+            "protocol_detect",
+            "Connections by detected protocol",
+            m.detect.clone(),
+        );
+        registry.register(
+            "protocol_detect_timeout",
+            "Connections that sent nothing recognisable within the detection timeout",
+            m.detect_timeout.clone(),
+        );
+        registry.register("request", "HTTP requests received", m.request.clone());
+        registry.register("response", "HTTP responses sent", m.response.clone());
+        registry.register(
+            "response_latency_ms",
+            "Time from request received to response headers sent",
+            m.response_latency_ms.clone(),
+        );
+        registry.register(
+            "http_error",
+            "HTTP connections that ended in a protocol error (malformed or stalled requests)",
+            m.http_errors.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+/// Tracks one TCP connection's open/close metrics; counts the close when dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    metrics: Arc<Metrics>,
+    labels: TcpLabels,
+    opened: std::time::Instant,
+    errno: String,
+}
+
+impl ConnectionGuard {
+    pub fn open(metrics: &Arc<Metrics>, direction: Direction, peer: &'static str) -> Self {
+        let labels = TcpLabels {
+            direction: direction.as_str(),
+            peer,
+        };
+        metrics.tcp_open.get_or_create(&labels).inc();
+        metrics.tcp_open_connections.get_or_create(&labels).inc();
+        ConnectionGuard {
+            metrics: metrics.clone(),
+            labels,
+            opened: std::time::Instant::now(),
+            errno: String::new(),
+        }
+    }
+
+    /// Records why the connection failed, for `tcp_close_total{errno}`.
+    pub fn set_error(&mut self, error: &std::io::Error) {
+        self.errno = error
+            .raw_os_error()
+            .map(|code| format!("{:?}", nix::errno::Errno::from_raw(code)))
+            .unwrap_or_default();
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .tcp_open_connections
+            .get_or_create(&self.labels)
+            .dec();
+        self.metrics
+            .tcp_close
+            .get_or_create(&TcpCloseLabels {
+                direction: self.labels.direction,
+                peer: self.labels.peer,
+                errno: std::mem::take(&mut self.errno),
+            })
+            .inc();
+        self.metrics
+            .tcp_connection_duration_ms
+            .get_or_create(&self.labels)
+            .observe(self.opened.elapsed().as_secs_f64() * 1000.0);
+    }
+}

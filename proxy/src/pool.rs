@@ -1,0 +1,313 @@
+//! Upstream HTTP connections, kept alive and reused.
+//!
+//! HTTP/1 connections carry one request at a time: a connection goes back
+//! to the idle list when its response body has been read to the end, and is
+//! dropped if the body is abandoned. HTTP/2 connections are shared by all
+//! requests to the same address and multiplexed.
+//!
+//! The pool is keyed by the resolved upstream address, not by the request's
+//! authority, because a transparent proxy must reach the address the client
+//! dialled while passing the authority through untouched.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::metrics::{Direction, Metrics};
+use crate::tcp::{ConnectError, connect};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// Idle HTTP/1 connections kept per upstream.
+const MAX_IDLE_PER_UPSTREAM: usize = 32;
+
+/// Which HTTP version to speak upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("request to {addr}: {source}")]
+    Request {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: http1::SendRequest<BoxBody>,
+    since: Instant,
+}
+
+/// Shared upstream connection pool.
+#[derive(Debug)]
+pub struct Pool {
+    h1_idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    h2: tokio::sync::Mutex<HashMap<SocketAddr, http2::SendRequest<BoxBody>>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    metrics: Arc<Metrics>,
+    direction: Direction,
+}
+
+impl Pool {
+    pub fn new(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        metrics: Arc<Metrics>,
+        direction: Direction,
+    ) -> Arc<Self> {
+        let pool = Arc::new(Pool {
+            h1_idle: Mutex::default(),
+            h2: tokio::sync::Mutex::default(),
+            connect_timeout,
+            idle_timeout,
+            metrics,
+            direction,
+        });
+        tokio::spawn(sweep(Arc::downgrade(&pool)));
+        pool
+    }
+
+    /// Sends `req` to `addr` and returns the response with a body that
+    /// returns the connection to the pool when it has been read.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        version: Version,
+        req: Request<BoxBody>,
+    ) -> Result<Response<BoxBody>, UpstreamError> {
+        match version {
+            Version::Http1 => self.send_h1(addr, req).await,
+            Version::Http2 => self.send_h2(addr, req).await,
+        }
+    }
+
+    fn checkout_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<BoxBody>> {
+        let mut idle = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(entry) = list.pop() {
+            if !entry.sender.is_closed()
+                && entry.sender.is_ready()
+                && entry.since.elapsed() < self.idle_timeout
+            {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection once hyper has finished the previous exchange on
+    /// it (which may be a moment after the body's last frame was read).
+    fn checkin_h1(self: Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<BoxBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        tokio::spawn(async move {
+            let ready = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await;
+            if !matches!(ready, Ok(Ok(()))) {
+                return;
+            }
+            let mut idle = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+            let list = idle.entry(addr).or_default();
+            if list.len() < MAX_IDLE_PER_UPSTREAM {
+                list.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+
+    async fn connect_h1(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<http1::SendRequest<BoxBody>, UpstreamError> {
+        let (io, guard) =
+            connect(addr, self.connect_timeout, &self.metrics, self.direction).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(error) = conn.await {
+                tracing::debug!(%addr, %error, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        req: Request<BoxBody>,
+    ) -> Result<Response<BoxBody>, UpstreamError> {
+        let mut req = req;
+        // A pooled connection may have been closed by the server just now; if
+        // hyper hands the request back unsent, it is safe to try a fresh one.
+        if let Some(mut sender) = self.checkout_h1(addr) {
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.pooled(addr, sender, resp)),
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => {
+                        return Err(UpstreamError::Request {
+                            addr,
+                            source: error.into_error(),
+                        });
+                    }
+                },
+            }
+        }
+        let mut sender = self.connect_h1(addr).await?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Request { addr, source })?;
+        Ok(self.pooled(addr, sender, resp))
+    }
+
+    fn pooled(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        sender: http1::SendRequest<BoxBody>,
+        resp: Response<hyper::body::Incoming>,
+    ) -> Response<BoxBody> {
+        resp.map(|body| {
+            let done = body.is_end_stream();
+            let mut pooled = PooledBody {
+                body,
+                checkin: Some((self.clone(), addr, sender)),
+            };
+            if done {
+                pooled.release();
+            }
+            BoxBody::new(pooled)
+        })
+    }
+
+    async fn send_h2(
+        &self,
+        addr: SocketAddr,
+        req: Request<BoxBody>,
+    ) -> Result<Response<BoxBody>, UpstreamError> {
+        let mut sender = {
+            let mut conns = self.h2.lock().await;
+            match conns.get(&addr) {
+                Some(sender) if !sender.is_closed() => sender.clone(),
+                _ => {
+                    let (io, guard) =
+                        connect(addr, self.connect_timeout, &self.metrics, self.direction).await?;
+                    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .keep_alive_interval(Duration::from_secs(30))
+                        .handshake(TokioIo::new(io))
+                        .await
+                        .map_err(|source| UpstreamError::Handshake { addr, source })?;
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        if let Err(error) = conn.await {
+                            tracing::debug!(%addr, %error, "upstream HTTP/2 connection ended");
+                        }
+                    });
+                    conns.insert(addr, sender.clone());
+                    sender
+                }
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|source| UpstreamError::Request { addr, source })?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Request { addr, source })?;
+        Ok(resp.map(|b| b.map_err(BoxError::from).boxed()))
+    }
+}
+
+/// Drops idle connections that outlived the idle timeout, so an upstream
+/// that is never called again does not keep sockets open forever.
+async fn sweep(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        {
+            let mut idle = pool.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.retain(|_, list| {
+                list.retain(|e| !e.sender.is_closed() && e.since.elapsed() < pool.idle_timeout);
+                !list.is_empty()
+            });
+        }
+        pool.h2.lock().await.retain(|_, s| !s.is_closed());
+    }
+}
+
+/// A response body that gives its HTTP/1 connection back to the pool once
+/// the body has been read to the end.
+struct PooledBody {
+    body: hyper::body::Incoming,
+    checkin: Option<(Arc<Pool>, SocketAddr, http1::SendRequest<BoxBody>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((pool, addr, sender)) = self.checkin.take() {
+            pool.checkin_h1(addr, sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let poll = Pin::new(&mut self.body).poll_frame(cx);
+        match &poll {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            _ => {}
+        }
+        poll.map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
