@@ -170,7 +170,7 @@ impl Config {
         if config.detect_timeout.is_zero() {
             return Err(ConfigError {
                 var: "WEFT_DETECT_TIMEOUT",
-                value: "0".into(),
+                value: get("WEFT_DETECT_TIMEOUT").unwrap_or_default(),
                 reason: "must be greater than zero".into(),
             });
         }
