@@ -1,0 +1,161 @@
+//! The demo HTTP server (HTTP/1.1 and prior-knowledge HTTP/2 on one port).
+//!
+//! Routes:
+//! - `GET /` answers `hello from <name>`;
+//! - `POST /upload` reads the body as a stream and answers with its size
+//!   (`received <n> bytes`), so a 100 MB upload never sits in memory;
+//! - `GET /download?bytes=N` streams N bytes back;
+//! - `GET /ws` is a WebSocket that echoes every message;
+//! - `GET /delay?ms=N` answers after N ms;
+//! - `GET /status/NNN` answers with that status code.
+//!
+//! Every response names the server in `x-served-by`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).map_err(|e| match e {}).boxed()
+}
+
+fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let mut resp = match (req.method().as_str(), path.as_str()) {
+        ("GET", "/") => Response::new(full(format!("hello from {name}\n"))),
+        ("POST", "/upload") => {
+            let mut body = req.into_body();
+            let mut total: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(frame) => total += frame.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(error) => {
+                        eprintln!("demo http {name}: upload aborted after {total} bytes: {error}");
+                        return Ok(Response::builder()
+                            .status(400)
+                            .body(full("upload aborted\n"))
+                            .unwrap_or_default());
+                    }
+                }
+            }
+            Response::new(full(format!("received {total} bytes\n")))
+        }
+        ("GET", "/download") => {
+            let mut left = query_u64(&req, "bytes").unwrap_or(1024);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures_util::stream::poll_fn(move |_| {
+                if left == 0 {
+                    return std::task::Poll::Ready(None);
+                }
+                let n = left.min(chunk.len() as u64) as usize;
+                left -= n as u64;
+                std::task::Poll::Ready(Some(Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    Frame::data(chunk.slice(..n)),
+                )))
+            });
+            Response::new(BodyExt::boxed(StreamBody::new(stream)))
+        }
+        ("GET", "/ws") => websocket(&name, &mut req),
+        ("GET", "/delay") => {
+            tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms").unwrap_or(100))).await;
+            Response::new(full(format!("delayed hello from {name}\n")))
+        }
+        ("GET", p) if p.starts_with("/status/") => {
+            let code = p
+                .trim_start_matches("/status/")
+                .parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok());
+            match code {
+                Some(code) => Response::builder()
+                    .status(code)
+                    .body(full(format!("{code}\n")))
+                    .unwrap_or_default(),
+                None => Response::builder()
+                    .status(400)
+                    .body(full("bad status\n"))
+                    .unwrap_or_default(),
+            }
+        }
+        _ => Response::builder()
+            .status(404)
+            .body(full("not found\n"))
+            .unwrap_or_default(),
+    };
+    if let Ok(v) = header::HeaderValue::from_str(&name) {
+        resp.headers_mut().insert("x-served-by", v);
+    }
+    Ok(resp)
+}
+
+fn websocket(name: &str, req: &mut Request<Incoming>) -> Response<Body> {
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return Response::builder()
+            .status(400)
+            .body(full("not a websocket request\n"))
+            .unwrap_or_default();
+    };
+    let upgrade = hyper::upgrade::on(req);
+    let name = name.to_string();
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        let (mut tx, mut rx) = ws.split();
+        while let Some(Ok(msg)) = rx.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+        eprintln!("demo http {name}: websocket closed");
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .body(full(""))
+        .unwrap_or_default()
+}
+
+pub async fn serve(listener: TcpListener, name: String) -> anyhow::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let name = name.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(name.clone(), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
