@@ -1,5 +1,7 @@
 //! `weft-demo <http|grpc|banner> <listen-addr> [name]`: runs one demo
-//! workload until killed.
+//! workload until killed. `weft-demo get <host:port> <path>` is a tiny HTTP
+//! client that prints the status and body (for tests that need a client
+//! running as a particular user).
 
 use anyhow::{Context, bail};
 
@@ -10,6 +12,9 @@ async fn main() -> anyhow::Result<()> {
         (Some(k), Some(a)) => (k.as_str(), a.as_str()),
         _ => bail!("usage: weft-demo <http|grpc|banner> <listen-addr> [name]"),
     };
+    if kind == "get" {
+        return get(addr, args.get(2).map_or("/", String::as_str)).await;
+    }
     let name = args.get(2).cloned().unwrap_or_else(|| kind.to_string());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -21,4 +26,19 @@ async fn main() -> anyhow::Result<()> {
         "banner" => weft_demo::banner::serve(listener, name).await,
         other => bail!("unknown workload {other:?}; expected http, grpc or banner"),
     }
+}
+
+async fn get(addr: &str, path: &str) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, addr)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    println!("{} {}", status.as_u16(), String::from_utf8_lossy(&body).trim_end());
+    Ok(())
 }
