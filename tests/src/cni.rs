@@ -22,7 +22,8 @@ pub struct PluginOutput {
 impl PluginOutput {
     /// The stdout as JSON (a result or an error object).
     pub fn json(&self) -> anyhow::Result<Value> {
-        serde_json::from_str(&self.stdout).with_context(|| format!("plugin stdout is not JSON: {:?}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .with_context(|| format!("plugin stdout is not JSON: {:?}", self.stdout))
     }
 }
 
@@ -43,16 +44,26 @@ impl CniRunner {
     }
 
     fn cni_path(&self) -> String {
-        self.path.iter().map(|p| p.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":")
+        self.path
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// The config one plugin receives.
-    pub fn plugin_config(&self, plugin: &Value, overrides: Option<&Value>, prev: Option<&Value>) -> Value {
+    pub fn plugin_config(
+        &self,
+        plugin: &Value,
+        overrides: Option<&Value>,
+        prev: Option<&Value>,
+    ) -> Value {
         let mut conf = plugin.clone();
         conf["cniVersion"] = self.conflist["cniVersion"].clone();
         conf["name"] = self.conflist["name"].clone();
         if conf["type"] == "weft-cni"
-            && let (Some(o), Some(obj)) = (overrides.and_then(Value::as_object), conf.as_object_mut())
+            && let (Some(o), Some(obj)) =
+                (overrides.and_then(Value::as_object), conf.as_object_mut())
         {
             for (k, v) in o {
                 obj.insert(k.clone(), v.clone());
@@ -65,7 +76,15 @@ impl CniRunner {
     }
 
     /// Runs one plugin binary with `command` and `stdin`, inside the node.
-    pub fn exec(&self, plugin_type: &str, command: &str, container_id: &str, netns: &str, ifname: &str, stdin: &Value) -> anyhow::Result<PluginOutput> {
+    pub fn exec(
+        &self,
+        plugin_type: &str,
+        command: &str,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+        stdin: &Value,
+    ) -> anyhow::Result<PluginOutput> {
         let bin = self.find(plugin_type)?;
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.node_netns])
@@ -83,7 +102,11 @@ impl CniRunner {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("cannot run {}", bin.display()))?;
-        child.stdin.take().context("no stdin")?.write_all(&serde_json::to_vec(stdin)?)?;
+        child
+            .stdin
+            .take()
+            .context("no stdin")?
+            .write_all(&serde_json::to_vec(stdin)?)?;
         let out = child.wait_with_output()?;
         Ok(PluginOutput {
             success: out.status.success(),
@@ -93,18 +116,31 @@ impl CniRunner {
     }
 
     fn plugins(&self) -> Vec<Value> {
-        self.conflist["plugins"].as_array().cloned().unwrap_or_default()
+        self.conflist["plugins"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// ADD through the whole list; returns the final result.
-    pub fn add(&self, container_id: &str, netns: &str, ifname: &str, overrides: Option<&Value>) -> anyhow::Result<Value> {
+    pub fn add(
+        &self,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+        overrides: Option<&Value>,
+    ) -> anyhow::Result<Value> {
         let mut prev: Option<Value> = None;
         for plugin in self.plugins() {
             let plugin_type = plugin["type"].as_str().unwrap_or_default().to_string();
             let conf = self.plugin_config(&plugin, overrides, prev.as_ref());
             let out = self.exec(&plugin_type, "ADD", container_id, netns, ifname, &conf)?;
             if !out.success {
-                bail!("{plugin_type} ADD failed: {} {}", out.stdout.trim(), out.stderr.trim());
+                bail!(
+                    "{plugin_type} ADD failed: {} {}",
+                    out.stdout.trim(),
+                    out.stderr.trim()
+                );
             }
             prev = Some(out.json()?);
         }
@@ -112,31 +148,57 @@ impl CniRunner {
     }
 
     /// CHECK through the whole list with the cached result.
-    pub fn check(&self, container_id: &str, netns: &str, ifname: &str, overrides: Option<&Value>, result: &Value) -> anyhow::Result<()> {
+    pub fn check(
+        &self,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+        overrides: Option<&Value>,
+        result: &Value,
+    ) -> anyhow::Result<()> {
         for plugin in self.plugins() {
             let plugin_type = plugin["type"].as_str().unwrap_or_default().to_string();
             let conf = self.plugin_config(&plugin, overrides, Some(result));
             let out = self.exec(&plugin_type, "CHECK", container_id, netns, ifname, &conf)?;
             if !out.success {
-                bail!("{plugin_type} CHECK failed: {} {}", out.stdout.trim(), out.stderr.trim());
+                bail!(
+                    "{plugin_type} CHECK failed: {} {}",
+                    out.stdout.trim(),
+                    out.stderr.trim()
+                );
             }
         }
         Ok(())
     }
 
     /// DEL through the list in reverse, with the cached result.
-    pub fn del(&self, container_id: &str, netns: &str, ifname: &str, overrides: Option<&Value>, result: &Value) -> anyhow::Result<()> {
+    pub fn del(
+        &self,
+        container_id: &str,
+        netns: &str,
+        ifname: &str,
+        overrides: Option<&Value>,
+        result: &Value,
+    ) -> anyhow::Result<()> {
         let mut failures = Vec::new();
         for plugin in self.plugins().into_iter().rev() {
             let plugin_type = plugin["type"].as_str().unwrap_or_default().to_string();
             let conf = self.plugin_config(&plugin, overrides, Some(result));
             match self.exec(&plugin_type, "DEL", container_id, netns, ifname, &conf) {
                 Ok(out) if out.success => {}
-                Ok(out) => failures.push(format!("{plugin_type}: {} {}", out.stdout.trim(), out.stderr.trim())),
+                Ok(out) => failures.push(format!(
+                    "{plugin_type}: {} {}",
+                    out.stdout.trim(),
+                    out.stderr.trim()
+                )),
                 Err(e) => failures.push(format!("{plugin_type}: {e:#}")),
             }
         }
-        if failures.is_empty() { Ok(()) } else { bail!("DEL failed: {}", failures.join("; ")) }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            bail!("DEL failed: {}", failures.join("; "))
+        }
     }
 }
 

@@ -77,7 +77,10 @@ impl Bins {
             Some(dir) => PathBuf::from(dir),
             None => {
                 let exe = std::env::current_exe()?;
-                let mut dir = exe.parent().context("executable has no folder")?.to_path_buf();
+                let mut dir = exe
+                    .parent()
+                    .context("executable has no folder")?
+                    .to_path_buf();
                 if dir.ends_with("deps") {
                     dir.pop();
                 }
@@ -89,7 +92,10 @@ impl Bins {
         for name in ["weft-proxy", "weft-cni", "weft-demo"] {
             let from = source.join(name);
             if !from.is_file() {
-                bail!("{} is missing: build the workspace binaries first (cargo build --release --bins)", from.display());
+                bail!(
+                    "{} is missing: build the workspace binaries first (cargo build --release --bins)",
+                    from.display()
+                );
             }
             let to = dir.join(name);
             std::fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
@@ -107,10 +113,14 @@ impl Bins {
 
 /// Deletes namespaces left behind by earlier runs whose process is gone.
 pub fn sweep_stale() {
-    let Ok(list) = sh("ip", &["netns", "list"]) else { return };
+    let Ok(list) = sh("ip", &["netns", "list"]) else {
+        return;
+    };
     for line in list.lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
+            continue;
+        };
         let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
         if let Some(pid) = pid
             && !Path::new(&format!("/proc/{pid}")).exists()
@@ -146,7 +156,9 @@ impl Pod {
     pub async fn connect(&self, addr: SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
         let path = self.netns_path();
         let stream = tokio::task::spawn_blocking(move || {
-            in_netns(&path, || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            in_netns(&path, || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            })
         })
         .await??;
         stream.set_nonblocking(true)?;
@@ -189,10 +201,16 @@ impl Pod {
 }
 
 /// One HTTP/1.1 request from inside `pod`, returning status and body.
-pub async fn http_request(pod: &Pod, addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+pub async fn http_request(
+    pod: &Pod,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
     use http_body_util::BodyExt;
     let stream = pod.connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let req = http::Request::builder()
         .method(method)
@@ -210,7 +228,8 @@ pub fn in_netns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("cannot open netns {path}: {e}"));
+                let file = std::fs::File::open(path)
+                    .unwrap_or_else(|e| panic!("cannot open netns {path}: {e}"));
                 nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
                     .unwrap_or_else(|e| panic!("cannot enter netns {path}: {e}"));
                 f()
@@ -259,7 +278,11 @@ impl Mesh {
         sweep_stale();
         let bins = Bins::locate()?;
         let n = NEXT_MESH.fetch_add(1, Ordering::Relaxed);
-        let short: String = label.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect();
+        let short: String = label
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(12)
+            .collect();
         let id = format!("{}-{n}-{short}", std::process::id());
         let node_netns = format!("{NETNS_PREFIX}{id}-node");
         let dir = std::env::temp_dir().join(format!("weft-mesh-{id}"));
@@ -285,7 +308,10 @@ impl Mesh {
                 { "type": "weft-cni", "logFile": dir.join("weft-cni.log") }
             ]
         });
-        std::fs::write(dir.join("10-weft-mesh.conflist"), serde_json::to_vec_pretty(&conflist)?)?;
+        std::fs::write(
+            dir.join("10-weft-mesh.conflist"),
+            serde_json::to_vec_pretty(&conflist)?,
+        )?;
         let cni = CniRunner {
             conflist,
             path: vec![PathBuf::from(SYSTEM_CNI_DIR), bins.dir.clone()],
@@ -318,21 +344,44 @@ impl Mesh {
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("no IPv4 address in CNI result {result}"))?;
-        let pod = Pod { name: name.to_string(), netns, ip };
-        self.pods.lock().unwrap_or_else(|e| e.into_inner()).push((pod.clone(), json!({"result": result, "cni": weft_cni})));
+        let pod = Pod {
+            name: name.to_string(),
+            netns,
+            ip,
+        };
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((pod.clone(), json!({"result": result, "cni": weft_cni})));
         Ok(pod)
     }
 
     /// Runs CHECK for a pod through the whole conflist.
     pub fn check_pod(&self, pod: &Pod) -> anyhow::Result<()> {
         let pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
-        let (_, state) = pods.iter().find(|(p, _)| p.name == pod.name).context("unknown pod")?;
+        let (_, state) = pods
+            .iter()
+            .find(|(p, _)| p.name == pod.name)
+            .context("unknown pod")?;
         let overrides = state["cni"].as_object().map(|o| Value::Object(o.clone()));
-        self.cni.check(&format!("{}-{}", self.id, pod.name), &pod.netns_path(), "eth0", overrides.as_ref(), &state["result"])
+        self.cni.check(
+            &format!("{}-{}", self.id, pod.name),
+            &pod.netns_path(),
+            "eth0",
+            overrides.as_ref(),
+            &state["result"],
+        )
     }
 
     /// Starts `program args` inside `pod` as root, logging to the mesh folder.
-    pub fn spawn(&self, pod: &Pod, label: &str, program: &Path, args: &[&str], env: &[(String, String)]) -> anyhow::Result<u32> {
+    pub fn spawn(
+        &self,
+        pod: &Pod,
+        label: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> anyhow::Result<u32> {
         self.spawn_as(pod, label, None, None, program, args, env)
     }
 
@@ -356,30 +405,70 @@ impl Mesh {
             cmd.args(["taskset", "-c", &cpu.to_string()]);
         }
         if let Some(uid) = uid {
-            cmd.args(["setpriv", &format!("--reuid={uid}"), &format!("--regid={uid}"), "--clear-groups", "--"]);
+            cmd.args([
+                "setpriv",
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+                "--",
+            ]);
         }
         cmd.arg(program).args(args);
         cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        cmd.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
-        let child = cmd.spawn().with_context(|| format!("cannot start {label} in {}", pod.name))?;
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {label} in {}", pod.name))?;
         let pid = child.id();
-        self.procs.lock().unwrap_or_else(|e| e.into_inner()).push(Proc { label: format!("{}/{label}", pod.name), child, log });
+        self.procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Proc {
+                label: format!("{}/{label}", pod.name),
+                child,
+                log,
+            });
         Ok(pid)
     }
 
     /// Starts a demo workload in `pod` and waits until it accepts connections.
-    pub async fn spawn_demo(&self, pod: &Pod, kind: &str, port: u16, name: &str) -> anyhow::Result<u32> {
+    pub async fn spawn_demo(
+        &self,
+        pod: &Pod,
+        kind: &str,
+        port: u16,
+        name: &str,
+    ) -> anyhow::Result<u32> {
         let listen = format!("0.0.0.0:{port}");
-        let pid = self.spawn(pod, &format!("{kind}-{port}"), &self.bins.path("weft-demo"), &[kind, &listen, name], &[])?;
+        let pid = self.spawn(
+            pod,
+            &format!("{kind}-{port}"),
+            &self.bins.path("weft-demo"),
+            &[kind, &listen, name],
+            &[],
+        )?;
         wait_listening(pod, port).await?;
         Ok(pid)
     }
 
     /// Starts the pod's proxy as UID 2103 and waits until it is ready.
     pub async fn spawn_proxy(&self, pod: &Pod, options: ProxyOptions) -> anyhow::Result<u32> {
-        let mut env = vec![("WEFT_LOG_LEVEL".to_string(), "info,weft_proxy=debug".to_string())];
+        let mut env = vec![(
+            "WEFT_LOG_LEVEL".to_string(),
+            "info,weft_proxy=debug".to_string(),
+        )];
         env.extend(options.env);
-        let pid = self.spawn_as(pod, "proxy", Some(weft_api::PROXY_UID), options.cpu, &self.bins.path("weft-proxy"), &[], &env)?;
+        let pid = self.spawn_as(
+            pod,
+            "proxy",
+            Some(weft_api::PROXY_UID),
+            options.cpu,
+            &self.bins.path("weft-proxy"),
+            &[],
+            &env,
+        )?;
         pod.wait_ready(Duration::from_secs(10)).await?;
         // `ip netns exec` execs in place (and so do taskset/setpriv), so
         // this pid is the proxy's own.
@@ -388,12 +477,19 @@ impl Mesh {
 
     /// Sends SIGTERM to a process started in a pod.
     pub fn terminate(&self, pid: u32) -> anyhow::Result<()> {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
         Ok(())
     }
 
     /// Waits for a process started in a pod to exit, returning its status.
-    pub async fn wait_exit(&self, pid: u32, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub async fn wait_exit(
+        &self,
+        pid: u32,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             {
@@ -413,7 +509,8 @@ impl Mesh {
 
     /// The tail of a process's log, for failure messages.
     pub fn log_of(&self, pod: &Pod, label: &str) -> String {
-        std::fs::read_to_string(self.dir.join(format!("{}-{label}.log", pod.name))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(format!("{}-{label}.log", pod.name)))
+            .unwrap_or_default()
     }
 
     /// Runs `f` inside the node's namespace (to reach the bridge, say).
@@ -423,7 +520,12 @@ impl Mesh {
 
     fn teardown(&mut self) {
         let panicking = std::thread::panicking();
-        for proc in self.procs.get_mut().unwrap_or_else(|e| e.into_inner()).iter_mut() {
+        for proc in self
+            .procs
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+        {
             let _ = proc.child.kill();
             let _ = proc.child.wait();
             if panicking {
@@ -438,7 +540,13 @@ impl Mesh {
         let pods = std::mem::take(self.pods.get_mut().unwrap_or_else(|e| e.into_inner()));
         for (pod, state) in pods.into_iter().rev() {
             let overrides = state["cni"].as_object().map(|o| Value::Object(o.clone()));
-            if let Err(error) = self.cni.del(&format!("{}-{}", self.id, pod.name), &pod.netns_path(), "eth0", overrides.as_ref(), &state["result"]) {
+            if let Err(error) = self.cni.del(
+                &format!("{}-{}", self.id, pod.name),
+                &pod.netns_path(),
+                "eth0",
+                overrides.as_ref(),
+                &state["result"],
+            ) {
                 eprintln!("CNI DEL for pod {} failed: {error:#}", pod.name);
             }
             let _ = sh("ip", &["netns", "del", &pod.netns]);
@@ -454,7 +562,13 @@ impl Mesh {
     /// Names of every namespace this mesh still owns.
     pub fn namespaces(&self) -> Vec<String> {
         let mut names = vec![self.node_netns.clone()];
-        names.extend(self.pods.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(p, _)| p.netns.clone()));
+        names.extend(
+            self.pods
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(p, _)| p.netns.clone()),
+        );
         names
     }
 }
@@ -494,5 +608,8 @@ pub fn memory_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
 
 /// Environment for a proxy, from pairs.
 pub fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }

@@ -17,7 +17,9 @@ impl Scrape {
                 Some(split) => split,
                 None => continue,
             };
-            let Ok(value) = value.parse::<f64>() else { continue };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
             let (name, labels) = match series.split_once('{') {
                 Some((name, rest)) => (name.to_string(), parse_labels(rest.trim_end_matches('}'))),
                 None => (series.to_string(), Vec::new()),
@@ -31,7 +33,12 @@ impl Scrape {
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.samples
             .iter()
-            .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v)))
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
             .map(|(_, _, v)| v)
             .sum()
     }

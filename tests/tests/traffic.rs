@@ -19,11 +19,16 @@ use common::*;
 async fn http1_keep_alive_crosses_both_proxies() {
     let p = pair("h1keepalive", &[]).await;
     let stream = p.client.connect(p.http_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     for _ in 0..20 {
         sender.ready().await.unwrap();
-        let req = http::Request::get("/").header("host", "server").body(Empty::<Bytes>::new()).unwrap();
+        let req = http::Request::get("/")
+            .header("host", "server")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["x-served-by"], "server");
@@ -32,16 +37,55 @@ async fn http1_keep_alive_crosses_both_proxies() {
     }
     let client = p.client.metrics().await.unwrap();
     let server = p.server.metrics().await.unwrap();
-    assert_eq!(client.sum("request_total", &[("direction", "outbound")]), 20.0);
-    assert_eq!(server.sum("request_total", &[("direction", "inbound")]), 20.0);
-    assert_eq!(client.sum("response_total", &[("direction", "outbound"), ("status_code", "200")]), 20.0);
-    assert_eq!(server.sum("response_total", &[("direction", "inbound"), ("status_code", "200")]), 20.0);
+    assert_eq!(
+        client.sum("request_total", &[("direction", "outbound")]),
+        20.0
+    );
+    assert_eq!(
+        server.sum("request_total", &[("direction", "inbound")]),
+        20.0
+    );
+    assert_eq!(
+        client.sum(
+            "response_total",
+            &[("direction", "outbound"), ("status_code", "200")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        server.sum(
+            "response_total",
+            &[("direction", "inbound"), ("status_code", "200")]
+        ),
+        20.0
+    );
     // One app connection, kept alive for all 20 requests, and one pooled
     // connection between the proxies.
-    assert_eq!(client.sum("tcp_open_total", &[("direction", "outbound"), ("peer", "src")]), 1.0);
-    assert_eq!(client.sum("tcp_open_total", &[("direction", "outbound"), ("peer", "dst")]), 1.0);
-    assert_eq!(server.sum("tcp_open_total", &[("direction", "inbound"), ("peer", "src")]), 1.0);
-    assert_eq!(client.sum("protocol_detect_total", &[("protocol", "http1")]), 1.0);
+    assert_eq!(
+        client.sum(
+            "tcp_open_total",
+            &[("direction", "outbound"), ("peer", "src")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        client.sum(
+            "tcp_open_total",
+            &[("direction", "outbound"), ("peer", "dst")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        server.sum(
+            "tcp_open_total",
+            &[("direction", "inbound"), ("peer", "src")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        client.sum("protocol_detect_total", &[("protocol", "http1")]),
+        1.0
+    );
     assert!(client.sum("response_latency_ms_count", &[("direction", "outbound")]) == 20.0);
 }
 
@@ -63,10 +107,27 @@ async fn http2_and_grpc_streaming_cross_both_proxies() {
         .unwrap();
     let mut client = EchoClient::new(channel);
 
-    let reply = client.say(EchoRequest { message: "unary".into(), count: 0 }).await.unwrap().into_inner();
-    assert_eq!((reply.message.as_str(), reply.served_by.as_str()), ("unary", "server"));
+    let reply = client
+        .say(EchoRequest {
+            message: "unary".into(),
+            count: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (reply.message.as_str(), reply.served_by.as_str()),
+        ("unary", "server")
+    );
 
-    let mut stream = client.repeat(EchoRequest { message: "tick".into(), count: 500 }).await.unwrap().into_inner();
+    let mut stream = client
+        .repeat(EchoRequest {
+            message: "tick".into(),
+            count: 500,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let mut seen = 0;
     while let Some(reply) = stream.message().await.unwrap() {
         assert_eq!(reply.sequence, seen);
@@ -75,24 +136,57 @@ async fn http2_and_grpc_streaming_cross_both_proxies() {
     assert_eq!(seen, 500);
 
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut chat = client.chat(tokio_stream_from(rx)).await.unwrap().into_inner();
+    let mut chat = client
+        .chat(tokio_stream_from(rx))
+        .await
+        .unwrap()
+        .into_inner();
     for i in 0..10 {
-        tx.send(EchoRequest { message: format!("m{i}"), count: 0 }).await.unwrap();
+        tx.send(EchoRequest {
+            message: format!("m{i}"),
+            count: 0,
+        })
+        .await
+        .unwrap();
         let reply = chat.message().await.unwrap().unwrap();
-        assert_eq!(reply.message, format!("m{i}"), "bidirectional stream echoes each message as it goes");
+        assert_eq!(
+            reply.message,
+            format!("m{i}"),
+            "bidirectional stream echoes each message as it goes"
+        );
     }
     drop(tx);
     assert!(chat.message().await.unwrap().is_none());
 
     let client_m = p.client.metrics().await.unwrap();
     let server_m = p.server.metrics().await.unwrap();
-    assert_eq!(client_m.sum("protocol_detect_total", &[("direction", "outbound"), ("protocol", "http2")]), 1.0);
-    assert_eq!(server_m.sum("protocol_detect_total", &[("direction", "inbound"), ("protocol", "http2")]), 1.0);
-    assert_eq!(client_m.sum("request_total", &[("direction", "outbound")]), 3.0);
-    assert_eq!(server_m.sum("request_total", &[("direction", "inbound")]), 3.0);
+    assert_eq!(
+        client_m.sum(
+            "protocol_detect_total",
+            &[("direction", "outbound"), ("protocol", "http2")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        server_m.sum(
+            "protocol_detect_total",
+            &[("direction", "inbound"), ("protocol", "http2")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        client_m.sum("request_total", &[("direction", "outbound")]),
+        3.0
+    );
+    assert_eq!(
+        server_m.sum("request_total", &[("direction", "inbound")]),
+        3.0
+    );
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Send + 'static {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -105,26 +199,53 @@ async fn websocket_upgrade_continues_as_a_stream() {
     assert_eq!(resp.status(), 101);
     for i in 0..5 {
         let msg = format!("frame {i}");
-        ws.send(tokio_tungstenite::tungstenite::Message::text(msg.clone())).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(msg.clone()))
+            .await
+            .unwrap();
         let echoed = ws.next().await.unwrap().unwrap();
         assert_eq!(echoed.into_text().unwrap().as_str(), msg);
     }
     ws.close(None).await.unwrap();
     let client = p.client.metrics().await.unwrap();
     let server = p.server.metrics().await.unwrap();
-    assert_eq!(client.sum("response_total", &[("direction", "outbound"), ("status_code", "101")]), 1.0);
-    assert_eq!(server.sum("response_total", &[("direction", "inbound"), ("status_code", "101")]), 1.0);
+    assert_eq!(
+        client.sum(
+            "response_total",
+            &[("direction", "outbound"), ("status_code", "101")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        server.sum(
+            "response_total",
+            &[("direction", "inbound"), ("status_code", "101")]
+        ),
+        1.0
+    );
     // The frames went through as upgraded bytes, in both proxies.
-    assert!(client.sum("tcp_write_bytes_total", &[("direction", "outbound"), ("peer", "dst")]) > 0.0);
+    assert!(
+        client.sum(
+            "tcp_write_bytes_total",
+            &[("direction", "outbound"), ("peer", "dst")]
+        ) > 0.0
+    );
 }
 
 /// Reads the banner server's greeting, then one echo exchange.
 async fn banner_exchange(p: &Pair, port: u16) -> Duration {
     let started = Instant::now();
-    let stream = p.client.connect(std::net::SocketAddr::from((p.server.ip, port))).await.unwrap();
+    let stream = p
+        .client
+        .connect(std::net::SocketAddr::from((p.server.ip, port)))
+        .await
+        .unwrap();
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
-    let greeting = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let greeting = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let waited = started.elapsed();
     assert_eq!(greeting, "220 server ready");
     write.write_all(b"hello\r\n").await.unwrap();
@@ -139,11 +260,26 @@ async fn server_speaks_first_on_an_opaque_port_does_not_wait() {
     // A long detection timeout makes any wait unmistakable.
     let p = pair("ssfopaque", &[("WEFT_DETECT_TIMEOUT", "3s")]).await;
     let waited = banner_exchange(&p, BANNER_OPAQUE_PORT).await;
-    assert!(waited < Duration::from_millis(1500), "greeting took {waited:?}; the opaque port must skip detection");
+    assert!(
+        waited < Duration::from_millis(1500),
+        "greeting took {waited:?}; the opaque port must skip detection"
+    );
     let client = p.client.metrics().await.unwrap();
     let server = p.server.metrics().await.unwrap();
-    assert_eq!(client.sum("protocol_detect_total", &[("direction", "outbound"), ("protocol", "opaque_port")]), 1.0);
-    assert_eq!(server.sum("protocol_detect_total", &[("direction", "inbound"), ("protocol", "opaque_port")]), 1.0);
+    assert_eq!(
+        client.sum(
+            "protocol_detect_total",
+            &[("direction", "outbound"), ("protocol", "opaque_port")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        server.sum(
+            "protocol_detect_total",
+            &[("direction", "inbound"), ("protocol", "opaque_port")]
+        ),
+        1.0
+    );
     assert_eq!(client.sum("protocol_detect_timeout_total", &[]), 0.0);
     assert_eq!(server.sum("protocol_detect_timeout_total", &[]), 0.0);
 }
@@ -153,12 +289,29 @@ async fn server_speaks_first_on_another_port_waits_for_the_timeout() {
     let p = pair("ssfplain", &[("WEFT_DETECT_TIMEOUT", "300ms")]).await;
     let waited = banner_exchange(&p, BANNER_PLAIN_PORT).await;
     // Both proxies wait once: the client's, then the server's.
-    assert!(waited >= Duration::from_millis(600), "greeting after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(600),
+        "greeting after {waited:?}"
+    );
     let client = p.client.metrics().await.unwrap();
     let server = p.server.metrics().await.unwrap();
-    assert_eq!(client.sum("protocol_detect_timeout_total", &[("direction", "outbound")]), 1.0);
-    assert_eq!(server.sum("protocol_detect_timeout_total", &[("direction", "inbound")]), 1.0);
-    assert!(client.sum("tcp_read_bytes_total", &[("direction", "outbound"), ("peer", "dst")]) >= 20.0);
+    assert_eq!(
+        client.sum(
+            "protocol_detect_timeout_total",
+            &[("direction", "outbound")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        server.sum("protocol_detect_timeout_total", &[("direction", "inbound")]),
+        1.0
+    );
+    assert!(
+        client.sum(
+            "tcp_read_bytes_total",
+            &[("direction", "outbound"), ("peer", "dst")]
+        ) >= 20.0
+    );
 }
 
 const HUNDRED_MIB: u64 = 100 * 1024 * 1024;
@@ -171,14 +324,20 @@ async fn hundred_megabyte_bodies_stream_without_growing_proxy_memory() {
 
     // Upload: the client streams 100 MiB in 64 KiB chunks.
     let stream = p.client.connect(p.http_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
     let chunks = (HUNDRED_MIB / chunk.len() as u64) as usize;
     let body = StreamBody::new(futures_util::stream::iter(
-        std::iter::repeat_n(chunk, chunks).map(|c| Ok::<_, std::convert::Infallible>(Frame::data(c))),
+        std::iter::repeat_n(chunk, chunks)
+            .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(c))),
     ));
-    let req = http::Request::post("/upload").header("host", "server").body(body).unwrap();
+    let req = http::Request::post("/upload")
+        .header("host", "server")
+        .body(body)
+        .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let text = resp.into_body().collect().await.unwrap().to_bytes();
@@ -186,9 +345,14 @@ async fn hundred_megabyte_bodies_stream_without_growing_proxy_memory() {
 
     // Download: 100 MiB back, counted as it arrives.
     let stream = p.client.connect(p.http_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get(format!("/download?bytes={HUNDRED_MIB}")).header("host", "server").body(Empty::<Bytes>::new()).unwrap();
+    let req = http::Request::get(format!("/download?bytes={HUNDRED_MIB}"))
+        .header("host", "server")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let mut body = resp.into_body();
     let mut received = 0u64;
@@ -199,22 +363,42 @@ async fn hundred_megabyte_bodies_stream_without_growing_proxy_memory() {
 
     let (client_peak, _) = weft_testbed::memory_kib(p.client_proxy).unwrap();
     let (server_peak, _) = weft_testbed::memory_kib(p.server_proxy).unwrap();
-    eprintln!("proxy peak RSS: client {client_peak_before} -> {client_peak} KiB, server {server_peak_before} -> {server_peak} KiB");
+    eprintln!(
+        "proxy peak RSS: client {client_peak_before} -> {client_peak} KiB, server {server_peak_before} -> {server_peak} KiB"
+    );
     // 200 MiB went through each proxy; their peak memory may move by a few
     // buffers, never by anything near the body size.
-    for (who, before, after) in [("client", client_peak_before, client_peak), ("server", server_peak_before, server_peak)] {
-        assert!(after - before < 16 * 1024, "{who} proxy peak RSS grew from {before} to {after} KiB");
+    for (who, before, after) in [
+        ("client", client_peak_before, client_peak),
+        ("server", server_peak_before, server_peak),
+    ] {
+        assert!(
+            after - before < 16 * 1024,
+            "{who} proxy peak RSS grew from {before} to {after} KiB"
+        );
     }
     let client = p.client.metrics().await.unwrap();
-    assert!(client.sum("tcp_write_bytes_total", &[("direction", "outbound"), ("peer", "dst")]) >= HUNDRED_MIB as f64);
-    assert!(client.sum("tcp_read_bytes_total", &[("direction", "outbound"), ("peer", "dst")]) >= HUNDRED_MIB as f64);
+    assert!(
+        client.sum(
+            "tcp_write_bytes_total",
+            &[("direction", "outbound"), ("peer", "dst")]
+        ) >= HUNDRED_MIB as f64
+    );
+    assert!(
+        client.sum(
+            "tcp_read_bytes_total",
+            &[("direction", "outbound"), ("peer", "dst")]
+        ) >= HUNDRED_MIB as f64
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_aborting_mid_stream_releases_everything() {
     let p = pair("abort", &[]).await;
     let stream = p.client.connect(p.http_addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     let conn_task = tokio::spawn(conn);
     // Promise 10 MiB, send 1 MiB, then vanish.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
@@ -225,7 +409,9 @@ async fn client_aborting_mid_stream_releases_everything() {
         .unwrap();
     let pending = tokio::spawn(async move { sender.send_request(req).await });
     for _ in 0..16 {
-        tx.send(Ok(Frame::data(Bytes::from(vec![b'a'; 64 * 1024])))).await.unwrap();
+        tx.send(Ok(Frame::data(Bytes::from(vec![b'a'; 64 * 1024]))))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     pending.abort();
@@ -237,14 +423,20 @@ async fn client_aborting_mid_stream_releases_everything() {
     loop {
         let c = p.client.metrics().await.unwrap();
         let s = p.server.metrics().await.unwrap();
-        let open = c.sum("tcp_open_connections", &[("direction", "outbound")]) + s.sum("tcp_open_connections", &[("direction", "inbound")]);
+        let open = c.sum("tcp_open_connections", &[("direction", "outbound")])
+            + s.sum("tcp_open_connections", &[("direction", "inbound")]);
         if open == 0.0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{open} connections still open after the client aborted");
+        assert!(
+            Instant::now() < deadline,
+            "{open} connections still open after the client aborted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // And the proxies keep serving.
-    let (status, body) = weft_testbed::http_request(&p.client, p.http_addr(), "GET", "/").await.unwrap();
+    let (status, body) = weft_testbed::http_request(&p.client, p.http_addr(), "GET", "/")
+        .await
+        .unwrap();
     assert_eq!((status, body.as_str()), (200, "hello from server\n"));
 }

@@ -30,8 +30,11 @@ async fn main() -> anyhow::Result<()> {
 
 async fn get(addr: &str, path: &str) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let req = http::Request::get(path)
         .header(http::header::HOST, addr)
@@ -39,6 +42,10 @@ async fn get(addr: &str, path: &str) -> anyhow::Result<()> {
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
-    println!("{} {}", status.as_u16(), String::from_utf8_lossy(&body).trim_end());
+    println!(
+        "{} {}",
+        status.as_u16(),
+        String::from_utf8_lossy(&body).trim_end()
+    );
     Ok(())
 }

@@ -32,12 +32,35 @@ pub async fn pair(label: &str, proxy_env: &[(&str, &str)]) -> Pair {
     let mesh = Mesh::new(label).expect("mesh");
     let client = mesh.add_pod("client", None).expect("client pod");
     let server = mesh.add_pod("server", None).expect("server pod");
-    mesh.spawn_demo(&server, "http", HTTP_PORT, "server").await.expect("http app");
-    mesh.spawn_demo(&server, "grpc", GRPC_PORT, "server").await.expect("grpc app");
-    mesh.spawn_demo(&server, "banner", BANNER_OPAQUE_PORT, "server").await.expect("banner app");
-    mesh.spawn_demo(&server, "banner", BANNER_PLAIN_PORT, "server").await.expect("banner app");
-    let options = ProxyOptions { env: weft_testbed::env(proxy_env), cpu: None };
-    let client_proxy = mesh.spawn_proxy(&client, options.clone()).await.expect("client proxy");
-    let server_proxy = mesh.spawn_proxy(&server, options).await.expect("server proxy");
-    Pair { mesh, client, server, client_proxy, server_proxy }
+    mesh.spawn_demo(&server, "http", HTTP_PORT, "server")
+        .await
+        .expect("http app");
+    mesh.spawn_demo(&server, "grpc", GRPC_PORT, "server")
+        .await
+        .expect("grpc app");
+    mesh.spawn_demo(&server, "banner", BANNER_OPAQUE_PORT, "server")
+        .await
+        .expect("banner app");
+    mesh.spawn_demo(&server, "banner", BANNER_PLAIN_PORT, "server")
+        .await
+        .expect("banner app");
+    let options = ProxyOptions {
+        env: weft_testbed::env(proxy_env),
+        cpu: None,
+    };
+    let client_proxy = mesh
+        .spawn_proxy(&client, options.clone())
+        .await
+        .expect("client proxy");
+    let server_proxy = mesh
+        .spawn_proxy(&server, options)
+        .await
+        .expect("server proxy");
+    Pair {
+        mesh,
+        client,
+        server,
+        client_proxy,
+        server_proxy,
+    }
 }
