@@ -266,7 +266,7 @@ pub struct Mesh {
     pub node_netns: String,
     pub dir: PathBuf,
     pub bins: Bins,
-    cni: CniRunner,
+    pub cni: CniRunner,
     pods: Mutex<Vec<(Pod, Value)>>,
     procs: Mutex<Vec<Proc>>,
 }
