@@ -111,8 +111,20 @@ impl Bins {
     }
 }
 
-/// Deletes namespaces left behind by earlier runs whose process is gone.
+/// Deletes namespaces and binary copies left behind by earlier runs whose
+/// process is gone (killed before it could clean up).
 pub fn sweep_stale() {
+    let alive = |pid: Option<i32>| pid.is_none_or(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    if let Ok(entries) = std::fs::read_dir("/tmp") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("weft-bin-")
+                && !alive(pid.parse().ok())
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let Ok(list) = sh("ip", &["netns", "list"]) else {
         return;
     };

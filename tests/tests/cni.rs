@@ -13,11 +13,21 @@ use weft_testbed::{Mesh, Pod, ProxyOptions, sh};
 
 use common::HTTP_PORT;
 
+/// Deletes a namespace the test made by hand.
+struct NetnsGuard(String);
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["netns", "del", &self.0]);
+    }
+}
+
 /// A bare pod netns wired by the bridge plugin alone, so the test can call
 /// `weft-cni` itself with the bridge's real result.
-fn bridged_pod(mesh: &Mesh, name: &str) -> (String, Value) {
+fn bridged_pod(mesh: &Mesh, name: &str) -> (String, Value, NetnsGuard) {
     let netns = format!("weft-{}-{name}", mesh.id);
     sh("ip", &["netns", "add", &netns]).unwrap();
+    let guard = NetnsGuard(netns.clone());
     let path = format!("/var/run/netns/{netns}");
     let bridge = mesh.cni.conflist["plugins"][0].clone();
     let conf = mesh.cni.plugin_config(&bridge, None, None);
@@ -26,7 +36,7 @@ fn bridged_pod(mesh: &Mesh, name: &str) -> (String, Value) {
         .exec("bridge", "ADD", name, &path, "eth0", &conf)
         .unwrap();
     assert!(out.success, "bridge ADD: {}", out.stderr);
-    (path, out.json().unwrap())
+    (path, out.json().unwrap(), guard)
 }
 
 fn weft(mesh: &Mesh, command: &str, netns: &str, conf: &Value) -> weft_testbed::cni::PluginOutput {
@@ -88,7 +98,7 @@ fn version_lists_both_spec_versions() {
 #[test]
 fn add_check_del_round_trip_on_a_real_bridge_result() {
     let mesh = Mesh::new("cniroundtrip").unwrap();
-    let (netns, prev) = bridged_pod(&mesh, "rt");
+    let (netns, prev, _guard) = bridged_pod(&mesh, "rt");
     for version in ["1.0.0", "1.1.0"] {
         let conf = weft_conf(version, Some(&prev), json!({}));
         let out = weft(&mesh, "ADD", &netns, &conf);
@@ -205,7 +215,7 @@ fn status_and_gc() {
 #[test]
 fn bad_input_gets_the_right_cni_error() {
     let mesh = Mesh::new("cnibad").unwrap();
-    let (netns, prev) = bridged_pod(&mesh, "bad");
+    let (netns, prev, _guard) = bridged_pod(&mesh, "bad");
     let good = weft_conf("1.0.0", Some(&prev), json!({}));
     let with = |extra: Value| weft_conf("1.0.0", Some(&prev), extra);
     let mut no_version = good.clone();

@@ -1,0 +1,272 @@
+//! `weft-mesh`: the mesh on one machine.
+//!
+//! - `weft-mesh demo [--keep]`: builds a node with a client pod and a web
+//!   pod, sends HTTP/1.1, gRPC, WebSocket and server-speaks-first TCP
+//!   traffic between them, and shows each proxy's metrics proving it
+//!   carried that traffic. `--keep` leaves it running until Ctrl-C.
+//! - `weft-mesh bench [--duration SECS]`: wrk through two Weft proxies,
+//!   directly, and through an HAProxy pair, in the same run.
+//!
+//! Everything it creates is removed on exit, on failure and on Ctrl-C.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use weft_testbed::{Mesh, Pod, ProxyOptions, http_request, sh};
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().map_or("demo", String::as_str);
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let run = async {
+        match command {
+            "demo" => demo(flag("--keep")).await,
+            "bench" => {
+                let secs = value("--duration").map(|d| d.parse::<u64>()).transpose().context("--duration takes seconds")?;
+                bench(Duration::from_secs(secs.unwrap_or(10))).await
+            }
+            other => bail!("unknown command {other:?}; use demo or bench"),
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = run => result,
+        _ = tokio::signal::ctrl_c() => { eprintln!("\ninterrupted; cleaning up"); Ok(()) }
+        _ = term.recv() => { eprintln!("terminated; cleaning up"); Ok(()) }
+    }
+}
+
+fn heading(text: &str) {
+    println!("\n== {text} ==");
+}
+
+async fn demo(keep: bool) -> anyhow::Result<()> {
+    let mesh = Mesh::new("demo")?;
+    heading("mesh on one machine");
+    let web = mesh.add_pod("web", None)?;
+    let client = mesh.add_pod("client", None)?;
+    println!("node  netns {} (bridge weft0, no route out)", mesh.node_netns);
+    for pod in [&web, &client] {
+        println!("pod   {:<7} netns {}  ip {}", pod.name, pod.netns, pod.ip);
+    }
+    mesh.spawn_demo(&web, "http", 8080, "web").await?;
+    mesh.spawn_demo(&web, "grpc", 50051, "web").await?;
+    mesh.spawn_demo(&web, "banner", 3306, "web").await?;
+    mesh.spawn_proxy(&web, ProxyOptions::default()).await?;
+    mesh.spawn_proxy(&client, ProxyOptions::default()).await?;
+    println!("apps  web: HTTP :8080, gRPC :50051, server-speaks-first TCP :3306; both pods run weft-proxy as UID 2103");
+    heading("redirect rules weft-cni installed in the client pod");
+    print!("{}", sh("ip", &["netns", "exec", &client.netns, "nft", "list", "table", "inet", "weft"])?);
+
+    heading("traffic from client to web (the apps know nothing of the proxies)");
+    let http = SocketAddr::from((web.ip, 8080));
+    let mut ok = 0;
+    for _ in 0..10 {
+        let (status, body) = http_request(&client, http, "GET", "/").await?;
+        if status == 200 && body == "hello from web\n" {
+            ok += 1;
+        }
+    }
+    println!("HTTP/1.1   GET http://{http}/  x10: {ok}/10 answered 200 \"hello from web\"");
+    let grpc = grpc_demo(&client, SocketAddr::from((web.ip, 50051))).await?;
+    println!("gRPC/HTTP2 Say + Repeat(5): {grpc}");
+    let ws = websocket_demo(&client, http).await?;
+    println!("WebSocket  /ws echo: {ws}");
+    let banner = banner_demo(&client, SocketAddr::from((web.ip, 3306))).await?;
+    println!("TCP        :3306 (opaque, server speaks first): {banner}");
+
+    heading("what each proxy counted");
+    for (pod, direction) in [(&client, "outbound"), (&web, "inbound")] {
+        let m = pod.metrics().await?;
+        println!("{} proxy ({direction}):", pod.name);
+        for (metric, labels) in [
+            ("request_total", vec![("direction", direction)]),
+            ("response_total", vec![("direction", direction), ("classification", "success")]),
+            ("tcp_open_total", vec![("direction", direction), ("peer", "src")]),
+            ("protocol_detect_total", vec![("direction", direction), ("protocol", "http1")]),
+            ("protocol_detect_total", vec![("direction", direction), ("protocol", "http2")]),
+            ("protocol_detect_total", vec![("direction", direction), ("protocol", "opaque_port")]),
+            ("tcp_read_bytes_total", vec![("direction", direction), ("peer", "src")]),
+        ] {
+            let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            println!("  {metric}{{{}}} {}", shown.join(","), m.sum(metric, &labels));
+        }
+    }
+    println!("\nfull metrics: ip netns exec {} curl -s localhost:6191/metrics", client.netns);
+    if ok != 10 || !grpc.starts_with("ok") || !ws.starts_with("ok") || !banner.starts_with("ok") {
+        bail!("some traffic failed; logs are in {}", mesh.dir.display());
+    }
+    if keep {
+        println!("\nrunning; try: ip netns exec {} curl -s http://{http}/ ; Ctrl-C to tear down", client.netns);
+        std::future::pending::<()>().await;
+    }
+    heading("tearing down (namespaces, bridge, processes)");
+    Ok(())
+}
+
+async fn grpc_demo(client: &Pod, addr: SocketAddr) -> anyhow::Result<String> {
+    use weft_demo::proto::EchoRequest;
+    use weft_demo::proto::echo_client::EchoClient;
+    let pod = client.clone();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let pod = pod.clone();
+            async move { pod.connect(addr).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await?;
+    let mut grpc = EchoClient::new(channel);
+    let reply = grpc.say(EchoRequest { message: "hi".into(), count: 0 }).await?.into_inner();
+    let mut stream = grpc.repeat(EchoRequest { message: "tick".into(), count: 5 }).await?.into_inner();
+    let mut n = 0;
+    while stream.message().await?.is_some() {
+        n += 1;
+    }
+    Ok(format!("ok, reply from {:?}, {n} streamed replies", reply.served_by))
+}
+
+async fn websocket_demo(client: &Pod, addr: SocketAddr) -> anyhow::Result<String> {
+    use futures_util::{SinkExt, StreamExt};
+    let stream = client.connect(addr).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await?;
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hello over websocket")).await?;
+    let echoed = ws.next().await.context("no echo")??;
+    ws.close(None).await.ok();
+    Ok(format!("ok, echoed {:?}", echoed.into_text()?.as_str()))
+}
+
+async fn banner_demo(client: &Pod, addr: SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let started = std::time::Instant::now();
+    let stream = client.connect(addr).await?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let greeting = lines.next_line().await?.context("no greeting")?;
+    let waited = started.elapsed();
+    write.write_all(b"QUIT\r\n").await?;
+    Ok(format!("ok, greeting {greeting:?} after {} ms", waited.as_millis()))
+}
+
+/// One wrk run's figures.
+#[derive(Debug, Default, Clone)]
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn parse_latency_ms(v: &str) -> Option<f64> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic())?;
+    let (num, unit) = v.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    Some(match unit {
+        "us" => num / 1000.0,
+        "ms" => num,
+        "s" => num * 1000.0,
+        "m" => num * 60_000.0,
+        _ => return None,
+    })
+}
+
+fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
+    let mut r = WrkResult::default();
+    for line in out.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("Requests/sec:"), Some(v)) => r.rps = v.parse()?,
+            (Some("50.000%" | "50%"), Some(v)) => r.p50_ms = parse_latency_ms(v).context("p50")?,
+            (Some("99.000%" | "99%"), Some(v)) => r.p99_ms = parse_latency_ms(v).context("p99")?,
+            (Some("Non-2xx"), _) | (Some("Socket"), _) => {
+                r.errors += line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum::<u64>()
+            }
+            _ => {}
+        }
+    }
+    if r.rps == 0.0 {
+        bail!("wrk printed no result:\n{out}");
+    }
+    Ok(r)
+}
+
+async fn wrk(mesh: &Mesh, client: &Pod, url: &str, connections: u32, duration: Duration, label: &str) -> anyhow::Result<WrkResult> {
+    let log_label = format!("wrk-{label}-{connections}");
+    let args = ["-t1", &format!("-c{connections}"), &format!("-d{}s", duration.as_secs()), "--latency", url];
+    let pid = mesh.spawn_as(client, &log_label, None, Some(1), std::path::Path::new("/usr/bin/wrk"), &args, &[])?;
+    mesh.wait_exit(pid, duration + Duration::from_secs(30)).await?;
+    parse_wrk(&mesh.log_of(client, &log_label))
+}
+
+async fn bench(duration: Duration) -> anyhow::Result<()> {
+    if !std::path::Path::new("/usr/bin/wrk").exists() || !std::path::Path::new("/usr/sbin/haproxy").exists() {
+        bail!("the benchmark needs wrk and haproxy (apt-get install wrk haproxy)");
+    }
+    let mesh = Mesh::new("bench")?;
+    // Port 8080 goes through both Weft proxies; 8081 is the direct path
+    // (skipped by both pods' rules); 8082 is the HAProxy pair's hop.
+    let client = mesh.add_pod("client", Some(json!({ "skipOutboundPorts": [8081, 8082] })))?;
+    let server = mesh.add_pod("server", Some(json!({ "skipInboundPorts": [8081, 8082] })))?;
+    for port in [8080, 8081] {
+        let pid = mesh.spawn_demo(&server, "http", port, "server").await?;
+        sh("taskset", &["-pc", "1", &pid.to_string()])?;
+    }
+    let options = ProxyOptions { env: weft_testbed::env(&[("WEFT_PROXY_CORES", "1"), ("WEFT_LOG_LEVEL", "warn")]), cpu: Some(0) };
+    let client_proxy = mesh.spawn_proxy(&client, options.clone()).await?;
+    let server_proxy = mesh.spawn_proxy(&server, options).await?;
+
+    let haproxy_cfg = |listen: &str, upstream: &str| {
+        format!(
+            "global\n  maxconn 4096\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s1 {upstream}\n"
+        )
+    };
+    let client_cfg = mesh.dir.join("haproxy-client.cfg");
+    let server_cfg = mesh.dir.join("haproxy-server.cfg");
+    std::fs::write(&client_cfg, haproxy_cfg("127.0.0.1:9000", &format!("{}:8082", server.ip)))?;
+    std::fs::write(&server_cfg, haproxy_cfg("0.0.0.0:8082", "127.0.0.1:8081"))?;
+    let haproxy = std::path::Path::new("/usr/sbin/haproxy");
+    let ha_client = mesh.spawn_as(&client, "haproxy", None, Some(0), haproxy, &["-db", "-f", &client_cfg.to_string_lossy()], &[])?;
+    let ha_server = mesh.spawn_as(&server, "haproxy", None, Some(0), haproxy, &["-db", "-f", &server_cfg.to_string_lossy()], &[])?;
+    weft_testbed::wait_listening(&client, 9000).await?;
+    weft_testbed::wait_listening(&server, 8082).await?;
+
+    let paths = [
+        ("direct", format!("http://{}:8081/", server.ip)),
+        ("weft", format!("http://{}:8080/", server.ip)),
+        ("haproxy", "http://127.0.0.1:9000/".to_string()),
+    ];
+    println!("wrk on CPU 1 with the server app; each pair of proxies on CPU 0; {}s per run", duration.as_secs());
+    println!("{:<8} {:>5} {:>12} {:>10} {:>10} {:>8}", "path", "conns", "req/s", "p50 ms", "p99 ms", "errors");
+    let mut table = Vec::new();
+    for connections in [1, 50] {
+        for (label, url) in &paths {
+            // Warm pools and caches so every path starts alike.
+            wrk(&mesh, &client, url, connections, Duration::from_secs(1), &format!("{label}-warm")).await?;
+            let r = wrk(&mesh, &client, url, connections, duration, label).await?;
+            println!("{label:<8} {connections:>5} {:>12.0} {:>10.3} {:>10.3} {:>8}", r.rps, r.p50_ms, r.p99_ms, r.errors);
+            table.push((*label, connections, r));
+        }
+    }
+    println!("\nratios to direct (same run):");
+    for connections in [1, 50] {
+        let get = |l: &str| table.iter().find(|(label, c, _)| *label == l && *c == connections).map(|(_, _, r)| r.clone()).unwrap_or_default();
+        let direct = get("direct");
+        for label in ["weft", "haproxy"] {
+            let r = get(label);
+            println!(
+                "  {label:<8} c={connections:<3} throughput {:.2}x  p50 +{:.3} ms  p99 +{:.3} ms",
+                r.rps / direct.rps,
+                r.p50_ms - direct.p50_ms,
+                r.p99_ms - direct.p99_ms
+            );
+        }
+    }
+    println!("\npeak RSS (VmHWM):");
+    for (who, pid) in [("weft client proxy", client_proxy), ("weft server proxy", server_proxy), ("haproxy client", ha_client), ("haproxy server", ha_server)] {
+        let (peak, now) = weft_testbed::memory_kib(pid)?;
+        println!("  {who:<18} {:>7.1} MiB peak, {:>7.1} MiB now", peak as f64 / 1024.0, now as f64 / 1024.0);
+    }
+    Ok(())
+}
