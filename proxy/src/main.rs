@@ -15,12 +15,15 @@ fn main() -> ExitCode {
     weft_proxy::init_tracing(&config.log_level);
     tracing::info!(?config, "starting weft-proxy {}", env!("CARGO_PKG_VERSION"));
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
-        .thread_name("weft-proxy")
-        .enable_all()
-        .build()
-    {
+    // One core: a current-thread runtime avoids cross-thread wakeups.
+    let mut builder = if config.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.worker_threads);
+        b
+    };
+    let runtime = match builder.thread_name("weft-proxy").enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("weft-proxy: cannot start runtime: {error}");

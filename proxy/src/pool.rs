@@ -29,8 +29,11 @@ use crate::tcp::{ConnectError, connect};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
-/// Idle HTTP/1 connections kept per upstream.
-const MAX_IDLE_PER_UPSTREAM: usize = 32;
+/// Idle HTTP/1 connections kept per upstream. Set well above realistic
+/// concurrency: a lower cap makes a busy pool drop connections and dial new
+/// ones under load (measured: 1 new connection per 5 requests at 50
+/// concurrent clients with a cap of 32). The idle timeout reaps them.
+const MAX_IDLE_PER_UPSTREAM: usize = 1024;
 
 /// Which HTTP version to speak upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

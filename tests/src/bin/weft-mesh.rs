@@ -263,6 +263,9 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
             );
         }
     }
+    let opened = client.metrics().await?.sum("tcp_open_total", &[("direction", "outbound"), ("peer", "dst")]);
+    let requests = client.metrics().await?.sum("request_total", &[("direction", "outbound")]);
+    println!("\nweft client proxy opened {opened} upstream connections for {requests} requests");
     println!("\npeak RSS (VmHWM):");
     for (who, pid) in [("weft client proxy", client_proxy), ("weft server proxy", server_proxy), ("haproxy client", ha_client), ("haproxy server", ha_server)] {
         let (peak, now) = weft_testbed::memory_kib(pid)?;
