@@ -1,9 +1,12 @@
 //! Reading a Prometheus text scrape in tests: sum the samples of a metric
 //! whose labels include the given pairs.
 
+/// One sample: metric name, label pairs, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 #[derive(Debug, Clone)]
 pub struct Scrape {
-    samples: Vec<(String, Vec<(String, String)>, f64)>,
+    samples: Vec<Sample>,
 }
 
 impl Scrape {
