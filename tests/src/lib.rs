@@ -114,7 +114,8 @@ impl Bins {
 /// Deletes namespaces and binary copies left behind by earlier runs whose
 /// process is gone (killed before it could clean up).
 pub fn sweep_stale() {
-    let alive = |pid: Option<i32>| pid.is_none_or(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    let alive =
+        |pid: Option<i32>| pid.is_none_or(|pid| Path::new(&format!("/proc/{pid}")).exists());
     if let Ok(entries) = std::fs::read_dir("/tmp") {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

@@ -21,12 +21,20 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map_or("demo", String::as_str);
     let flag = |name: &str| args.iter().any(|a| a == name);
-    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let run = async {
         match command {
             "demo" => demo(flag("--keep")).await,
             "bench" => {
-                let secs = value("--duration").map(|d| d.parse::<u64>()).transpose().context("--duration takes seconds")?;
+                let secs = value("--duration")
+                    .map(|d| d.parse::<u64>())
+                    .transpose()
+                    .context("--duration takes seconds")?;
                 bench(Duration::from_secs(secs.unwrap_or(10))).await
             }
             other => bail!("unknown command {other:?}; use demo or bench"),
@@ -49,7 +57,10 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     heading("mesh on one machine");
     let web = mesh.add_pod("web", None)?;
     let client = mesh.add_pod("client", None)?;
-    println!("node  netns {} (bridge weft0, no route out)", mesh.node_netns);
+    println!(
+        "node  netns {} (bridge weft0, no route out)",
+        mesh.node_netns
+    );
     for pod in [&web, &client] {
         println!("pod   {:<7} netns {}  ip {}", pod.name, pod.netns, pod.ip);
     }
@@ -58,9 +69,26 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     mesh.spawn_demo(&web, "banner", 3306, "web").await?;
     mesh.spawn_proxy(&web, ProxyOptions::default()).await?;
     mesh.spawn_proxy(&client, ProxyOptions::default()).await?;
-    println!("apps  web: HTTP :8080, gRPC :50051, server-speaks-first TCP :3306; both pods run weft-proxy as UID 2103");
+    println!(
+        "apps  web: HTTP :8080, gRPC :50051, server-speaks-first TCP :3306; both pods run weft-proxy as UID 2103"
+    );
     heading("redirect rules weft-cni installed in the client pod");
-    print!("{}", sh("ip", &["netns", "exec", &client.netns, "nft", "list", "table", "inet", "weft"])?);
+    print!(
+        "{}",
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &client.netns,
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "weft"
+            ]
+        )?
+    );
 
     heading("traffic from client to web (the apps know nothing of the proxies)");
     let http = SocketAddr::from((web.ip, 8080));
@@ -85,23 +113,51 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
         println!("{} proxy ({direction}):", pod.name);
         for (metric, labels) in [
             ("request_total", vec![("direction", direction)]),
-            ("response_total", vec![("direction", direction), ("classification", "success")]),
-            ("tcp_open_total", vec![("direction", direction), ("peer", "src")]),
-            ("protocol_detect_total", vec![("direction", direction), ("protocol", "http1")]),
-            ("protocol_detect_total", vec![("direction", direction), ("protocol", "http2")]),
-            ("protocol_detect_total", vec![("direction", direction), ("protocol", "opaque_port")]),
-            ("tcp_read_bytes_total", vec![("direction", direction), ("peer", "src")]),
+            (
+                "response_total",
+                vec![("direction", direction), ("classification", "success")],
+            ),
+            (
+                "tcp_open_total",
+                vec![("direction", direction), ("peer", "src")],
+            ),
+            (
+                "protocol_detect_total",
+                vec![("direction", direction), ("protocol", "http1")],
+            ),
+            (
+                "protocol_detect_total",
+                vec![("direction", direction), ("protocol", "http2")],
+            ),
+            (
+                "protocol_detect_total",
+                vec![("direction", direction), ("protocol", "opaque_port")],
+            ),
+            (
+                "tcp_read_bytes_total",
+                vec![("direction", direction), ("peer", "src")],
+            ),
         ] {
             let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-            println!("  {metric}{{{}}} {}", shown.join(","), m.sum(metric, &labels));
+            println!(
+                "  {metric}{{{}}} {}",
+                shown.join(","),
+                m.sum(metric, &labels)
+            );
         }
     }
-    println!("\nfull metrics: ip netns exec {} curl -s localhost:6191/metrics", client.netns);
+    println!(
+        "\nfull metrics: ip netns exec {} curl -s localhost:6191/metrics",
+        client.netns
+    );
     if ok != 10 || !grpc.starts_with("ok") || !ws.starts_with("ok") || !banner.starts_with("ok") {
         bail!("some traffic failed; logs are in {}", mesh.dir.display());
     }
     if keep {
-        println!("\nrunning; try: ip netns exec {} curl -s http://{http}/ ; Ctrl-C to tear down", client.netns);
+        println!(
+            "\nrunning; try: ip netns exec {} curl -s http://{http}/ ; Ctrl-C to tear down",
+            client.netns
+        );
         std::future::pending::<()>().await;
     }
     heading("tearing down (namespaces, bridge, processes)");
@@ -119,20 +175,38 @@ async fn grpc_demo(client: &Pod, addr: SocketAddr) -> anyhow::Result<String> {
         }))
         .await?;
     let mut grpc = EchoClient::new(channel);
-    let reply = grpc.say(EchoRequest { message: "hi".into(), count: 0 }).await?.into_inner();
-    let mut stream = grpc.repeat(EchoRequest { message: "tick".into(), count: 5 }).await?.into_inner();
+    let reply = grpc
+        .say(EchoRequest {
+            message: "hi".into(),
+            count: 0,
+        })
+        .await?
+        .into_inner();
+    let mut stream = grpc
+        .repeat(EchoRequest {
+            message: "tick".into(),
+            count: 5,
+        })
+        .await?
+        .into_inner();
     let mut n = 0;
     while stream.message().await?.is_some() {
         n += 1;
     }
-    Ok(format!("ok, reply from {:?}, {n} streamed replies", reply.served_by))
+    Ok(format!(
+        "ok, reply from {:?}, {n} streamed replies",
+        reply.served_by
+    ))
 }
 
 async fn websocket_demo(client: &Pod, addr: SocketAddr) -> anyhow::Result<String> {
     use futures_util::{SinkExt, StreamExt};
     let stream = client.connect(addr).await?;
     let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream).await?;
-    ws.send(tokio_tungstenite::tungstenite::Message::text("hello over websocket")).await?;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        "hello over websocket",
+    ))
+    .await?;
     let echoed = ws.next().await.context("no echo")??;
     ws.close(None).await.ok();
     Ok(format!("ok, echoed {:?}", echoed.into_text()?.as_str()))
@@ -147,7 +221,10 @@ async fn banner_demo(client: &Pod, addr: SocketAddr) -> anyhow::Result<String> {
     let greeting = lines.next_line().await?.context("no greeting")?;
     let waited = started.elapsed();
     write.write_all(b"QUIT\r\n").await?;
-    Ok(format!("ok, greeting {greeting:?} after {} ms", waited.as_millis()))
+    Ok(format!(
+        "ok, greeting {greeting:?} after {} ms",
+        waited.as_millis()
+    ))
 }
 
 /// One wrk run's figures.
@@ -181,7 +258,10 @@ fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
             (Some("50.000%" | "50%"), Some(v)) => r.p50_ms = parse_latency_ms(v).context("p50")?,
             (Some("99.000%" | "99%"), Some(v)) => r.p99_ms = parse_latency_ms(v).context("p99")?,
             (Some("Non-2xx"), _) | (Some("Socket"), _) => {
-                r.errors += line.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).sum::<u64>()
+                r.errors += line
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|n| n.parse::<u64>().ok())
+                    .sum::<u64>()
             }
             _ => {}
         }
@@ -192,16 +272,40 @@ fn parse_wrk(out: &str) -> anyhow::Result<WrkResult> {
     Ok(r)
 }
 
-async fn wrk(mesh: &Mesh, client: &Pod, url: &str, connections: u32, duration: Duration, label: &str) -> anyhow::Result<WrkResult> {
+async fn wrk(
+    mesh: &Mesh,
+    client: &Pod,
+    url: &str,
+    connections: u32,
+    duration: Duration,
+    label: &str,
+) -> anyhow::Result<WrkResult> {
     let log_label = format!("wrk-{label}-{connections}");
-    let args = ["-t1", &format!("-c{connections}"), &format!("-d{}s", duration.as_secs()), "--latency", url];
-    let pid = mesh.spawn_as(client, &log_label, None, Some(1), std::path::Path::new("/usr/bin/wrk"), &args, &[])?;
-    mesh.wait_exit(pid, duration + Duration::from_secs(30)).await?;
+    let args = [
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{}s", duration.as_secs()),
+        "--latency",
+        url,
+    ];
+    let pid = mesh.spawn_as(
+        client,
+        &log_label,
+        None,
+        Some(1),
+        std::path::Path::new("/usr/bin/wrk"),
+        &args,
+        &[],
+    )?;
+    mesh.wait_exit(pid, duration + Duration::from_secs(30))
+        .await?;
     parse_wrk(&mesh.log_of(client, &log_label))
 }
 
 async fn bench(duration: Duration) -> anyhow::Result<()> {
-    if !std::path::Path::new("/usr/bin/wrk").exists() || !std::path::Path::new("/usr/sbin/haproxy").exists() {
+    if !std::path::Path::new("/usr/bin/wrk").exists()
+        || !std::path::Path::new("/usr/sbin/haproxy").exists()
+    {
         bail!("the benchmark needs wrk and haproxy (apt-get install wrk haproxy)");
     }
     let mesh = Mesh::new("bench")?;
@@ -213,7 +317,10 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
         let pid = mesh.spawn_demo(&server, "http", port, "server").await?;
         sh("taskset", &["-pc", "1", &pid.to_string()])?;
     }
-    let options = ProxyOptions { env: weft_testbed::env(&[("WEFT_PROXY_CORES", "1"), ("WEFT_LOG_LEVEL", "warn")]), cpu: Some(0) };
+    let options = ProxyOptions {
+        env: weft_testbed::env(&[("WEFT_PROXY_CORES", "1"), ("WEFT_LOG_LEVEL", "warn")]),
+        cpu: Some(0),
+    };
     let client_proxy = mesh.spawn_proxy(&client, options.clone()).await?;
     let server_proxy = mesh.spawn_proxy(&server, options).await?;
 
@@ -224,11 +331,30 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
     };
     let client_cfg = mesh.dir.join("haproxy-client.cfg");
     let server_cfg = mesh.dir.join("haproxy-server.cfg");
-    std::fs::write(&client_cfg, haproxy_cfg("127.0.0.1:9000", &format!("{}:8082", server.ip)))?;
+    std::fs::write(
+        &client_cfg,
+        haproxy_cfg("127.0.0.1:9000", &format!("{}:8082", server.ip)),
+    )?;
     std::fs::write(&server_cfg, haproxy_cfg("0.0.0.0:8082", "127.0.0.1:8081"))?;
     let haproxy = std::path::Path::new("/usr/sbin/haproxy");
-    let ha_client = mesh.spawn_as(&client, "haproxy", None, Some(0), haproxy, &["-db", "-f", &client_cfg.to_string_lossy()], &[])?;
-    let ha_server = mesh.spawn_as(&server, "haproxy", None, Some(0), haproxy, &["-db", "-f", &server_cfg.to_string_lossy()], &[])?;
+    let ha_client = mesh.spawn_as(
+        &client,
+        "haproxy",
+        None,
+        Some(0),
+        haproxy,
+        &["-db", "-f", &client_cfg.to_string_lossy()],
+        &[],
+    )?;
+    let ha_server = mesh.spawn_as(
+        &server,
+        "haproxy",
+        None,
+        Some(0),
+        haproxy,
+        &["-db", "-f", &server_cfg.to_string_lossy()],
+        &[],
+    )?;
     weft_testbed::wait_listening(&client, 9000).await?;
     weft_testbed::wait_listening(&server, 8082).await?;
 
@@ -237,21 +363,44 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
         ("weft", format!("http://{}:8080/", server.ip)),
         ("haproxy", "http://127.0.0.1:9000/".to_string()),
     ];
-    println!("wrk on CPU 1 with the server app; each pair of proxies on CPU 0; {}s per run", duration.as_secs());
-    println!("{:<8} {:>5} {:>12} {:>10} {:>10} {:>8}", "path", "conns", "req/s", "p50 ms", "p99 ms", "errors");
+    println!(
+        "wrk on CPU 1 with the server app; each pair of proxies on CPU 0; {}s per run",
+        duration.as_secs()
+    );
+    println!(
+        "{:<8} {:>5} {:>12} {:>10} {:>10} {:>8}",
+        "path", "conns", "req/s", "p50 ms", "p99 ms", "errors"
+    );
     let mut table = Vec::new();
     for connections in [1, 50] {
         for (label, url) in &paths {
             // Warm pools and caches so every path starts alike.
-            wrk(&mesh, &client, url, connections, Duration::from_secs(1), &format!("{label}-warm")).await?;
+            wrk(
+                &mesh,
+                &client,
+                url,
+                connections,
+                Duration::from_secs(1),
+                &format!("{label}-warm"),
+            )
+            .await?;
             let r = wrk(&mesh, &client, url, connections, duration, label).await?;
-            println!("{label:<8} {connections:>5} {:>12.0} {:>10.3} {:>10.3} {:>8}", r.rps, r.p50_ms, r.p99_ms, r.errors);
+            println!(
+                "{label:<8} {connections:>5} {:>12.0} {:>10.3} {:>10.3} {:>8}",
+                r.rps, r.p50_ms, r.p99_ms, r.errors
+            );
             table.push((*label, connections, r));
         }
     }
     println!("\nratios to direct (same run):");
     for connections in [1, 50] {
-        let get = |l: &str| table.iter().find(|(label, c, _)| *label == l && *c == connections).map(|(_, _, r)| r.clone()).unwrap_or_default();
+        let get = |l: &str| {
+            table
+                .iter()
+                .find(|(label, c, _)| *label == l && *c == connections)
+                .map(|(_, _, r)| r.clone())
+                .unwrap_or_default()
+        };
         let direct = get("direct");
         for label in ["weft", "haproxy"] {
             let r = get(label);
@@ -263,13 +412,28 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
             );
         }
     }
-    let opened = client.metrics().await?.sum("tcp_open_total", &[("direction", "outbound"), ("peer", "dst")]);
-    let requests = client.metrics().await?.sum("request_total", &[("direction", "outbound")]);
+    let opened = client.metrics().await?.sum(
+        "tcp_open_total",
+        &[("direction", "outbound"), ("peer", "dst")],
+    );
+    let requests = client
+        .metrics()
+        .await?
+        .sum("request_total", &[("direction", "outbound")]);
     println!("\nweft client proxy opened {opened} upstream connections for {requests} requests");
     println!("\npeak RSS (VmHWM):");
-    for (who, pid) in [("weft client proxy", client_proxy), ("weft server proxy", server_proxy), ("haproxy client", ha_client), ("haproxy server", ha_server)] {
+    for (who, pid) in [
+        ("weft client proxy", client_proxy),
+        ("weft server proxy", server_proxy),
+        ("haproxy client", ha_client),
+        ("haproxy server", ha_server),
+    ] {
         let (peak, now) = weft_testbed::memory_kib(pid)?;
-        println!("  {who:<18} {:>7.1} MiB peak, {:>7.1} MiB now", peak as f64 / 1024.0, now as f64 / 1024.0);
+        println!(
+            "  {who:<18} {:>7.1} MiB peak, {:>7.1} MiB now",
+            peak as f64 / 1024.0,
+            now as f64 / 1024.0
+        );
     }
     Ok(())
 }
