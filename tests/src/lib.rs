@@ -152,6 +152,8 @@ pub struct Pod {
     pub name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    /// Set on dual-stack meshes.
+    pub ip6: Option<std::net::Ipv6Addr>,
 }
 
 impl Pod {
@@ -269,6 +271,23 @@ pub struct ProxyOptions {
     pub cpu: Option<usize>,
 }
 
+/// How to build a node.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MeshOptions {
+    /// Give pods an IPv6 address too (dual stack).
+    pub ipv6: bool,
+}
+
+fn disable_dad(netns: &str) -> anyhow::Result<()> {
+    for key in [
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
+    ] {
+        sh("ip", &["netns", "exec", netns, "sysctl", "-qw", key])?;
+    }
+    Ok(())
+}
+
 static NEXT_MESH: AtomicU32 = AtomicU32::new(0);
 
 /// A node and its pods. Dropping it removes every namespace, bridge, file
@@ -280,13 +299,19 @@ pub struct Mesh {
     pub dir: PathBuf,
     pub bins: Bins,
     pub cni: CniRunner,
+    ipv6: bool,
     pods: Mutex<Vec<(Pod, Value)>>,
     procs: Mutex<Vec<Proc>>,
 }
 
 impl Mesh {
-    /// Makes a node named after `label` (a test name, say).
+    /// Makes an IPv4 node named after `label` (a test name, say).
     pub fn new(label: &str) -> anyhow::Result<Self> {
+        Self::with_options(label, MeshOptions::default())
+    }
+
+    /// Makes a node with the given options.
+    pub fn with_options(label: &str, options: MeshOptions) -> anyhow::Result<Self> {
         require_root();
         sweep_stale();
         let bins = Bins::locate()?;
@@ -302,6 +327,15 @@ impl Mesh {
         std::fs::create_dir_all(&dir)?;
         sh("ip", &["netns", "add", &node_netns])?;
         sh("ip", &["-n", &node_netns, "link", "set", "lo", "up"])?;
+        if options.ipv6 {
+            // Duplicate address detection would hold new addresses back for
+            // seconds; nothing else is on this bridge.
+            disable_dad(&node_netns)?;
+        }
+        let mut ranges = vec![json!([{ "subnet": "10.42.0.0/24" }])];
+        if options.ipv6 {
+            ranges.push(json!([{ "subnet": "fd42::/64" }]));
+        }
         let conflist = json!({
             "cniVersion": "1.0.0",
             "name": "weft-mesh",
@@ -314,7 +348,7 @@ impl Mesh {
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local",
-                        "ranges": [[{ "subnet": "10.42.0.0/24" }]],
+                        "ranges": ranges,
                         "dataDir": dir.join("ipam"),
                     }
                 },
@@ -331,6 +365,7 @@ impl Mesh {
             node_netns: node_netns.clone(),
         };
         Ok(Mesh {
+            ipv6: options.ipv6,
             id,
             node_netns,
             dir,
@@ -346,21 +381,37 @@ impl Mesh {
         let netns = format!("{NETNS_PREFIX}{}-{name}", self.id);
         sh("ip", &["netns", "add", &netns])?;
         sh("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
+        if self.ipv6 {
+            disable_dad(&netns)?;
+        }
         let container_id = format!("{}-{}", self.id, name);
         let path = format!("/var/run/netns/{netns}");
         let result = self
             .cni
             .add(&container_id, &path, "eth0", weft_cni.as_ref())
             .with_context(|| format!("CNI ADD for pod {name}"))?;
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
+        let addresses: Vec<std::net::IpAddr> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        let ip = addresses
+            .iter()
+            .find_map(|a| match a {
+                std::net::IpAddr::V4(v4) => Some(*v4),
+                _ => None,
+            })
             .with_context(|| format!("no IPv4 address in CNI result {result}"))?;
+        let ip6 = addresses.iter().find_map(|a| match a {
+            std::net::IpAddr::V6(v6) => Some(*v6),
+            _ => None,
+        });
         let pod = Pod {
             name: name.to_string(),
             netns,
             ip,
+            ip6,
         };
         self.pods
             .lock()
@@ -454,12 +505,28 @@ impl Mesh {
         port: u16,
         name: &str,
     ) -> anyhow::Result<u32> {
-        let listen = format!("0.0.0.0:{port}");
+        self.spawn_demo_at(pod, kind, &format!("0.0.0.0:{port}"), name)
+            .await
+    }
+
+    /// Like [`Mesh::spawn_demo`], on any listen address (`[::]:8080`, say).
+    pub async fn spawn_demo_at(
+        &self,
+        pod: &Pod,
+        kind: &str,
+        listen: &str,
+        name: &str,
+    ) -> anyhow::Result<u32> {
+        let port: u16 = listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("listen address needs a port")?;
         let pid = self.spawn(
             pod,
             &format!("{kind}-{port}"),
             &self.bins.path("weft-demo"),
-            &[kind, &listen, name],
+            &[kind, listen, name],
             &[],
         )?;
         wait_listening(pod, port).await?;

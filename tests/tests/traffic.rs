@@ -440,3 +440,156 @@ async fn client_aborting_mid_stream_releases_everything() {
         .unwrap();
     assert_eq!((status, body.as_str()), (200, "hello from server\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_connections_reach_their_original_destination() {
+    use weft_testbed::{Mesh, MeshOptions, ProxyOptions};
+    let mesh = Mesh::with_options("ipv6", MeshOptions { ipv6: true }).unwrap();
+    let client = mesh.add_pod("client", None).unwrap();
+    let server = mesh.add_pod("server", None).unwrap();
+    let server_ip6 = server.ip6.expect("dual-stack pod has an IPv6 address");
+    // `[::]` takes IPv4 too, so one app serves both families.
+    mesh.spawn_demo_at(&server, "http", "[::]:8080", "server6")
+        .await
+        .unwrap();
+    mesh.spawn_proxy(&client, ProxyOptions::default())
+        .await
+        .unwrap();
+    mesh.spawn_proxy(&server, ProxyOptions::default())
+        .await
+        .unwrap();
+
+    let v6 = std::net::SocketAddr::from((server_ip6, 8080));
+    let (status, body) = weft_testbed::http_request(&client, v6, "GET", "/")
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello from server6\n"));
+    let v4 = std::net::SocketAddr::from((server.ip, 8080));
+    let (status, _) = weft_testbed::http_request(&client, v4, "GET", "/")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    let c = client.metrics().await.unwrap();
+    let s = server.metrics().await.unwrap();
+    assert_eq!(
+        c.sum("request_total", &[("direction", "outbound")]),
+        2.0,
+        "both families went through the client proxy"
+    );
+    assert_eq!(
+        s.sum("request_total", &[("direction", "inbound")]),
+        2.0,
+        "both families went through the server proxy"
+    );
+    // Separate upstream connections per family: the v6 one kept its address.
+    assert_eq!(
+        c.sum(
+            "tcp_open_total",
+            &[("direction", "outbound"), ("peer", "dst")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnel_continues_as_a_stream() {
+    let p = pair("connect", &[]).await;
+    let mut stream = p.client.connect(p.http_addr()).await.unwrap();
+    stream
+        .write_all(b"CONNECT tunnel.example:443 HTTP/1.1\r\nHost: tunnel.example:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).await.unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    // Bytes after the 200 are the tunnel: the demo server echoes them.
+    let mut stream = reader.into_inner();
+    stream
+        .write_all(b"\x00\x01 not http at all \xff")
+        .await
+        .unwrap();
+    let mut echoed = [0u8; 20];
+    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut echoed)
+        .await
+        .unwrap();
+    assert_eq!(&echoed, b"\x00\x01 not http at all \xff");
+    let c = p.client.metrics().await.unwrap();
+    assert_eq!(
+        c.sum(
+            "response_total",
+            &[("direction", "outbound"), ("status_code", "200")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        p.server
+            .metrics()
+            .await
+            .unwrap()
+            .sum("request_total", &[("direction", "inbound")]),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_streams_pass_half_close_through() {
+    let p = pair("halfclose", &[]).await;
+    // 5432 is on the opaque list; 7000 is detected as opaque from its bytes.
+    p.mesh
+        .spawn_demo(&p.server, "sink", 5432, "sink")
+        .await
+        .unwrap();
+    p.mesh
+        .spawn_demo(&p.server, "sink", 7000, "sink")
+        .await
+        .unwrap();
+    for port in [5432, 7000] {
+        let stream = p
+            .client
+            .connect(std::net::SocketAddr::from((p.server.ip, port)))
+            .await
+            .unwrap();
+        let (mut read, mut write) = stream.into_split();
+        write.write_all(&vec![0x5a; 1 << 20]).await.unwrap();
+        // Half-close: the sink answers only once it sees our FIN.
+        write.shutdown().await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_string(&mut read, &mut answer),
+        )
+        .await
+        .expect("the half-close never reached the server")
+        .unwrap();
+        assert_eq!(answer, "got 1048576 bytes\n", "port {port}");
+    }
+    let c = p.client.metrics().await.unwrap();
+    assert_eq!(
+        c.sum(
+            "protocol_detect_total",
+            &[("direction", "outbound"), ("protocol", "opaque_port")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        c.sum(
+            "protocol_detect_total",
+            &[("direction", "outbound"), ("protocol", "opaque")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        c.sum("protocol_detect_timeout_total", &[]),
+        0.0,
+        "bytes that cannot be HTTP need no wait"
+    );
+}

@@ -37,3 +37,28 @@ pub async fn serve(listener: TcpListener, name: String) -> anyhow::Result<()> {
         });
     }
 }
+
+/// A TCP sink: reads until the client half-closes, then answers
+/// `got <n> bytes` and closes. It only works if every hop passes the
+/// half-close through.
+pub async fn sink(listener: TcpListener) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0usize;
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => total += n,
+                    Err(_) => return,
+                }
+            }
+            let _ = stream
+                .write_all(format!("got {total} bytes\n").as_bytes())
+                .await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}

@@ -7,7 +7,8 @@
 //! - `GET /download?bytes=N` streams N bytes back;
 //! - `GET /ws` is a WebSocket that echoes every message;
 //! - `GET /delay?ms=N` answers after N ms;
-//! - `GET /status/NNN` answers with that status code.
+//! - `GET /status/NNN` answers with that status code;
+//! - `CONNECT` answers 200 and then echoes the tunnel's bytes back.
 //!
 //! Every response names the server in `x-served-by`.
 
@@ -74,6 +75,16 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Bod
             Response::new(BodyExt::boxed(StreamBody::new(stream)))
         }
         ("GET", "/ws") => websocket(&name, &mut req),
+        ("CONNECT", _) => {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                }
+            });
+            Response::new(full(""))
+        }
         ("GET", "/delay") => {
             tokio::time::sleep(Duration::from_millis(query_u64(&req, "ms").unwrap_or(100))).await;
             Response::new(full(format!("delayed hello from {name}\n")))

@@ -1,4 +1,4 @@
-//! `weft-demo <http|grpc|banner> <listen-addr> [name]`: runs one demo
+//! `weft-demo <http|grpc|banner|sink> <listen-addr> [name]`: runs one demo
 //! workload until killed. `weft-demo get <host:port> <path>` is a tiny HTTP
 //! client that prints the status and body (for tests that need a client
 //! running as a particular user).
@@ -10,7 +10,9 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (kind, addr) = match (args.first(), args.get(1)) {
         (Some(k), Some(a)) => (k.as_str(), a.as_str()),
-        _ => bail!("usage: weft-demo <http|grpc|banner> <listen-addr> [name]"),
+        _ => bail!(
+            "usage: weft-demo <http|grpc|banner|sink> <listen-addr> [name] | weft-demo get <host:port> <path>"
+        ),
     };
     if kind == "get" {
         return get(addr, args.get(2).map_or("/", String::as_str)).await;
@@ -24,7 +26,8 @@ async fn main() -> anyhow::Result<()> {
         "http" => weft_demo::http::serve(listener, name).await,
         "grpc" => weft_demo::grpc::serve(listener, name).await,
         "banner" => weft_demo::banner::serve(listener, name).await,
-        other => bail!("unknown workload {other:?}; expected http, grpc or banner"),
+        "sink" => weft_demo::banner::sink(listener).await,
+        other => bail!("unknown workload {other:?}; expected http, grpc, banner or sink"),
     }
 }
 

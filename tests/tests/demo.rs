@@ -1,0 +1,98 @@
+//! README command 1 (`weft-mesh demo`): it shows traffic through both
+//! proxies, and it leaves nothing behind, whether it ends by itself or by
+//! Ctrl-C.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn weft_mesh() -> Command {
+    weft_testbed::require_root();
+    let mut dir = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("weft-mesh");
+    assert!(
+        bin.is_file(),
+        "{} missing: build the binaries first",
+        bin.display()
+    );
+    Command::new(bin)
+}
+
+fn leftovers(pid: u32) -> Vec<String> {
+    let list = weft_testbed::sh("ip", &["netns", "list"]).unwrap();
+    let prefix = format!("weft-{pid}-");
+    list.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn demo_shows_traffic_and_cleans_up() {
+    let out = weft_mesh().arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("10/10 answered 200"), "{stdout}");
+    assert!(
+        stdout.contains("request_total{direction=\"outbound\"} 13"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("request_total{direction=\"inbound\"} 13"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("redirect to :6140"), "{stdout}");
+}
+
+#[test]
+fn demo_cleans_up_on_ctrl_c() {
+    let mut child = weft_mesh()
+        .args(["demo", "--keep"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = lines
+            .next()
+            .expect("demo ended before it was running")
+            .unwrap();
+        if line.starts_with("running;") {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    assert!(
+        !leftovers(pid).is_empty(),
+        "the running demo has namespaces"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(
+        leftovers(pid),
+        Vec::<String>::new(),
+        "namespaces left after Ctrl-C"
+    );
+    let procs =
+        weft_testbed::sh("pgrep", &["-f", &format!("weft-mesh-{pid}-")]).unwrap_or_default();
+    assert!(procs.trim().is_empty(), "processes left: {procs}");
+}
