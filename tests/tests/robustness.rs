@@ -116,8 +116,22 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     let in_flight = tokio::spawn(async move {
         weft_testbed::http_request(&client, addr, "GET", "/delay?ms=1500").await
     });
-    // Let the request reach the server before the signal.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Signal only once the request is in flight through both proxies.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p
+        .server
+        .metrics()
+        .await
+        .unwrap()
+        .sum("request_total", &[("direction", "inbound")])
+        < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the server proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     p.mesh.terminate(p.client_proxy).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Draining: not ready any more, and no new connections are taken.
