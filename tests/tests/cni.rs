@@ -45,23 +45,8 @@ fn weft(mesh: &Mesh, command: &str, netns: &str, conf: &Value) -> weft_testbed::
         .unwrap()
 }
 
-fn weft_tables(netns_path: &str) -> usize {
-    let name = netns_path.rsplit('/').next().unwrap();
-    let out = sh(
-        "ip",
-        &["netns", "exec", name, "nft", "-j", "list", "tables"],
-    )
-    .unwrap();
-    let doc: Value = serde_json::from_str(&out).unwrap();
-    doc["nftables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["table"]["name"] == "weft")
-        .count()
-}
-
-fn rule_count(netns_path: &str) -> usize {
+/// The items of the pod's whole nftables ruleset, as `nft -j` lists them.
+fn ruleset(netns_path: &str) -> Vec<Value> {
     let name = netns_path.rsplit('/').next().unwrap();
     let out = sh(
         "ip",
@@ -69,9 +54,18 @@ fn rule_count(netns_path: &str) -> usize {
     )
     .unwrap();
     let doc: Value = serde_json::from_str(&out).unwrap();
-    doc["nftables"]
-        .as_array()
-        .unwrap()
+    doc["nftables"].as_array().unwrap().clone()
+}
+
+fn weft_tables(netns_path: &str) -> usize {
+    ruleset(netns_path)
+        .iter()
+        .filter(|i| i["table"]["name"] == "weft")
+        .count()
+}
+
+fn rule_count(netns_path: &str) -> usize {
+    ruleset(netns_path)
         .iter()
         .filter(|i| i.get("rule").is_some())
         .count()
