@@ -11,10 +11,20 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== build (release, shared by all tests)"
 cargo build --locked --release --bins
-echo "== tests"
-# End-to-end tests mostly wait on the network, so run more of them at once
-# than there are cores; each builds its own namespaces.
-cargo test --locked --release --workspace -- --test-threads=6
 echo "== benchmark smoke run (figures are not checked; see README)"
 ./target/release/weft-mesh bench --duration 1 >/dev/null
 echo "benchmark ran"
+echo "== tests"
+# End-to-end tests mostly wait on the network, so run more of them at once
+# than there are cores; each builds its own namespaces. (No doctests: the
+# crates have no examples in their docs.)
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --release --workspace --lib --bins --tests -- --test-threads=6 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '^test result: .*; ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+echo "total: $passed passed, $failed failed"
+exit "$status"
