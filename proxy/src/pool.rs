@@ -60,6 +60,8 @@ pub enum UpstreamError {
     },
 }
 
+type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<BoxBody>>>>;
+
 #[derive(Debug)]
 struct Idle {
     sender: http1::SendRequest<BoxBody>,
@@ -70,7 +72,10 @@ struct Idle {
 #[derive(Debug)]
 pub struct Pool {
     h1_idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    h2: tokio::sync::Mutex<HashMap<SocketAddr, http2::SendRequest<BoxBody>>>,
+    /// One slot per upstream; its async lock is held only while that
+    /// upstream's connection is being made, so concurrent first requests
+    /// share one connection and a slow upstream delays no other.
+    h2: Mutex<HashMap<SocketAddr, H2Slot>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -86,7 +91,7 @@ impl Pool {
     ) -> Arc<Self> {
         let pool = Arc::new(Pool {
             h1_idle: Mutex::default(),
-            h2: tokio::sync::Mutex::default(),
+            h2: Mutex::default(),
             connect_timeout,
             idle_timeout,
             metrics,
@@ -219,9 +224,13 @@ impl Pool {
         addr: SocketAddr,
         req: Request<BoxBody>,
     ) -> Result<Response<BoxBody>, UpstreamError> {
+        let slot = {
+            let mut slots = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            slots.entry(addr).or_default().clone()
+        };
         let mut sender = {
-            let mut conns = self.h2.lock().await;
-            match conns.get(&addr) {
+            let mut slot = slot.lock().await;
+            match slot.as_ref() {
                 Some(sender) if !sender.is_closed() => sender.clone(),
                 _ => {
                     let (io, guard) =
@@ -238,7 +247,7 @@ impl Pool {
                             tracing::debug!(%addr, %error, "upstream HTTP/2 connection ended");
                         }
                     });
-                    conns.insert(addr, sender.clone());
+                    *slot = Some(sender.clone());
                     sender
                 }
             }
@@ -269,7 +278,14 @@ async fn sweep(pool: Weak<Pool>) {
                 !list.is_empty()
             });
         }
-        pool.h2.lock().await.retain(|_, s| !s.is_closed());
+        pool.h2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, slot| match slot.try_lock() {
+                Ok(sender) => sender.as_ref().is_some_and(|s| !s.is_closed()),
+                // Being connected right now.
+                Err(_) => true,
+            });
     }
 }
 
