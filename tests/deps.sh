@@ -18,6 +18,7 @@ declare -A wanted=(
     [haproxy]=/usr/sbin/haproxy
     [wrk]=/usr/bin/wrk
     [curl]=/usr/bin/curl
+    [procps]=/usr/bin/pgrep
 )
 missing=()
 for pkg in "${!wanted[@]}"; do
