@@ -115,40 +115,45 @@ impl Pool {
         }
     }
 
-    fn checkout_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<BoxBody>> {
+    fn pop_idle_h1(&self, addr: SocketAddr) -> Option<Idle> {
         let mut idle = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(&addr)?;
-        while let Some(entry) = list.pop() {
-            if !entry.sender.is_closed()
-                && entry.sender.is_ready()
-                && entry.since.elapsed() < self.idle_timeout
+        idle.get_mut(&addr)?.pop()
+    }
+
+    async fn checkout_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<BoxBody>> {
+        while let Some(Idle { mut sender, since }) = self.pop_idle_h1(addr) {
+            if sender.is_closed() || since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // Just checked in: readiness follows within a poll or two.
+            if let Ok(Ok(())) =
+                tokio::time::timeout(Duration::from_millis(50), sender.ready()).await
             {
-                return Some(entry.sender);
+                return Some(sender);
             }
         }
         None
     }
 
-    /// Returns a connection once hyper has finished the previous exchange on
-    /// it (which may be a moment after the body's last frame was read).
-    fn checkin_h1(self: Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<BoxBody>) {
+    /// Returns a connection whose response body has been read to the end.
+    /// hyper marks it ready a moment later (on its dispatcher's next poll),
+    /// so checkout waits briefly for readiness rather than paying for a
+    /// task per response here.
+    fn checkin_h1(&self, addr: SocketAddr, sender: http1::SendRequest<BoxBody>) {
         if sender.is_closed() {
             return;
         }
-        tokio::spawn(async move {
-            let ready = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await;
-            if !matches!(ready, Ok(Ok(()))) {
-                return;
-            }
-            let mut idle = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
-            let list = idle.entry(addr).or_default();
-            if list.len() < MAX_IDLE_PER_UPSTREAM {
-                list.push(Idle {
-                    sender,
-                    since: Instant::now(),
-                });
-            }
-        });
+        let mut idle = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_UPSTREAM {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
     }
 
     async fn connect_h1(
@@ -178,7 +183,7 @@ impl Pool {
         let mut req = req;
         // A pooled connection may have been closed by the server just now; if
         // hyper hands the request back unsent, it is safe to try a fresh one.
-        if let Some(mut sender) = self.checkout_h1(addr) {
+        if let Some(mut sender) = self.checkout_h1(addr).await {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok(self.pooled(addr, sender, resp)),
                 Err(mut error) => match error.take_message() {
