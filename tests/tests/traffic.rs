@@ -593,3 +593,40 @@ async fn opaque_streams_pass_half_close_through() {
         "bytes that cannot be HTTP need no wait"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_across_client_connections() {
+    let p = pair("pooling", &[]).await;
+    for _ in 0..10 {
+        // A fresh app connection each time, one after the other.
+        let (status, _) = weft_testbed::http_request(&p.client, p.http_addr(), "GET", "/")
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    let c = p.client.metrics().await.unwrap();
+    assert_eq!(
+        c.sum(
+            "tcp_open_total",
+            &[("direction", "outbound"), ("peer", "src")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        c.sum(
+            "tcp_open_total",
+            &[("direction", "outbound"), ("peer", "dst")]
+        ),
+        1.0,
+        "one pooled connection to the server pod carried all ten"
+    );
+    let s = p.server.metrics().await.unwrap();
+    assert_eq!(
+        s.sum(
+            "tcp_open_total",
+            &[("direction", "inbound"), ("peer", "src")]
+        ),
+        1.0
+    );
+    assert_eq!(s.sum("request_total", &[("direction", "inbound")]), 10.0);
+}
