@@ -97,8 +97,6 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     pub redirect: RedirectConfig,
     pub log_file: Option<PathBuf>,
-    /// Reserved for Kubernetes pod lookups; see the module docs.
-    pub kubernetes: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -211,7 +209,6 @@ impl NetConf {
             prev_result: raw.prev_result,
             redirect,
             log_file: raw.log_file,
-            kubernetes: None,
         })
     }
 }

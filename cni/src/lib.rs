@@ -120,7 +120,7 @@ pub fn run(vars: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value>
     }
     match command {
         "ADD" => add(vars, &conf),
-        "DEL" => del(vars, &conf),
+        "DEL" => del(vars),
         "CHECK" => check(vars, &conf),
         "STATUS" => status(&conf),
         "GC" => gc(&conf),
@@ -157,7 +157,7 @@ fn pass_through(mut prev: Value, cni_version: &str) -> Value {
     prev
 }
 
-fn del(vars: &HashMap<String, String>, conf: &NetConf) -> Result<Option<Value>, CniError> {
+fn del(vars: &HashMap<String, String>) -> Result<Option<Value>, CniError> {
     env(vars, "CNI_CONTAINERID")?;
     // A missing or already-deleted netns means the rules went with it.
     let Some(netns) = vars.get("CNI_NETNS").filter(|v| !v.is_empty()) else {
@@ -175,7 +175,7 @@ fn del(vars: &HashMap<String, String>, conf: &NetConf) -> Result<Option<Value>, 
             return Ok(None);
         }
     }
-    rules::remove(&conf.redirect)?;
+    rules::remove()?;
     log(&format!("redirect rules removed from {netns}"));
     Ok(None)
 }

@@ -168,7 +168,7 @@ pub fn apply(c: &RedirectConfig) -> Result<(), CniError> {
 }
 
 /// Removes the rules; succeeds when they are already gone.
-pub fn remove(_c: &RedirectConfig) -> Result<(), CniError> {
+pub fn remove() -> Result<(), CniError> {
     nft(
         &["-f", "-"],
         Some(&format!("table {TABLE}\ndelete table {TABLE}\n")),

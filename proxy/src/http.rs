@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +38,32 @@ pub struct HttpContext {
     pub metrics: Arc<Metrics>,
     pub pool: Arc<Pool>,
     pub direction: Direction,
+    /// This direction's counters, resolved once instead of per request.
+    requests: Counter,
+    http_errors: Counter,
+}
+
+impl HttpContext {
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, direction: Direction) -> Self {
+        let labels = DirectionLabels {
+            direction: direction.as_str(),
+        };
+        let requests = metrics.request.get_or_create(&labels).clone();
+        let http_errors = metrics.http_errors.get_or_create(&labels).clone();
+        HttpContext {
+            pool: Pool::new(
+                config.connect_timeout,
+                config.http_idle_timeout,
+                metrics.clone(),
+                direction,
+            ),
+            requests,
+            http_errors,
+            config,
+            metrics,
+            direction,
+        }
+    }
 }
 
 /// Serves one detected HTTP connection until it ends or the proxy drains.
@@ -102,12 +129,7 @@ pub async fn serve<I>(
     };
     if let Err(error) = result {
         if error.is_parse() || error.is_parse_too_large() || error.is_timeout() {
-            ctx.metrics
-                .http_errors
-                .get_or_create(&DirectionLabels {
-                    direction: ctx.direction.as_str(),
-                })
-                .inc();
+            ctx.http_errors.inc();
         }
         tracing::debug!(direction = %ctx.direction, %error, "HTTP connection ended with an error");
     }
@@ -127,12 +149,7 @@ where
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return false,
             Err(_) => {
-                ctx.metrics
-                    .http_errors
-                    .get_or_create(&DirectionLabels {
-                        direction: ctx.direction.as_str(),
-                    })
-                    .inc();
+                ctx.http_errors.inc();
                 record_response(ctx, StatusCode::REQUEST_TIMEOUT, None);
                 let _ = io
                     .write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
@@ -179,12 +196,7 @@ impl Forwarder {
     async fn call(self, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
         let started = Instant::now();
         let ctx = &self.ctx;
-        ctx.metrics
-            .request
-            .get_or_create(&DirectionLabels {
-                direction: ctx.direction.as_str(),
-            })
-            .inc();
+        ctx.requests.inc();
         let upgrade = wants_upgrade(&req);
         let result = if upgrade || req.method() == Method::CONNECT {
             self.forward_upgrade(req, upgrade).await

@@ -109,17 +109,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let ctx = Arc::new(Listener {
             config: config.clone(),
             metrics: metrics.clone(),
-            http: Arc::new(HttpContext {
-                config: config.clone(),
-                metrics: metrics.clone(),
-                pool: pool::Pool::new(
-                    config.connect_timeout,
-                    config.http_idle_timeout,
-                    metrics.clone(),
-                    direction,
-                ),
-                direction,
-            }),
+            http: Arc::new(HttpContext::new(config.clone(), metrics.clone(), direction)),
             direction,
             shutdown: shutdown.clone(),
         });
@@ -230,8 +220,14 @@ async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let target = upstream_for(direction, orig_dst);
     let span = tracing::debug_span!("conn", %direction, %peer, dst = %orig_dst);
-    let _enter = span.enter();
+    // Instrument the whole future: a span entered with `enter()` must not be
+    // held across an await.
+    tracing::Instrument::instrument(serve(ctx, stream, orig_dst, target), span).await;
+}
 
+/// Detects the protocol of an accepted connection and forwards it.
+async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr, target: SocketAddr) {
+    let direction = ctx.direction;
     let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src");
     let labels = TcpLabels {
         direction: direction.as_str(),
@@ -243,27 +239,11 @@ async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
         ctx.metrics.tcp_write_bytes.get_or_create(&labels).clone(),
     );
     let mut buf = BytesMut::with_capacity(1024);
-    let protocol = if ctx.config.opaque_ports.contains(&orig_dst.port()) {
-        ctx.metrics
-            .detect
-            .get_or_create(&DetectLabels {
-                direction: direction.as_str(),
-                protocol: "opaque_port",
-            })
-            .inc();
-        Protocol::Opaque
+    let (protocol, outcome) = if ctx.config.opaque_ports.contains(&orig_dst.port()) {
+        (Protocol::Opaque, "opaque_port")
     } else {
         match detect::detect(&mut io, &mut buf, ctx.config.detect_timeout).await {
-            Ok(Detection::Found(protocol)) => {
-                ctx.metrics
-                    .detect
-                    .get_or_create(&DetectLabels {
-                        direction: direction.as_str(),
-                        protocol: protocol.as_str(),
-                    })
-                    .inc();
-                protocol
-            }
+            Ok(Detection::Found(protocol)) => (protocol, protocol.as_str()),
             Ok(Detection::TimedOut) => {
                 ctx.metrics
                     .detect_timeout
@@ -271,14 +251,7 @@ async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
                         direction: direction.as_str(),
                     })
                     .inc();
-                ctx.metrics
-                    .detect
-                    .get_or_create(&DetectLabels {
-                        direction: direction.as_str(),
-                        protocol: "opaque",
-                    })
-                    .inc();
-                Protocol::Opaque
+                (Protocol::Opaque, Protocol::Opaque.as_str())
             }
             Err(error) => {
                 guard.set_error(&error);
@@ -286,34 +259,37 @@ async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
             }
         }
     };
-    drop(_enter);
-    tracing::debug!(parent: &span, protocol = protocol.as_str(), %target, "forwarding");
-    let fut = async {
-        match protocol {
-            Protocol::Http1 | Protocol::Http2 => {
-                http::serve(
-                    ctx.http.clone(),
-                    io,
-                    buf,
-                    protocol,
-                    target,
-                    ctx.shutdown.clone(),
-                )
-                .await
-            }
-            Protocol::Tls | Protocol::Opaque => {
-                let io = io::PrefixedIo::new(buf, io);
-                tcp::forward(
-                    io,
-                    &mut guard,
-                    target,
-                    ctx.config.connect_timeout,
-                    &ctx.metrics,
-                    direction,
-                )
-                .await
-            }
+    ctx.metrics
+        .detect
+        .get_or_create(&DetectLabels {
+            direction: direction.as_str(),
+            protocol: outcome,
+        })
+        .inc();
+    tracing::debug!(protocol = outcome, %target, "forwarding");
+    match protocol {
+        Protocol::Http1 | Protocol::Http2 => {
+            http::serve(
+                ctx.http.clone(),
+                io,
+                buf,
+                protocol,
+                target,
+                ctx.shutdown.clone(),
+            )
+            .await
         }
-    };
-    tracing::Instrument::instrument(fut, span.clone()).await;
+        Protocol::Tls | Protocol::Opaque => {
+            let io = io::PrefixedIo::new(buf, io);
+            tcp::forward(
+                io,
+                &mut guard,
+                target,
+                ctx.config.connect_timeout,
+                &ctx.metrics,
+                direction,
+            )
+            .await
+        }
+    }
 }

@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::{ConnectionGuard, Direction, Metrics};
 use crate::tcp::{ConnectError, connect};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -166,12 +166,7 @@ impl Pool {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            let _guard = guard;
-            if let Err(error) = conn.await {
-                tracing::debug!(%addr, %error, "upstream HTTP/1 connection ended");
-            }
-        });
+        drive(conn, guard, addr, Version::Http1);
         Ok(sender)
     }
 
@@ -246,12 +241,7 @@ impl Pool {
                         .handshake(TokioIo::new(io))
                         .await
                         .map_err(|source| UpstreamError::Handshake { addr, source })?;
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        if let Err(error) = conn.await {
-                            tracing::debug!(%addr, %error, "upstream HTTP/2 connection ended");
-                        }
-                    });
+                    drive(conn, guard, addr, Version::Http2);
                     *slot = Some(sender.clone());
                     sender
                 }
@@ -267,6 +257,19 @@ impl Pool {
             .map_err(|source| UpstreamError::Request { addr, source })?;
         Ok(resp.map(|b| b.map_err(BoxError::from).boxed()))
     }
+}
+
+/// Runs an upstream connection's task; its metrics close with it.
+fn drive<F>(conn: F, guard: ConnectionGuard, addr: SocketAddr, version: Version)
+where
+    F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let _guard = guard;
+        if let Err(error) = conn.await {
+            tracing::debug!(%addr, ?version, %error, "upstream connection ended");
+        }
+    });
 }
 
 /// Drops idle connections that outlived the idle timeout, so an upstream

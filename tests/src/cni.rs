@@ -147,6 +147,24 @@ impl CniRunner {
         prev.context("empty conflist")
     }
 
+    /// Each plugin's type and config, fed the cached ADD result (CHECK, DEL).
+    fn configs_with_result(
+        &self,
+        overrides: Option<&Value>,
+        result: &Value,
+    ) -> Vec<(String, Value)> {
+        self.plugins()
+            .iter()
+            .map(|plugin| {
+                let plugin_type = plugin["type"].as_str().unwrap_or_default().to_string();
+                (
+                    plugin_type,
+                    self.plugin_config(plugin, overrides, Some(result)),
+                )
+            })
+            .collect()
+    }
+
     /// CHECK through the whole list with the cached result.
     pub fn check(
         &self,
@@ -156,9 +174,7 @@ impl CniRunner {
         overrides: Option<&Value>,
         result: &Value,
     ) -> anyhow::Result<()> {
-        for plugin in self.plugins() {
-            let plugin_type = plugin["type"].as_str().unwrap_or_default().to_string();
-            let conf = self.plugin_config(&plugin, overrides, Some(result));
+        for (plugin_type, conf) in self.configs_with_result(overrides, result) {
             let out = self.exec(&plugin_type, "CHECK", container_id, netns, ifname, &conf)?;
             if !out.success {
                 bail!(
@@ -181,9 +197,11 @@ impl CniRunner {
         result: &Value,
     ) -> anyhow::Result<()> {
         let mut failures = Vec::new();
-        for plugin in self.plugins().into_iter().rev() {
-            let plugin_type = plugin["type"].as_str().unwrap_or_default().to_string();
-            let conf = self.plugin_config(&plugin, overrides, Some(result));
+        for (plugin_type, conf) in self
+            .configs_with_result(overrides, result)
+            .into_iter()
+            .rev()
+        {
             match self.exec(&plugin_type, "DEL", container_id, netns, ifname, &conf) {
                 Ok(out) if out.success => {}
                 Ok(out) => failures.push(format!(

@@ -101,7 +101,6 @@ impl Bins {
             std::fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
         }
         sh("chmod", &["-R", "a+rX", &dir.to_string_lossy()])?;
-        sh("chmod", &["a+rx", "/tmp"]).ok();
         *copied = Some(dir.clone());
         Ok(Bins { dir })
     }
@@ -593,11 +592,6 @@ impl Mesh {
             .unwrap_or_default()
     }
 
-    /// Runs `f` inside the node's namespace (to reach the bridge, say).
-    pub fn in_node<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        in_netns(&format!("/var/run/netns/{}", self.node_netns), f)
-    }
-
     fn teardown(&mut self) {
         let panicking = std::thread::panicking();
         for proc in self
@@ -637,19 +631,6 @@ impl Mesh {
         } else {
             eprintln!("mesh files kept in {}", self.dir.display());
         }
-    }
-
-    /// Names of every namespace this mesh still owns.
-    pub fn namespaces(&self) -> Vec<String> {
-        let mut names = vec![self.node_netns.clone()];
-        names.extend(
-            self.pods
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .map(|(p, _)| p.netns.clone()),
-        );
-        names
     }
 }
 
