@@ -233,26 +233,14 @@ pub fn parse_port_set(v: &str) -> Result<BTreeSet<u16>, String> {
     Ok(set)
 }
 
-/// Parses `250ms`, `1s`, `2m`, `1h`, or a bare number of seconds.
+/// Parses `250ms`, `1s`, `2m`, `1h`, or a bare number of seconds; at most
+/// a day, which is longer than any proxy timeout should be.
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let split = v
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let num: f64 = num
-        .parse()
-        .map_err(|_| "not a duration like 500ms, 1s or 2m".to_string())?;
-    let secs = match unit {
-        "ms" => num / 1000.0,
-        "" | "s" => num,
-        "m" => num * 60.0,
-        "h" => num * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m or h")),
-    };
-    if !secs.is_finite() || secs > 86_400.0 {
+    let d = weft_api::duration::parse(v)?;
+    if d > Duration::from_secs(86_400) {
         return Err("must be at most a day".into());
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -1,8 +1,22 @@
 //! The contract between Weft's programs: the well-known ports, user id,
 //! labels and annotations that the proxy, the CNI plugin, the injector and
-//! the controller must agree on. It is deliberately tiny and dependency-free
-//! so that the data plane can depend on it without pulling in control-plane
-//! code. The identity and discovery protocols join it as they land.
+//! the controller must agree on, the SPIFFE workload identity, the framing
+//! of proxy-to-proxy connections, and the proxy–controller gRPC protocol.
+//! It is deliberately small so that the data plane can depend on it without
+//! pulling in control-plane code.
+
+pub mod duration;
+pub mod identity;
+pub mod mesh;
+
+/// The proxy–controller gRPC protocol, generated from `proto/`.
+pub mod proto {
+    /// Workload certificates: `weft.identity.v1.Identity`.
+    pub mod identity {
+        #![allow(missing_debug_implementations, clippy::all)]
+        tonic::include_proto!("weft.identity.v1");
+    }
+}
 
 /// Ports the proxy listens on inside a meshed pod.
 pub mod ports {
@@ -14,6 +28,19 @@ pub mod ports {
     pub const ADMIN: u16 = 6191;
     /// Name given to the admin port in the injected container.
     pub const ADMIN_PORT_NAME: &str = "weft-admin";
+}
+
+/// The controller's well-known names and ports.
+pub mod controller {
+    /// gRPC (identity, and discovery once it lands), over TLS.
+    pub const GRPC_PORT: u16 = 8086;
+    /// Admin server: `/live`, `/ready`, `/metrics`.
+    pub const ADMIN_PORT: u16 = 9996;
+    /// Namespace the control plane is installed in.
+    pub const NAMESPACE: &str = "weft-system";
+    /// The controller's service account; its serving certificate carries
+    /// this identity, and proxies check for it.
+    pub const SERVICE_ACCOUNT: &str = "weft-controller";
 }
 
 /// The proxy runs as this user and group; redirect rules exempt its traffic
@@ -48,6 +75,9 @@ pub mod annotations {
     pub const PROXY_MEMORY_REQUEST: &str = "config.weft.io/proxy-memory-request";
     pub const PROXY_MEMORY_LIMIT: &str = "config.weft.io/proxy-memory-limit";
     pub const PROXY_LOG_LEVEL: &str = "config.weft.io/proxy-log-level";
+    /// `permissive` (default: plaintext from unmeshed clients is accepted)
+    /// or `strict` (only mesh mTLS is accepted).
+    pub const INBOUND_MTLS: &str = "config.weft.io/inbound-mtls";
 }
 
 /// Well-known ports whose protocols have the server speak first (or are

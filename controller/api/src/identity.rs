@@ -1,0 +1,191 @@
+//! Workload identities: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Trust domain used when none is configured.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// Audience a service-account token must be minted for to be accepted by
+/// the identity service; a token for the API server (or anything else)
+/// is refused.
+pub const TOKEN_AUDIENCE: &str = "identity.weft.io";
+
+/// A workload's SPIFFE ID, derived from its namespace and service account.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpiffeId {
+    trust_domain: String,
+    namespace: String,
+    service_account: String,
+}
+
+/// Why a string is not a Weft workload identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpiffeIdError {
+    #[error("identity {0:?} does not start with spiffe://")]
+    Scheme(String),
+    #[error(
+        "identity {0:?} is not of the form spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>"
+    )]
+    Shape(String),
+    #[error("trust domain {0:?} must be lowercase letters, digits, '.', '-' or '_'")]
+    TrustDomain(String),
+    #[error("{what} {value:?} is not a valid Kubernetes name")]
+    Name { what: &'static str, value: String },
+}
+
+impl SpiffeId {
+    /// Builds an identity, checking every part.
+    pub fn new(
+        trust_domain: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<Self, SpiffeIdError> {
+        let valid_td = !trust_domain.is_empty()
+            && trust_domain.len() <= 255
+            && trust_domain
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+        if !valid_td {
+            return Err(SpiffeIdError::TrustDomain(trust_domain.into()));
+        }
+        // Namespaces are DNS labels; service accounts DNS subdomains.
+        if !is_dns_label(namespace) {
+            return Err(SpiffeIdError::Name {
+                what: "namespace",
+                value: namespace.into(),
+            });
+        }
+        if !(service_account.len() <= 253 && service_account.split('.').all(is_dns_label)) {
+            return Err(SpiffeIdError::Name {
+                what: "service account",
+                value: service_account.into(),
+            });
+        }
+        Ok(SpiffeId {
+            trust_domain: trust_domain.into(),
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    pub fn service_account(&self) -> &str {
+        &self.service_account
+    }
+
+    /// The DNS-style name a client sends as TLS SNI when it expects this
+    /// identity, and that a verifier derives from a certificate's URI SAN
+    /// to compare. A namespace is a single DNS label, so the mapping is
+    /// one-to-one.
+    pub fn tls_server_name(&self) -> String {
+        format!(
+            "{}.{}.serviceaccount.identity.weft.{}",
+            self.service_account, self.namespace, self.trust_domain
+        )
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+impl FromStr for SpiffeId {
+    type Err = SpiffeIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest = s
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| SpiffeIdError::Scheme(s.into()))?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        match parts.as_slice() {
+            [td, "ns", ns, "sa", sa] => SpiffeId::new(td, ns, sa),
+            _ => Err(SpiffeIdError::Shape(s.into())),
+        }
+    }
+}
+
+/// The Kubernetes user name of a service account, as TokenReview reports it.
+pub fn service_account_username(namespace: &str, service_account: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{service_account}")
+}
+
+/// Splits `system:serviceaccount:<ns>:<sa>` into its namespace and name.
+pub fn parse_service_account_username(username: &str) -> Option<(&str, &str)> {
+    let rest = username.strip_prefix("system:serviceaccount:")?;
+    let (ns, sa) = rest.split_once(':')?;
+    (!ns.is_empty() && !sa.is_empty() && !sa.contains(':')).then_some((ns, sa))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let id: SpiffeId = "spiffe://cluster.local/ns/demo/sa/web".parse().unwrap();
+        assert_eq!(id.namespace(), "demo");
+        assert_eq!(id.service_account(), "web");
+        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/demo/sa/web");
+        assert_eq!(
+            id.tls_server_name(),
+            "web.demo.serviceaccount.identity.weft.cluster.local"
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_ids() {
+        for bad in [
+            "",
+            "https://cluster.local/ns/a/sa/b",
+            "spiffe://cluster.local/ns/a",
+            "spiffe://cluster.local/ns/a/sa/b/extra",
+            "spiffe://Cluster.Local/ns/a/sa/b",
+            "spiffe://cluster.local/ns/A/sa/b",
+            "spiffe://cluster.local/ns/a.b/sa/c",
+            "spiffe://cluster.local/ns/a/sa/",
+            "spiffe:///ns/a/sa/b",
+        ] {
+            assert!(bad.parse::<SpiffeId>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn service_account_usernames() {
+        assert_eq!(
+            parse_service_account_username("system:serviceaccount:demo:web"),
+            Some(("demo", "web"))
+        );
+        assert_eq!(parse_service_account_username("system:node:n1"), None);
+        assert_eq!(
+            parse_service_account_username("system:serviceaccount:demo:"),
+            None
+        );
+        assert_eq!(
+            service_account_username("a", "b"),
+            "system:serviceaccount:a:b"
+        );
+    }
+}

@@ -1,0 +1,341 @@
+//! The identity CA: signs workload certificates with the issuer, and
+//! reloads the issuer when its files change.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rcgen::{
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
+use weft_api::identity::SpiffeId;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::metrics::Metrics;
+use crate::pki::IssuerPaths;
+
+/// The issuer files could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Why a CSR was not signed. Each maps to a `reason` label.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsrRefusal {
+    #[error("CSR cannot be parsed or its signature does not verify: {0}")]
+    Malformed(String),
+    #[error("CSR key must be ECDSA P-256")]
+    UnsupportedKey,
+    #[error("CSR must carry exactly one SAN, the URI {expected}; it carries {found}")]
+    SanMismatch { expected: String, found: String },
+    #[error("identity {0} is not in this mesh's trust domain")]
+    TrustDomain(String),
+}
+
+impl CsrRefusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CsrRefusal::Malformed(_) => "malformed_csr",
+            CsrRefusal::UnsupportedKey => "unsupported_key",
+            CsrRefusal::SanMismatch { .. } => "csr_san_mismatch",
+            CsrRefusal::TrustDomain(_) => "trust_domain",
+        }
+    }
+}
+
+/// The issuer in use, with the raw files it came from (to detect changes).
+struct LoadedIssuer {
+    issuer: Issuer<'static, KeyPair>,
+    cert: CertificateDer<'static>,
+    not_after: SystemTime,
+    raw: (Vec<u8>, Vec<u8>),
+}
+
+/// A signed workload certificate.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub leaf: CertificateDer<'static>,
+    /// The issuer, leaf first order after the leaf.
+    pub intermediates: Vec<CertificateDer<'static>>,
+    pub not_after: SystemTime,
+}
+
+/// Settings for what the CA issues.
+#[derive(Debug, Clone)]
+pub struct CaSettings {
+    pub trust_domain: String,
+    pub leaf_lifetime: Duration,
+    /// Certificates are valid from this long before they were signed, for
+    /// peers whose clocks lag.
+    pub clock_skew: Duration,
+}
+
+pub struct Ca {
+    settings: CaSettings,
+    paths: IssuerPaths,
+    anchors: Vec<CertificateDer<'static>>,
+    issuer: ArcSwap<LoadedIssuer>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("settings", &self.settings)
+            .field("paths", &self.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn pem_certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, LoadError> {
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &pem[..]).collect();
+    let certs = certs.map_err(|e| LoadError::Invalid(format!("{what}: {e}")))?;
+    if certs.is_empty() {
+        return Err(LoadError::Invalid(format!("{what}: no PEM certificate")));
+    }
+    Ok(certs)
+}
+
+fn parse_cert<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, LoadError> {
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c)
+        .map_err(|e| LoadError::Invalid(format!("{what} is not a certificate: {e}")))
+}
+
+fn unix(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
+}
+
+/// Checks an issuer certificate and key against the anchors and loads them.
+fn load_issuer(
+    anchors: &[CertificateDer<'static>],
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+) -> Result<LoadedIssuer, LoadError> {
+    let cert = pem_certs(&cert_pem, "issuer certificate")?.swap_remove(0);
+    let key_text = std::str::from_utf8(&key_pem)
+        .map_err(|_| LoadError::Invalid("issuer key is not PEM text".into()))?;
+    let key =
+        KeyPair::from_pem(key_text).map_err(|e| LoadError::Invalid(format!("issuer key: {e}")))?;
+    if key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        return Err(LoadError::Invalid("issuer key must be ECDSA P-256".into()));
+    }
+    let parsed = parse_cert(&cert, "issuer certificate")?;
+    if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(LoadError::Invalid(
+            "issuer certificate and key do not belong together".into(),
+        ));
+    }
+    if !parsed.is_ca() {
+        return Err(LoadError::Invalid("issuer certificate is not a CA".into()));
+    }
+    let validity = parsed.validity();
+    if !validity.is_valid() {
+        return Err(LoadError::Invalid(format!(
+            "issuer certificate is not valid now (valid from {} to {})",
+            validity.not_before, validity.not_after
+        )));
+    }
+    let signed_by_anchor = anchors.iter().any(|anchor| {
+        parse_cert(anchor, "anchor").is_ok_and(|a| {
+            a.subject() == parsed.issuer() && parsed.verify_signature(Some(a.public_key())).is_ok()
+        })
+    });
+    if !signed_by_anchor {
+        return Err(LoadError::Invalid(
+            "issuer certificate is not signed by any trust anchor".into(),
+        ));
+    }
+    let not_after = unix(validity.not_after.timestamp());
+    let issuer = Issuer::from_ca_cert_der(&cert, key)
+        .map_err(|e| LoadError::Invalid(format!("issuer certificate: {e}")))?;
+    Ok(LoadedIssuer {
+        issuer,
+        cert,
+        not_after,
+        raw: (cert_pem, key_pem),
+    })
+}
+
+impl Ca {
+    /// Loads the anchors and the issuer; fails if they do not fit together.
+    pub fn load(
+        paths: IssuerPaths,
+        settings: CaSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, LoadError> {
+        let anchors = pem_certs(&read(&paths.anchors)?, "trust anchors")?;
+        for anchor in &anchors {
+            parse_cert(anchor, "trust anchor")?;
+        }
+        let loaded = load_issuer(&anchors, read(&paths.cert)?, read(&paths.key)?)?;
+        metrics.set_issuer_expiry(loaded.not_after);
+        Ok(Ca {
+            settings,
+            paths,
+            anchors,
+            issuer: ArcSwap::from_pointee(loaded),
+            metrics,
+        })
+    }
+
+    pub fn settings(&self) -> &CaSettings {
+        &self.settings
+    }
+
+    pub fn anchors(&self) -> &[CertificateDer<'static>] {
+        &self.anchors
+    }
+
+    /// The issuer currently signing.
+    pub fn issuer_cert(&self) -> CertificateDer<'static> {
+        self.issuer.load().cert.clone()
+    }
+
+    /// Re-reads the issuer files; switches to them if they changed and are
+    /// valid. An invalid or half-written pair is reported and the current
+    /// issuer stays in use, so no request fails because of a rotation.
+    /// Returns whether the issuer changed.
+    pub fn reload_if_changed(&self) -> bool {
+        let (cert_pem, key_pem) = match (read(&self.paths.cert), read(&self.paths.key)) {
+            (Ok(c), Ok(k)) => (c, k),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(%error, "cannot read issuer files; keeping the current issuer");
+                return false;
+            }
+        };
+        let current = self.issuer.load();
+        if current.raw.0 == cert_pem && current.raw.1 == key_pem {
+            return false;
+        }
+        match load_issuer(&self.anchors, cert_pem, key_pem) {
+            Ok(loaded) => {
+                tracing::info!(
+                    not_after = %humantime(loaded.not_after),
+                    "issuer reloaded from {}",
+                    self.paths.cert.display()
+                );
+                self.metrics.set_issuer_expiry(loaded.not_after);
+                self.metrics.issuer_reload("success");
+                self.issuer.store(Arc::new(loaded));
+                true
+            }
+            Err(error) => {
+                // Often a rotation caught between its two file writes; the
+                // next poll sees the finished pair.
+                tracing::warn!(%error, "new issuer files are not usable (yet); keeping the current issuer");
+                self.metrics.issuer_reload("failure");
+                false
+            }
+        }
+    }
+
+    /// Signs `csr_der` for `identity` after checking that the CSR is well
+    /// formed, signed by a P-256 key, and asks for exactly that identity.
+    pub fn certify(&self, identity: &SpiffeId, csr_der: &[u8]) -> Result<Issued, CsrRefusal> {
+        if identity.trust_domain() != self.settings.trust_domain {
+            return Err(CsrRefusal::TrustDomain(identity.to_string()));
+        }
+        let csr =
+            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+                .map_err(|e| CsrRefusal::Malformed(e.to_string()))?;
+        check_p256_key(csr_der)?;
+        let expected = identity.to_string();
+        let sans: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::URI(uri) => uri.as_str().to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if sans.len() != 1 || sans[0] != expected {
+            return Err(CsrRefusal::SanMismatch {
+                expected,
+                found: format!("{sans:?}"),
+            });
+        }
+
+        let loaded = self.issuer.load();
+        let now = SystemTime::now();
+        let not_after = (now + self.settings.leaf_lifetime).min(loaded.not_after);
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names =
+            vec![SanType::URI(expected.clone().try_into().map_err(|_| {
+                CsrRefusal::Malformed("identity is not ASCII".into())
+            })?)];
+        params.not_before = (now - self.settings.clock_skew).into();
+        params.not_after = not_after.into();
+        params.serial_number = Some(crate::pki::random_serial());
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params
+            .signed_by(&csr.public_key, &loaded.issuer)
+            .map_err(|e| CsrRefusal::Malformed(format!("cannot sign: {e}")))?;
+        Ok(Issued {
+            leaf: leaf.der().clone(),
+            intermediates: vec![loaded.cert.clone()],
+            not_after,
+        })
+    }
+}
+
+/// Only P-256 keys: the signature algorithm alone does not say the curve.
+fn check_p256_key(csr_der: &[u8]) -> Result<(), CsrRefusal> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+    let (_, csr) = X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| CsrRefusal::Malformed(e.to_string()))?;
+    let spki = &csr.certification_request_info.subject_pki;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY
+        || curve != Some(OID_EC_P256)
+        || spki.subject_public_key.data.len() != 65
+    {
+        return Err(CsrRefusal::UnsupportedKey);
+    }
+    Ok(())
+}
+
+/// RFC 3339 rendering for logs.
+pub fn humantime(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
+#[cfg(test)]
+mod tests;

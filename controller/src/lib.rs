@@ -1,0 +1,140 @@
+//! `weft-controller`: Weft's control plane.
+//!
+//! It is the mesh's identity CA: proxies send a CSR for a key they keep,
+//! with the service-account token that proves who they are, and get a
+//! short-lived SPIFFE workload certificate signed by the issuer (an
+//! intermediate under the trust anchor). The issuer is reloaded from its
+//! files when they change. Discovery joins this crate in a later issue.
+
+pub mod admin;
+pub mod ca;
+pub mod metrics;
+pub mod pki;
+pub mod service;
+pub mod serving;
+pub mod token;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use weft_api::identity::SpiffeId;
+use weft_api::proto::identity::identity_server::IdentityServer;
+
+use crate::ca::{Ca, CaSettings};
+use crate::metrics::Metrics;
+use crate::token::TokenVerifier;
+
+/// Where tokens are checked.
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// TokenReview against the API server of the cluster we run in.
+    Kubernetes,
+    /// JWTs signed by the key whose public half is in this file.
+    File(PathBuf),
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub issuer_dir: PathBuf,
+    pub trust_domain: String,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub leaf_lifetime: Duration,
+    pub clock_skew: Duration,
+    pub token_source: TokenSource,
+    pub token_audience: String,
+    /// The controller's own identity, on its serving certificate.
+    pub identity: SpiffeId,
+    pub reload_interval: Duration,
+}
+
+/// Runs the identity service until SIGTERM or SIGINT.
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let ca = Arc::new(
+        Ca::load(
+            pki::IssuerPaths::in_dir(&config.issuer_dir),
+            CaSettings {
+                trust_domain: config.trust_domain.clone(),
+                leaf_lifetime: config.leaf_lifetime,
+                clock_skew: config.clock_skew,
+            },
+            metrics.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot load the issuer from {}",
+                config.issuer_dir.display()
+            )
+        })?,
+    );
+    let tokens = Arc::new(match &config.token_source {
+        TokenSource::File(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("cannot read token key {}", path.display()))?;
+            TokenVerifier::file(&pem, &config.token_audience)
+                .with_context(|| format!("{} is not an EC public key", path.display()))?
+        }
+        TokenSource::Kubernetes => TokenVerifier::Kubernetes {
+            client: kube::Client::try_default()
+                .await
+                .context("cannot reach the Kubernetes API")?,
+            audience: config.token_audience.clone(),
+        },
+    });
+    let serving = serving::ServingCert::new(&ca, config.identity.clone())?;
+    let tls = serving.server_config()?;
+    tokio::spawn(serving::maintain(
+        ca.clone(),
+        serving.clone(),
+        config.reload_interval,
+    ));
+
+    let admin = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.admin))?;
+    tokio::spawn(admin::serve(admin, metrics.clone()));
+    let grpc = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(
+        listen = %config.listen,
+        admin = %config.admin,
+        identity = %config.identity,
+        tokens = ?config.token_source,
+        "identity service ready"
+    );
+    let service = IdentityServer::new(service::IdentityService {
+        ca,
+        tokens,
+        metrics,
+    })
+    // A CSR and a token fit easily; anything bigger is not a real request.
+    .max_decoding_message_size(64 * 1024);
+    tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .add_service(service)
+        .serve_with_incoming_shutdown(serving::incoming(grpc, tls), shutdown_signal())
+        .await
+        .context("gRPC server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
