@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::tls::CertStore;
 
 /// State the admin endpoints report on or act upon.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// True once the listeners are bound, false again while draining.
     pub ready: AtomicBool,
+    /// With an identity, the proxy is ready only once it has a certificate.
+    pub certs: Option<Arc<CertStore>>,
     /// Cancelled to begin a graceful shutdown.
     pub shutdown: CancellationToken,
 }
@@ -73,7 +76,13 @@ fn route(state: &AdminState, peer: SocketAddr, req: &Request<Incoming>) -> Respo
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready") => {
-            if state.ready.load(Ordering::Acquire) {
+            let certified = state.certs.as_ref().is_none_or(|c| c.is_ready());
+            if !certified {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: no workload certificate yet\n",
+                )
+            } else if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -5,10 +5,14 @@
 //! variable instead of failing later under traffic.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use weft_api::identity::SpiffeId;
 use weft_api::{DEFAULT_OPAQUE_PORTS, ports};
+
+use crate::identity::IdentityConfig;
 
 /// A variable whose value could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +52,22 @@ pub struct Config {
     pub log_level: String,
     /// Runtime worker threads.
     pub worker_threads: usize,
+    /// Where the workload certificate comes from; `None` (no controller
+    /// configured) makes a plain transparent proxy without mTLS.
+    pub identity: Option<IdentityConfig>,
+    /// Whether inbound connections must be mesh mTLS.
+    pub inbound_mtls: InboundMtls,
+    /// Meshed destinations and their identities (until discovery lands).
+    pub mesh_endpoints: Vec<(IpAddr, SpiffeId)>,
+}
+
+/// Inbound policy for connections that are not mesh mTLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InboundMtls {
+    /// Plaintext (and app TLS) from unmeshed clients is accepted.
+    Permissive,
+    /// Only mesh mTLS is accepted; anything else is closed at once.
+    Strict,
 }
 
 impl Config {
@@ -151,7 +171,42 @@ impl Config {
                 Ok(n) if (1..=64).contains(&n) => Ok(n),
                 _ => Err("must be a whole number from 1 to 64".into()),
             })?,
+            identity: identity_config(&var)?,
+            inbound_mtls: parse_or(
+                var("WEFT_INBOUND_MTLS"),
+                "WEFT_INBOUND_MTLS",
+                InboundMtls::Permissive,
+                |v| match v {
+                    "permissive" => Ok(InboundMtls::Permissive),
+                    "strict" => Ok(InboundMtls::Strict),
+                    _ => Err("must be permissive or strict".into()),
+                },
+            )?,
+            mesh_endpoints: parse_or(
+                var("WEFT_MESH_ENDPOINTS"),
+                "WEFT_MESH_ENDPOINTS",
+                Vec::new(),
+                parse_endpoints,
+            )?,
         };
+        if config.identity.is_none() {
+            for (name, set) in [
+                ("WEFT_MESH_ENDPOINTS", !config.mesh_endpoints.is_empty()),
+                (
+                    "WEFT_INBOUND_MTLS",
+                    config.inbound_mtls == InboundMtls::Strict,
+                ),
+            ] {
+                if set {
+                    return Err(ConfigError {
+                        var: name,
+                        value: get(name).unwrap_or_default(),
+                        reason: "needs an identity: set WEFT_CONTROLLER_ADDR and its companions"
+                            .into(),
+                    });
+                }
+            }
+        }
         let listeners = [
             config.outbound_port,
             config.inbound_port,
@@ -192,7 +247,114 @@ const KNOWN: &[&str] = &[
     "WEFT_HTTP_MAX_HEADER_BYTES",
     "WEFT_LOG_LEVEL",
     "WEFT_PROXY_CORES",
+    "WEFT_CONTROLLER_ADDR",
+    "WEFT_CONTROLLER_IDENTITY",
+    "WEFT_IDENTITY",
+    "WEFT_IDENTITY_TOKEN_FILE",
+    "WEFT_TRUST_ANCHORS",
+    "WEFT_TRUST_ANCHORS_FILE",
+    "WEFT_INBOUND_MTLS",
+    "WEFT_MESH_ENDPOINTS",
 ];
+
+/// The identity settings: all or nothing, keyed on `WEFT_CONTROLLER_ADDR`.
+fn identity_config(
+    var: &impl Fn(&'static str) -> Option<String>,
+) -> Result<Option<IdentityConfig>, ConfigError> {
+    let Some(controller_addr) = var("WEFT_CONTROLLER_ADDR") else {
+        return Ok(None);
+    };
+    let controller_addr = controller_addr.trim().to_string();
+    let valid_addr = controller_addr
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && parse_port(port).is_ok());
+    if !valid_addr {
+        return Err(ConfigError {
+            var: "WEFT_CONTROLLER_ADDR",
+            value: controller_addr,
+            reason: "must be host:port".into(),
+        });
+    }
+    let required = |name: &'static str| {
+        var(name).ok_or_else(|| ConfigError {
+            var: name,
+            value: String::new(),
+            reason: "required when WEFT_CONTROLLER_ADDR is set".into(),
+        })
+    };
+    let parse_id = |name: &'static str, v: String| {
+        v.trim().parse::<SpiffeId>().map_err(|e| ConfigError {
+            var: name,
+            value: v.clone(),
+            reason: e.to_string(),
+        })
+    };
+    let identity = parse_id("WEFT_IDENTITY", required("WEFT_IDENTITY")?)?;
+    let controller_identity = match var("WEFT_CONTROLLER_IDENTITY") {
+        Some(v) => parse_id("WEFT_CONTROLLER_IDENTITY", v)?,
+        None => SpiffeId::new(
+            identity.trust_domain(),
+            weft_api::controller::NAMESPACE,
+            weft_api::controller::SERVICE_ACCOUNT,
+        )
+        .map_err(|e| ConfigError {
+            var: "WEFT_IDENTITY",
+            value: identity.to_string(),
+            reason: e.to_string(),
+        })?,
+    };
+    let token_file = PathBuf::from(required("WEFT_IDENTITY_TOKEN_FILE")?.trim());
+    let (anchors_var, pem) = match (var("WEFT_TRUST_ANCHORS"), var("WEFT_TRUST_ANCHORS_FILE")) {
+        (Some(pem), None) => ("WEFT_TRUST_ANCHORS", pem.into_bytes()),
+        (None, Some(path)) => (
+            "WEFT_TRUST_ANCHORS_FILE",
+            std::fs::read(path.trim()).map_err(|e| ConfigError {
+                var: "WEFT_TRUST_ANCHORS_FILE",
+                value: path.clone(),
+                reason: format!("cannot read: {e}"),
+            })?,
+        ),
+        _ => {
+            return Err(ConfigError {
+                var: "WEFT_TRUST_ANCHORS",
+                value: String::new(),
+                reason: "set exactly one of WEFT_TRUST_ANCHORS (PEM) and WEFT_TRUST_ANCHORS_FILE"
+                    .into(),
+            });
+        }
+    };
+    let anchors = crate::tls::load_anchors(&pem).map_err(|reason| ConfigError {
+        var: anchors_var,
+        value: String::from_utf8_lossy(&pem).chars().take(40).collect(),
+        reason,
+    })?;
+    Ok(Some(IdentityConfig {
+        controller_addr,
+        controller_identity,
+        identity,
+        token_file,
+        anchors,
+    }))
+}
+
+/// Parses `10.0.0.5=spiffe://cluster.local/ns/demo/sa/web,...`.
+fn parse_endpoints(v: &str) -> Result<Vec<(IpAddr, SpiffeId)>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|entry| {
+            let (ip, id) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("{entry:?} is not ip=spiffe-id"))?;
+            let ip: IpAddr = ip
+                .trim()
+                .parse()
+                .map_err(|e| format!("{ip:?} is not an IP address: {e}"))?;
+            let id: SpiffeId = id.trim().parse().map_err(|e| format!("{e}"))?;
+            Ok((ip, id))
+        })
+        .collect()
+}
 
 fn parse_or<T>(
     value: Option<String>,

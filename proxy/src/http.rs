@@ -7,7 +7,6 @@
 //! connection and become opaque byte streams once both sides agree.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::detect::Protocol;
 use crate::io::PrefixedIo;
-use crate::metrics::{Direction, DirectionLabels, Metrics, ResponseLabels};
+use crate::metrics::{
+    Direction, DirectionLabels, Metrics, RequestLabels, ResponseLabels, TlsLabels,
+};
 use crate::pool::{BoxBody, BoxError, Pool, UpstreamError, Version};
-use crate::tcp::{ConnectError, connect};
+use crate::tcp::{ConnectError, Connector, Target};
 
 /// Header added to responses the proxy itself generates, naming the cause.
 pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
@@ -38,26 +39,20 @@ pub struct HttpContext {
     pub metrics: Arc<Metrics>,
     pub pool: Arc<Pool>,
     pub direction: Direction,
-    /// This direction's counters, resolved once instead of per request.
-    requests: Counter,
+    /// This direction's error counter, resolved once instead of per request.
     http_errors: Counter,
 }
 
 impl HttpContext {
-    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, direction: Direction) -> Self {
+    pub fn new(config: Arc<Config>, connector: Connector) -> Self {
+        let metrics = connector.metrics.clone();
+        let direction = connector.direction;
         let labels = DirectionLabels {
             direction: direction.as_str(),
         };
-        let requests = metrics.request.get_or_create(&labels).clone();
         let http_errors = metrics.http_errors.get_or_create(&labels).clone();
         HttpContext {
-            pool: Pool::new(
-                config.connect_timeout,
-                config.http_idle_timeout,
-                metrics.clone(),
-                direction,
-            ),
-            requests,
+            pool: Pool::new(connector, config.http_idle_timeout),
             http_errors,
             config,
             metrics,
@@ -67,13 +62,15 @@ impl HttpContext {
 }
 
 /// Serves one detected HTTP connection until it ends or the proxy drains.
-/// `buf` holds the bytes protocol detection already read.
+/// `buf` holds the bytes protocol detection already read; `tls` labels
+/// the requests' metrics with the mesh hop they crossed.
 pub async fn serve<I>(
     ctx: Arc<HttpContext>,
     mut io: I,
     mut buf: BytesMut,
     protocol: Protocol,
-    target: SocketAddr,
+    target: Target,
+    tls: TlsLabels,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -83,14 +80,24 @@ pub async fn serve<I>(
     } else {
         Version::Http1
     };
-    if version == Version::Http1 && !read_first_head(&ctx, &mut io, &mut buf).await {
+    if version == Version::Http1 && !read_first_head(&ctx, &mut io, &mut buf, &tls).await {
         return;
     }
     let io = TokioIo::new(PrefixedIo::new(buf, io));
+    let requests = ctx
+        .metrics
+        .request
+        .get_or_create(&RequestLabels {
+            direction: ctx.direction.as_str(),
+            tls: tls.clone(),
+        })
+        .clone();
     let forwarder = Forwarder {
         ctx: ctx.clone(),
-        target,
+        target: Arc::new(target),
         version,
+        tls: Arc::new(tls),
+        requests,
     };
     let service = hyper::service::service_fn(move |req| forwarder.clone().call(req));
     let result = match version {
@@ -138,7 +145,12 @@ pub async fn serve<I>(
 /// Reads until the first request's head is complete. A client that stalls
 /// mid-head gets 408 and the connection is closed; one whose head is too
 /// large is left to hyper, which answers 431.
-async fn read_first_head<I>(ctx: &HttpContext, io: &mut I, buf: &mut BytesMut) -> bool
+async fn read_first_head<I>(
+    ctx: &HttpContext,
+    io: &mut I,
+    buf: &mut BytesMut,
+    tls: &TlsLabels,
+) -> bool
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -150,7 +162,7 @@ where
             Ok(Err(_)) => return false,
             Err(_) => {
                 ctx.http_errors.inc();
-                record_response(ctx, StatusCode::REQUEST_TIMEOUT, None);
+                record_response(ctx, tls, StatusCode::REQUEST_TIMEOUT, None);
                 let _ = io
                     .write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
                     .await;
@@ -166,9 +178,15 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn record_response(ctx: &HttpContext, status: StatusCode, started: Option<Instant>) {
+fn record_response(
+    ctx: &HttpContext,
+    tls: &TlsLabels,
+    status: StatusCode,
+    started: Option<Instant>,
+) {
     let labels = ResponseLabels {
         direction: ctx.direction.as_str(),
+        tls: tls.clone(),
         status_code: status.as_u16(),
         classification: if status.is_server_error() {
             "failure"
@@ -188,15 +206,18 @@ fn record_response(ctx: &HttpContext, status: StatusCode, started: Option<Instan
 #[derive(Clone, Debug)]
 struct Forwarder {
     ctx: Arc<HttpContext>,
-    target: SocketAddr,
+    target: Arc<Target>,
     version: Version,
+    tls: Arc<TlsLabels>,
+    /// This connection's request counter, resolved once.
+    requests: Counter,
 }
 
 impl Forwarder {
     async fn call(self, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
         let started = Instant::now();
         let ctx = &self.ctx;
-        ctx.requests.inc();
+        self.requests.inc();
         let upgrade = wants_upgrade(&req);
         let result = if upgrade || req.method() == Method::CONNECT {
             self.forward_upgrade(req, upgrade).await
@@ -204,10 +225,10 @@ impl Forwarder {
             self.forward(req).await
         };
         let response = result.unwrap_or_else(|error| {
-            tracing::info!(direction = %ctx.direction, target = %self.target, %error, "upstream request failed");
+            tracing::info!(direction = %ctx.direction, target = %self.target.addr, %error, "upstream request failed");
             error_response(&error)
         });
-        record_response(ctx, response.status(), Some(started));
+        record_response(ctx, &self.tls, response.status(), Some(started));
         Ok(response)
     }
 
@@ -221,7 +242,7 @@ impl Forwarder {
             req.headers_mut().remove(HOST);
         }
         let req = req.map(|body| body.map_err(BoxError::from).boxed());
-        let mut resp = self.ctx.pool.send(self.target, self.version, req).await?;
+        let mut resp = self.ctx.pool.send(&self.target, self.version, req).await?;
         strip_hop_by_hop(resp.headers_mut(), false);
         Ok(resp)
     }
@@ -237,14 +258,13 @@ impl Forwarder {
         let is_connect = req.method() == Method::CONNECT;
         let downstream = hyper::upgrade::on(&mut req);
         strip_hop_by_hop(req.headers_mut(), upgrade);
-        let addr = self.target;
-        let (io, guard) = connect(
-            addr,
-            self.ctx.config.connect_timeout,
-            &self.ctx.metrics,
-            self.ctx.direction,
-        )
-        .await?;
+        let addr = self.target.addr;
+        let (io, guard) = self
+            .ctx
+            .pool
+            .connector
+            .connect(&self.target, weft_api::mesh::Protocol::Http1)
+            .await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::Handshake { addr, source })?;

@@ -91,6 +91,12 @@ impl<T> CountingIo<T> {
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
+    /// Counts from now on under other labels (once a TLS handshake has
+    /// told who the peer is).
+    pub fn set_counters(&mut self, read: Counter, written: Counter) {
+        self.read = read;
+        self.written = written;
+    }
 }
 
 impl<T: AsyncRead> AsyncRead for CountingIo<T> {

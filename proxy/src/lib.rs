@@ -5,17 +5,21 @@
 //! detects the protocol, and forwards: HTTP through hyper with pooled
 //! upstream connections, everything else as an opaque byte stream. With no
 //! controller configured it forwards transparently to the original
-//! destination (inbound: to the app on loopback).
+//! destination (inbound: to the app on loopback). With one, it gets a
+//! workload certificate and wraps traffic to meshed pods in mutual TLS.
 
 pub mod admin;
 pub mod config;
 pub mod detect;
 pub mod http;
+pub mod identity;
 pub mod io;
+pub mod mesh;
 pub mod metrics;
 pub mod orig_dst;
 pub mod pool;
 pub mod tcp;
+pub mod tls;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -26,13 +30,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, InboundMtls};
 use crate::detect::{Detection, Protocol};
 use crate::http::HttpContext;
-use crate::io::CountingIo;
+use crate::mesh::{Endpoints, MeshClient};
 use crate::metrics::{
-    ConnectionGuard, DetectLabels, Direction, DirectionLabels, Metrics, TcpLabels,
+    ConnectionGuard, DetectLabels, Direction, DirectionLabels, Metrics, TlsLabels,
 };
+use crate::tcp::{Connector, Target};
+use crate::tls::CertStore;
 
 /// Fatal startup errors.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +51,8 @@ pub enum Error {
     },
     #[error("cannot install signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
 /// Sets up logging once, from the validated filter.
@@ -66,7 +74,21 @@ struct Listener {
     http: Arc<HttpContext>,
     direction: Direction,
     shutdown: CancellationToken,
+    /// Meshed destinations (outbound).
+    endpoints: Arc<Endpoints>,
+    /// Terminates mesh mTLS (inbound), when the proxy has an identity.
+    mesh_server: Option<Arc<rustls::ServerConfig>>,
 }
+
+/// Mesh TLS state, present when the proxy has an identity.
+struct Mesh {
+    certs: Arc<CertStore>,
+    client: Arc<MeshClient>,
+    server: Arc<rustls::ServerConfig>,
+}
+
+/// How long a peer may take to complete the mesh TLS handshake and header.
+const MESH_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs the proxy until SIGTERM, SIGINT or an admin `/shutdown`, then drains.
 pub async fn run(config: Config) -> Result<(), Error> {
@@ -75,10 +97,36 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
 
+    let mesh = match &config.identity {
+        None => None,
+        Some(identity) => {
+            let certs = Arc::new(CertStore::default());
+            let client = tls::mesh_client_config(identity.anchors.clone(), certs.clone())
+                .map_err(|e| Error::Tls(e.to_string()))?;
+            let server = tls::mesh_server_config(identity.anchors.clone(), certs.clone())
+                .map_err(|e| Error::Tls(e.to_string()))?;
+            tokio::spawn(identity::maintain(
+                identity.clone(),
+                certs.clone(),
+                metrics.clone(),
+            ));
+            Some(Mesh {
+                client: Arc::new(MeshClient {
+                    config: client,
+                    certs: certs.clone(),
+                }),
+                certs,
+                server,
+            })
+        }
+    };
+    let endpoints = Arc::new(Endpoints::new(&config.mesh_endpoints).map_err(Error::Tls)?);
+
     let admin_listener = bind(config.admin_addr, false)?;
     let state = Arc::new(admin::AdminState {
         metrics: metrics.clone(),
         ready: Default::default(),
+        certs: mesh.as_ref().map(|m| m.certs.clone()),
         shutdown: shutdown.clone(),
     });
     tokio::spawn(admin::serve(admin_listener, state.clone()));
@@ -106,12 +154,24 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ];
     let mut accept_loops = Vec::new();
     for direction in [Direction::Outbound, Direction::Inbound] {
+        let connector = Connector {
+            timeout: config.connect_timeout,
+            metrics: metrics.clone(),
+            direction,
+            // Inbound connections go to the app over loopback, never mTLS.
+            mesh: match direction {
+                Direction::Outbound => mesh.as_ref().map(|m| m.client.clone()),
+                Direction::Inbound => None,
+            },
+        };
         let ctx = Arc::new(Listener {
             config: config.clone(),
             metrics: metrics.clone(),
-            http: Arc::new(HttpContext::new(config.clone(), metrics.clone(), direction)),
+            http: Arc::new(HttpContext::new(config.clone(), connector)),
             direction,
             shutdown: shutdown.clone(),
+            endpoints: endpoints.clone(),
+            mesh_server: mesh.as_ref().map(|m| m.server.clone()),
         });
         for (_, addr) in listeners.iter().filter(|(d, _)| *d == direction) {
             match bind(*addr, addr.is_ipv6()) {
@@ -128,7 +188,18 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     }
     state.ready.store(true, Ordering::Release);
-    tracing::info!(admin = %config.admin_addr, "ready");
+    match &config.identity {
+        Some(identity) => tracing::info!(
+            admin = %config.admin_addr,
+            identity = %identity.identity,
+            controller = %identity.controller_addr,
+            inbound_mtls = ?config.inbound_mtls,
+            "listening; ready once the first certificate arrives"
+        ),
+        None => {
+            tracing::info!(admin = %config.admin_addr, "ready (no identity: plain transparent proxy)")
+        }
+    }
 
     wait_for_shutdown(&shutdown).await?;
     state.ready.store(false, Ordering::Release);
@@ -189,16 +260,23 @@ async fn accept(listener: TcpListener, ctx: Arc<Listener>, tracker: TaskTracker)
     }
 }
 
+/// The app in this pod, reached over loopback so that the connection is
+/// not redirected again.
+fn local_app(orig_dst: SocketAddr, port: u16) -> SocketAddr {
+    match orig_dst {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+    }
+}
+
 /// Where a connection should go, given where the client sent it.
-fn upstream_for(direction: Direction, orig_dst: SocketAddr) -> SocketAddr {
-    match direction {
-        Direction::Outbound => orig_dst,
-        // The app listens in the same pod; reach it over loopback so the
-        // connection is not redirected again.
-        Direction::Inbound => match orig_dst {
-            SocketAddr::V4(a) => SocketAddr::from((Ipv4Addr::LOCALHOST, a.port())),
-            SocketAddr::V6(a) => SocketAddr::from((Ipv6Addr::LOCALHOST, a.port())),
+fn upstream_for(ctx: &Listener, orig_dst: SocketAddr) -> Target {
+    match ctx.direction {
+        Direction::Outbound => Target {
+            addr: orig_dst,
+            mesh: ctx.endpoints.lookup(orig_dst.ip()),
         },
+        Direction::Inbound => Target::plain(local_app(orig_dst, orig_dst.port())),
     }
 }
 
@@ -211,6 +289,13 @@ async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    // Another proxy addresses the inbound port itself: mesh traffic.
+    if direction == Direction::Inbound && orig_dst.port() == ctx.config.inbound_port {
+        let _ = stream.set_nodelay(true);
+        let span = tracing::debug_span!("mesh", %peer);
+        tracing::Instrument::instrument(serve_mesh(ctx, stream, orig_dst), span).await;
+        return;
+    }
     // Without NAT the "original" destination is the listener itself: a
     // client dialled the proxy port directly. Forwarding would loop.
     if stream.local_addr().is_ok_and(|local| local == orig_dst) {
@@ -218,7 +303,12 @@ async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
         return;
     }
     let _ = stream.set_nodelay(true);
-    let target = upstream_for(direction, orig_dst);
+    if direction == Direction::Inbound && ctx.config.inbound_mtls == InboundMtls::Strict {
+        tracing::info!(%peer, %orig_dst, "refusing a connection that is not mesh mTLS (strict mode)");
+        ctx.metrics.mtls_refused(direction, "plaintext");
+        return;
+    }
+    let target = upstream_for(&ctx, orig_dst);
     let span = tracing::debug_span!("conn", %direction, %peer, dst = %orig_dst);
     // Instrument the whole future: a span entered with `enter()` must not be
     // held across an await.
@@ -226,18 +316,12 @@ async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Detects the protocol of an accepted connection and forwards it.
-async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr, target: SocketAddr) {
+async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr, target: Target) {
     let direction = ctx.direction;
-    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src");
-    let labels = TcpLabels {
-        direction: direction.as_str(),
-        peer: "src",
-    };
-    let mut io = CountingIo::new(
-        stream,
-        ctx.metrics.tcp_read_bytes.get_or_create(&labels).clone(),
-        ctx.metrics.tcp_write_bytes.get_or_create(&labels).clone(),
-    );
+    // The accepted side of this connection is never mesh TLS: outbound it
+    // is the app, inbound an unmeshed client.
+    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", TlsLabels::plain());
+    let mut io = tcp::counting(&ctx.metrics, stream, guard.labels());
     let mut buf = BytesMut::with_capacity(1024);
     let (protocol, outcome) = if ctx.config.opaque_ports.contains(&orig_dst.port()) {
         (Protocol::Opaque, "opaque_port")
@@ -266,30 +350,76 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr, targ
             protocol: outcome,
         })
         .inc();
-    tracing::debug!(protocol = outcome, %target, "forwarding");
+    tracing::debug!(protocol = outcome, target = %target.addr, meshed = target.mesh.is_some(), "forwarding");
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
+            let tls = target.tls_labels();
             http::serve(
                 ctx.http.clone(),
                 io,
                 buf,
                 protocol,
                 target,
+                tls,
                 ctx.shutdown.clone(),
             )
             .await
         }
         Protocol::Tls | Protocol::Opaque => {
             let io = io::PrefixedIo::new(buf, io);
-            tcp::forward(
-                io,
-                &mut guard,
+            tcp::forward(io, &mut guard, &target, &ctx.http.pool.connector).await
+        }
+    }
+}
+
+/// Serves a connection from another proxy: mTLS, then the mesh header says
+/// which local port and protocol; no detection is needed.
+async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
+    let direction = ctx.direction;
+    let Some(server) = ctx.mesh_server.clone() else {
+        tracing::info!("mesh connection refused: this proxy has no identity");
+        ctx.metrics.mtls_refused(direction, "no_certificate");
+        return;
+    };
+    // Counted under the client's identity once the handshake tells it.
+    let io = io::CountingIo::new(stream, Default::default(), Default::default());
+    let (mut tls, client, header) = match mesh::accept(server, io, MESH_HANDSHAKE_TIMEOUT).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            tracing::info!(%error, "mesh connection refused");
+            ctx.metrics.mtls_refused(direction, error.reason());
+            return;
+        }
+    };
+    let tls_labels = TlsLabels::client(Arc::new(client.to_string()));
+    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", tls_labels.clone());
+    let labels = guard.labels().clone();
+    tls.get_mut().0.set_counters(
+        ctx.metrics.tcp_read_bytes.get_or_create(&labels).clone(),
+        ctx.metrics.tcp_write_bytes.get_or_create(&labels).clone(),
+    );
+    let target = Target::plain(local_app(orig_dst, header.port));
+    tracing::debug!(%client, port = header.port, protocol = ?header.protocol, "mesh connection");
+    match header.protocol {
+        weft_api::mesh::Protocol::Http1 | weft_api::mesh::Protocol::Http2 => {
+            let protocol = if header.protocol == weft_api::mesh::Protocol::Http2 {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+            http::serve(
+                ctx.http.clone(),
+                tls,
+                BytesMut::new(),
+                protocol,
                 target,
-                ctx.config.connect_timeout,
-                &ctx.metrics,
-                direction,
+                tls_labels,
+                ctx.shutdown.clone(),
             )
             .await
+        }
+        weft_api::mesh::Protocol::Opaque => {
+            tcp::forward(tls, &mut guard, &target, &ctx.http.pool.connector).await
         }
     }
 }

@@ -3,10 +3,12 @@
 //! Names follow the ones existing mesh dashboards already query
 //! (`request_total`, `response_total`, `response_latency_ms`, `tcp_*`), so
 //! dashboards carry over. Labels only take bounded values: direction, peer
-//! side, protocol, status code and classification; never paths or ports of
-//! clients.
+//! side, protocol, status code, classification, and the peer's workload
+//! identity (`tls`, `client_id` on inbound, `server_id` on outbound; one
+//! value per service account); never paths or ports of clients.
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -37,20 +39,81 @@ impl std::fmt::Display for Direction {
     }
 }
 
+/// Whether the hop is mesh mTLS, and who the other proxy is: the client's
+/// identity on inbound connections, the server's on outbound ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TlsLabels {
+    /// `"true"` for mesh mTLS, `"false"` otherwise.
+    pub tls: &'static str,
+    pub client_id: Option<Arc<String>>,
+    pub server_id: Option<Arc<String>>,
+}
+
+impl TlsLabels {
+    pub fn plain() -> Self {
+        TlsLabels {
+            tls: "false",
+            client_id: None,
+            server_id: None,
+        }
+    }
+
+    pub fn client(id: Arc<String>) -> Self {
+        TlsLabels {
+            tls: "true",
+            client_id: Some(id),
+            server_id: None,
+        }
+    }
+
+    pub fn server(id: Arc<String>) -> Self {
+        TlsLabels {
+            tls: "true",
+            client_id: None,
+            server_id: Some(id),
+        }
+    }
+}
+
 /// `peer="src"` is the accepted connection, `peer="dst"` the one the proxy
 /// opened.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TcpLabels {
     pub direction: &'static str,
     pub peer: &'static str,
+    #[prometheus(flatten)]
+    pub tls: TlsLabels,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TcpCloseLabels {
     pub direction: &'static str,
     pub peer: &'static str,
+    #[prometheus(flatten)]
+    pub tls: TlsLabels,
     /// Empty for a clean close, else the OS error name (`ECONNRESET`, ...).
     pub errno: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: &'static str,
+    #[prometheus(flatten)]
+    pub tls: TlsLabels,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub direction: &'static str,
+    /// `plaintext` (strict mode), `tls_handshake`, `no_identity`,
+    /// `mesh_header`, or `no_certificate` (ours had not arrived yet).
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefreshLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -69,6 +132,8 @@ pub struct DetectLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResponseLabels {
     pub direction: &'static str,
+    #[prometheus(flatten)]
+    pub tls: TlsLabels,
     pub status_code: u16,
     /// `success` or `failure` (5xx, or no response at all).
     pub classification: &'static str,
@@ -86,10 +151,13 @@ pub struct Metrics {
     pub tcp_connection_duration_ms: Family<TcpLabels, Histogram>,
     pub detect: Family<DetectLabels, Counter>,
     pub detect_timeout: Family<DirectionLabels, Counter>,
-    pub request: Family<DirectionLabels, Counter>,
+    pub request: Family<RequestLabels, Counter>,
     pub response: Family<ResponseLabels, Counter>,
     pub response_latency_ms: Family<ResponseLabels, Histogram>,
     pub http_errors: Family<DirectionLabels, Counter>,
+    pub mtls_refused: Family<RefusedLabels, Counter>,
+    pub identity_expiry: Gauge,
+    pub identity_refresh: Family<RefreshLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -132,6 +200,9 @@ impl Metrics {
             response: Family::default(),
             response_latency_ms: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             http_errors: Family::default(),
+            mtls_refused: Family::default(),
+            identity_expiry: Gauge::default(),
+            identity_refresh: Family::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -179,7 +250,45 @@ impl Metrics {
             "HTTP connections that ended in a protocol error (malformed or stalled requests)",
             m.http_errors.clone(),
         );
+        registry.register(
+            "mtls_refused",
+            "Connections refused by the mesh TLS layer, by reason",
+            m.mtls_refused.clone(),
+        );
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the proxy's workload certificate expires (Unix time)",
+            m.identity_expiry.clone(),
+        );
+        registry.register(
+            "identity_cert_refresh",
+            "Workload certificate requests, by result",
+            m.identity_refresh.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn identity_refreshed(&self, not_after: SystemTime) {
+        let secs = not_after.duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.identity_expiry.set(secs.as_secs() as i64);
+        self.identity_refresh
+            .get_or_create(&RefreshLabels { result: "success" })
+            .inc();
+    }
+
+    pub fn identity_refresh_failed(&self) {
+        self.identity_refresh
+            .get_or_create(&RefreshLabels { result: "failure" })
+            .inc();
+    }
+
+    pub fn mtls_refused(&self, direction: Direction, reason: &'static str) {
+        self.mtls_refused
+            .get_or_create(&RefusedLabels {
+                direction: direction.as_str(),
+                reason,
+            })
+            .inc();
     }
 
     /// Renders the Prometheus text exposition format.
@@ -202,10 +311,16 @@ pub struct ConnectionGuard {
 }
 
 impl ConnectionGuard {
-    pub fn open(metrics: &Arc<Metrics>, direction: Direction, peer: &'static str) -> Self {
+    pub fn open(
+        metrics: &Arc<Metrics>,
+        direction: Direction,
+        peer: &'static str,
+        tls: TlsLabels,
+    ) -> Self {
         let labels = TcpLabels {
             direction: direction.as_str(),
             peer,
+            tls,
         };
         metrics.tcp_open.get_or_create(&labels).inc();
         metrics.tcp_open_connections.get_or_create(&labels).inc();
@@ -215,6 +330,10 @@ impl ConnectionGuard {
             opened: std::time::Instant::now(),
             errno: String::new(),
         }
+    }
+
+    pub fn labels(&self) -> &TcpLabels {
+        &self.labels
     }
 
     /// Records why the connection failed, for `tcp_close_total{errno}`.
@@ -237,6 +356,7 @@ impl Drop for ConnectionGuard {
             .get_or_create(&TcpCloseLabels {
                 direction: self.labels.direction,
                 peer: self.labels.peer,
+                tls: self.labels.tls.clone(),
                 errno: std::mem::take(&mut self.errno),
             })
             .inc();

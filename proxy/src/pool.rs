@@ -5,9 +5,10 @@
 //! dropped if the body is abandoned. HTTP/2 connections are shared by all
 //! requests to the same address and multiplexed.
 //!
-//! The pool is keyed by the resolved upstream address, not by the request's
-//! authority, because a transparent proxy must reach the address the client
-//! dialled while passing the authority through untouched.
+//! The pool is keyed by the upstream [`Target`] (address, and the peer
+//! identity when the hop is mesh mTLS), not by the request's authority,
+//! because a transparent proxy must reach the address the client dialled
+//! while passing the authority through untouched.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,8 +24,10 @@ use http_body_util::BodyExt;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::metrics::{ConnectionGuard, Direction, Metrics};
-use crate::tcp::{ConnectError, connect};
+use weft_api::mesh::Protocol as MeshProtocol;
+
+use crate::metrics::ConnectionGuard;
+use crate::tcp::{ConnectError, Connector, Target};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;
@@ -71,57 +74,48 @@ struct Idle {
 /// Shared upstream connection pool.
 #[derive(Debug)]
 pub struct Pool {
-    h1_idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    h1_idle: Mutex<HashMap<Target, Vec<Idle>>>,
     /// One slot per upstream; its async lock is held only while that
     /// upstream's connection is being made, so concurrent first requests
     /// share one connection and a slow upstream delays no other.
-    h2: Mutex<HashMap<SocketAddr, H2Slot>>,
-    connect_timeout: Duration,
+    h2: Mutex<HashMap<Target, H2Slot>>,
+    pub connector: Connector,
     idle_timeout: Duration,
-    metrics: Arc<Metrics>,
-    direction: Direction,
 }
 
 impl Pool {
-    pub fn new(
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-        metrics: Arc<Metrics>,
-        direction: Direction,
-    ) -> Arc<Self> {
+    pub fn new(connector: Connector, idle_timeout: Duration) -> Arc<Self> {
         let pool = Arc::new(Pool {
             h1_idle: Mutex::default(),
             h2: Mutex::default(),
-            connect_timeout,
+            connector,
             idle_timeout,
-            metrics,
-            direction,
         });
         tokio::spawn(sweep(Arc::downgrade(&pool)));
         pool
     }
 
-    /// Sends `req` to `addr` and returns the response with a body that
+    /// Sends `req` to `target` and returns the response with a body that
     /// returns the connection to the pool when it has been read.
     pub async fn send(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        target: &Target,
         version: Version,
         req: Request<BoxBody>,
     ) -> Result<Response<BoxBody>, UpstreamError> {
         match version {
-            Version::Http1 => self.send_h1(addr, req).await,
-            Version::Http2 => self.send_h2(addr, req).await,
+            Version::Http1 => self.send_h1(target, req).await,
+            Version::Http2 => self.send_h2(target, req).await,
         }
     }
 
-    fn pop_idle_h1(&self, addr: SocketAddr) -> Option<Idle> {
+    fn pop_idle_h1(&self, target: &Target) -> Option<Idle> {
         let mut idle = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.get_mut(&addr)?.pop()
+        idle.get_mut(target)?.pop()
     }
 
-    async fn checkout_h1(&self, addr: SocketAddr) -> Option<http1::SendRequest<BoxBody>> {
-        while let Some(Idle { mut sender, since }) = self.pop_idle_h1(addr) {
+    async fn checkout_h1(&self, target: &Target) -> Option<http1::SendRequest<BoxBody>> {
+        while let Some(Idle { mut sender, since }) = self.pop_idle_h1(target) {
             if sender.is_closed() || since.elapsed() >= self.idle_timeout {
                 continue;
             }
@@ -142,12 +136,12 @@ impl Pool {
     /// hyper marks it ready a moment later (on its dispatcher's next poll),
     /// so checkout waits briefly for readiness rather than paying for a
     /// task per response here.
-    fn checkin_h1(&self, addr: SocketAddr, sender: http1::SendRequest<BoxBody>) {
+    fn checkin_h1(&self, target: Target, sender: http1::SendRequest<BoxBody>) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.h1_idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(target).or_default();
         if list.len() < MAX_IDLE_PER_UPSTREAM {
             list.push(Idle {
                 sender,
@@ -158,10 +152,10 @@ impl Pool {
 
     async fn connect_h1(
         &self,
-        addr: SocketAddr,
+        target: &Target,
     ) -> Result<http1::SendRequest<BoxBody>, UpstreamError> {
-        let (io, guard) =
-            connect(addr, self.connect_timeout, &self.metrics, self.direction).await?;
+        let addr = target.addr;
+        let (io, guard) = self.connector.connect(target, MeshProtocol::Http1).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -172,15 +166,16 @@ impl Pool {
 
     async fn send_h1(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        target: &Target,
         req: Request<BoxBody>,
     ) -> Result<Response<BoxBody>, UpstreamError> {
+        let addr = target.addr;
         let mut req = req;
         // A pooled connection may have been closed by the server just now; if
         // hyper hands the request back unsent, it is safe to try a fresh one.
-        if let Some(mut sender) = self.checkout_h1(addr).await {
+        if let Some(mut sender) = self.checkout_h1(target).await {
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(addr, sender, resp)),
+                Ok(resp) => return Ok(self.pooled(target, sender, resp)),
                 Err(mut error) => match error.take_message() {
                     Some(unsent) => req = unsent,
                     None => {
@@ -192,17 +187,17 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect_h1(addr).await?;
+        let mut sender = self.connect_h1(target).await?;
         let resp = sender
             .send_request(req)
             .await
             .map_err(|source| UpstreamError::Request { addr, source })?;
-        Ok(self.pooled(addr, sender, resp))
+        Ok(self.pooled(target, sender, resp))
     }
 
     fn pooled(
         self: &Arc<Self>,
-        addr: SocketAddr,
+        target: &Target,
         sender: http1::SendRequest<BoxBody>,
         resp: Response<hyper::body::Incoming>,
     ) -> Response<BoxBody> {
@@ -210,7 +205,7 @@ impl Pool {
             let done = body.is_end_stream();
             let mut pooled = PooledBody {
                 body,
-                checkin: Some((self.clone(), addr, sender)),
+                checkin: Some((self.clone(), target.clone(), sender)),
             };
             if done {
                 pooled.release();
@@ -221,20 +216,20 @@ impl Pool {
 
     async fn send_h2(
         &self,
-        addr: SocketAddr,
+        target: &Target,
         req: Request<BoxBody>,
     ) -> Result<Response<BoxBody>, UpstreamError> {
+        let addr = target.addr;
         let slot = {
             let mut slots = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-            slots.entry(addr).or_default().clone()
+            slots.entry(target.clone()).or_default().clone()
         };
         let mut sender = {
             let mut slot = slot.lock().await;
             match slot.as_ref() {
                 Some(sender) if !sender.is_closed() => sender.clone(),
                 _ => {
-                    let (io, guard) =
-                        connect(addr, self.connect_timeout, &self.metrics, self.direction).await?;
+                    let (io, guard) = self.connector.connect(target, MeshProtocol::Http2).await?;
                     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
                         .keep_alive_interval(Duration::from_secs(30))
@@ -301,13 +296,13 @@ async fn sweep(pool: Weak<Pool>) {
 /// the body has been read to the end.
 struct PooledBody {
     body: hyper::body::Incoming,
-    checkin: Option<(Arc<Pool>, SocketAddr, http1::SendRequest<BoxBody>)>,
+    checkin: Option<(Arc<Pool>, Target, http1::SendRequest<BoxBody>)>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((pool, addr, sender)) = self.checkin.take() {
-            pool.checkin_h1(addr, sender);
+        if let Some((pool, target, sender)) = self.checkin.take() {
+            pool.checkin_h1(target, sender);
         }
     }
 }

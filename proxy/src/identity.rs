@@ -1,0 +1,264 @@
+//! The proxy's workload certificate: made at start, renewed before expiry.
+//!
+//! The key is generated in memory and never leaves the process; the
+//! controller only ever sees a CSR and the pod's service-account token. A
+//! renewal swaps the certificate in place (see [`CertStore`]), and a
+//! controller that cannot be reached is retried with jittered exponential
+//! backoff while the current certificate keeps serving.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use weft_api::identity::SpiffeId;
+use weft_api::proto::identity::CertifyRequest;
+use weft_api::proto::identity::identity_client::IdentityClient;
+
+use crate::metrics::Metrics;
+use crate::tls::{self, CertStore};
+
+/// Where and how to get certificates.
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    /// `host:port` of the controller's gRPC server.
+    pub controller_addr: String,
+    /// The identity the controller's serving certificate must carry.
+    pub controller_identity: SpiffeId,
+    /// This workload's identity.
+    pub identity: SpiffeId,
+    /// The service-account token; re-read on every request because the
+    /// kubelet rotates projected tokens.
+    pub token_file: PathBuf,
+    pub anchors: Arc<RootCertStore>,
+}
+
+/// Backoff between failed attempts.
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Why one certificate request failed.
+#[derive(Debug, thiserror::Error)]
+enum RefreshError {
+    #[error("cannot read the service-account token {path}: {source}")]
+    Token {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("controller refused: {code:?}: {message}")]
+    Refused { code: tonic::Code, message: String },
+    #[error("controller unreachable: {0}")]
+    Unreachable(String),
+    #[error("controller sent an unusable certificate: {0}")]
+    BadCertificate(String),
+}
+
+/// Runs forever, keeping `store` supplied with a valid certificate.
+pub async fn maintain(config: IdentityConfig, store: Arc<CertStore>, metrics: Arc<Metrics>) {
+    let key = match rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256) {
+        Ok(key) => key,
+        Err(error) => {
+            tracing::error!(%error, "cannot generate a key; the proxy will never be ready");
+            return;
+        }
+    };
+    let csr = match csr(&key, &config.identity) {
+        Ok(csr) => csr,
+        Err(error) => {
+            tracing::error!(%error, "cannot build a CSR; the proxy will never be ready");
+            return;
+        }
+    };
+    let client = match channel(&config) {
+        Ok(channel) => IdentityClient::new(channel),
+        Err(error) => {
+            tracing::error!(%error, "cannot set up the controller connection");
+            return;
+        }
+    };
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        match refresh(&config, &key, &csr, client.clone()).await {
+            Ok((certified, not_before, not_after)) => {
+                store.set(certified);
+                metrics.identity_refreshed(not_after);
+                backoff = MIN_BACKOFF;
+                let wait = renew_after(not_before, not_after, SystemTime::now());
+                tracing::info!(
+                    identity = %config.identity,
+                    expires_in = ?not_after.duration_since(SystemTime::now()).unwrap_or_default(),
+                    renew_in = ?wait,
+                    "certificate installed"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            Err(error) => {
+                metrics.identity_refresh_failed();
+                let wait = jitter(backoff);
+                tracing::warn!(%error, retry_in = ?wait, ready = store.is_ready(), "certificate request failed");
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Renew at 60–75 % of the lifetime: well before expiry, and spread out so
+/// that proxies started together do not all renew together.
+pub fn renew_after(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> Duration {
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let fraction = rand::rng().random_range(0.60..0.75);
+    let at = not_before + lifetime.mul_f64(fraction);
+    at.duration_since(now).unwrap_or(Duration::ZERO)
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::rng().random_range(0.5..1.0))
+}
+
+fn csr(key: &rcgen::KeyPair, identity: &SpiffeId) -> Result<Vec<u8>, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.to_string().try_into()?)];
+    Ok(params.serialize_request(key)?.der().to_vec())
+}
+
+/// A lazily connected gRPC channel that speaks TLS to the controller and
+/// checks its identity.
+fn channel(config: &IdentityConfig) -> Result<tonic::transport::Channel, String> {
+    let tls = tls::controller_client_config(config.anchors.clone()).map_err(|e| e.to_string())?;
+    let server_name = tls::server_name_for(&config.controller_identity)?;
+    let addr = config.controller_addr.clone();
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let (tls, server_name, addr) = (tls.clone(), server_name.clone(), addr.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr.as_str()).await?;
+            let _ = tcp.set_nodelay(true);
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(server_name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    // The URI is only a label here: the connector above decides where to go.
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", config.controller_addr))
+            .map_err(|e| format!("controller address {:?}: {e}", config.controller_addr))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15));
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+async fn refresh(
+    config: &IdentityConfig,
+    key: &rcgen::KeyPair,
+    csr: &[u8],
+    mut client: IdentityClient<tonic::transport::Channel>,
+) -> Result<(CertifiedKey, SystemTime, SystemTime), RefreshError> {
+    let token =
+        std::fs::read_to_string(&config.token_file).map_err(|source| RefreshError::Token {
+            path: config.token_file.display().to_string(),
+            source,
+        })?;
+    let response = client
+        .certify(CertifyRequest {
+            identity: config.identity.to_string(),
+            token: token.trim().to_string(),
+            csr_der: csr.to_vec(),
+        })
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                RefreshError::Unreachable(status.message().to_string())
+            }
+            code => RefreshError::Refused {
+                code,
+                message: status.message().to_string(),
+            },
+        })?
+        .into_inner();
+    let leaf = CertificateDer::from(response.leaf_der);
+    let mut chain = vec![leaf.clone()];
+    chain.extend(
+        response
+            .intermediates_der
+            .into_iter()
+            .map(CertificateDer::from),
+    );
+    let (not_before, not_after) = check_issued(config, key, &chain)?;
+    let signing_key = tls::provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            key.serialize_der(),
+        )))
+        .map_err(|e| RefreshError::BadCertificate(e.to_string()))?;
+    Ok((CertifiedKey::new(chain, signing_key), not_before, not_after))
+}
+
+/// Checks what the controller sent before using it: our key, our identity,
+/// a chain to our anchors. Returns the validity period.
+fn check_issued(
+    config: &IdentityConfig,
+    key: &rcgen::KeyPair,
+    chain: &[CertificateDer<'static>],
+) -> Result<(SystemTime, SystemTime), RefreshError> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let bad = |m: String| RefreshError::BadCertificate(m);
+    let (_, leaf) = X509Certificate::from_der(&chain[0]).map_err(|e| bad(e.to_string()))?;
+    if leaf.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(bad("certificate is not for this proxy's key".into()));
+    }
+    match tls::spiffe_id_of(&chain[0]) {
+        Some(id) if id == config.identity => {}
+        other => {
+            return Err(bad(format!(
+                "certificate is for {other:?}, not {}",
+                config.identity
+            )));
+        }
+    }
+    let parsed =
+        rustls::server::ParsedCertificate::try_from(&chain[0]).map_err(|e| bad(e.to_string()))?;
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &parsed,
+        &config.anchors,
+        &chain[1..],
+        rustls::pki_types::UnixTime::now(),
+        tls::provider().signature_verification_algorithms.all,
+    )
+    .map_err(|e| {
+        bad(format!(
+            "certificate does not chain to the trust anchors: {e}"
+        ))
+    })?;
+    let validity = leaf.validity();
+    let at = |secs: i64| UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+    Ok((
+        at(validity.not_before.timestamp()),
+        at(validity.not_after.timestamp()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renews_well_before_expiry() {
+        let now = SystemTime::now();
+        for _ in 0..100 {
+            let wait = renew_after(now, now + Duration::from_secs(100), now);
+            assert!((60..=75).contains(&wait.as_secs()), "{wait:?}");
+        }
+        // A certificate already past its renewal point renews at once.
+        let old = now - Duration::from_secs(90);
+        assert_eq!(
+            renew_after(old, old + Duration::from_secs(100), now),
+            Duration::ZERO
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! Proxy-to-proxy connections (framing in [`weft_api::mesh`]).
+//!
+//! Outbound, a destination known to be meshed gets an mTLS connection to
+//! its proxy's inbound port (see [`crate::tcp::Connector`]). Inbound, a
+//! connection addressed to the inbound port itself is mesh traffic: the
+//! TLS handshake must succeed with a client certificate under the trust
+//! anchors and Weft's ALPN, then the header says where the app wanted to go
+//! and in which protocol.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use weft_api::identity::SpiffeId;
+use weft_api::mesh::{ALPN, Header};
+
+use crate::io::CountingIo;
+use crate::tls::{self, CertStore};
+
+/// A meshed destination: the identity its proxy must present.
+#[derive(Debug)]
+pub struct MeshPeer {
+    pub identity: SpiffeId,
+    /// The identity as a metric label value.
+    pub label: Arc<String>,
+    /// The SNI that asks for (and lets the verifier check) that identity.
+    pub server_name: ServerName<'static>,
+}
+
+impl MeshPeer {
+    pub fn new(identity: SpiffeId) -> Result<Self, String> {
+        Ok(MeshPeer {
+            server_name: tls::server_name_for(&identity)?,
+            label: Arc::new(identity.to_string()),
+            identity,
+        })
+    }
+}
+
+impl PartialEq for MeshPeer {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity == other.identity
+    }
+}
+
+impl Eq for MeshPeer {}
+
+impl Hash for MeshPeer {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.identity.hash(state)
+    }
+}
+
+/// What outbound mTLS needs.
+#[derive(Debug)]
+pub struct MeshClient {
+    pub config: Arc<rustls::ClientConfig>,
+    pub certs: Arc<CertStore>,
+}
+
+/// Which addresses are meshed pods, and as whom. A static table until
+/// discovery (a later issue) supplies it; addresses not in it are
+/// forwarded plain, as before.
+#[derive(Debug, Default)]
+pub struct Endpoints {
+    by_ip: HashMap<IpAddr, Arc<MeshPeer>>,
+}
+
+impl Endpoints {
+    pub fn new(entries: &[(IpAddr, SpiffeId)]) -> Result<Self, String> {
+        let mut by_ip = HashMap::new();
+        for (ip, identity) in entries {
+            by_ip.insert(*ip, Arc::new(MeshPeer::new(identity.clone())?));
+        }
+        Ok(Endpoints { by_ip })
+    }
+
+    pub fn lookup(&self, ip: IpAddr) -> Option<Arc<MeshPeer>> {
+        self.by_ip.get(&ip).cloned()
+    }
+}
+
+/// Why an inbound mesh connection was refused; each is a metric reason.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+    #[error("client did not negotiate Weft's ALPN protocol")]
+    Alpn,
+    #[error("client certificate has no workload identity")]
+    NoIdentity,
+    #[error("bad mesh header: {0}")]
+    Header(String),
+}
+
+impl AcceptError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AcceptError::Handshake(_) | AcceptError::HandshakeTimeout => "tls_handshake",
+            AcceptError::Alpn => "alpn",
+            AcceptError::NoIdentity => "no_identity",
+            AcceptError::Header(_) => "mesh_header",
+        }
+    }
+}
+
+/// An accepted, authenticated mesh connection.
+pub type MeshStream = tokio_rustls::server::TlsStream<CountingIo<TcpStream>>;
+
+/// Completes the server side of a mesh connection: handshake, client
+/// identity, header.
+pub async fn accept(
+    config: Arc<rustls::ServerConfig>,
+    io: CountingIo<TcpStream>,
+    timeout: Duration,
+) -> Result<(MeshStream, SpiffeId, Header), AcceptError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let mut stream = match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
+        Err(_) => return Err(AcceptError::HandshakeTimeout),
+        Ok(Err(e)) => return Err(AcceptError::Handshake(e)),
+        Ok(Ok(stream)) => stream,
+    };
+    let (_, session) = stream.get_ref();
+    // rustls refuses a client whose ALPN list lacks ours, but lets one
+    // that offers no ALPN at all through.
+    if session.alpn_protocol() != Some(ALPN) {
+        return Err(AcceptError::Alpn);
+    }
+    let identity = session
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(tls::spiffe_id_of)
+        .ok_or(AcceptError::NoIdentity)?;
+    let mut header = [0u8; Header::LEN];
+    match tokio::time::timeout_at(deadline, stream.read_exact(&mut header)).await {
+        Err(_) => return Err(AcceptError::Header("timed out".into())),
+        Ok(Err(e)) => return Err(AcceptError::Header(e.to_string())),
+        Ok(Ok(_)) => {}
+    }
+    let header = Header::decode(&header).map_err(|e| AcceptError::Header(e.to_string()))?;
+    Ok((stream, identity, header))
+}

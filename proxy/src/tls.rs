@@ -1,0 +1,273 @@
+//! TLS between proxies, and to the controller.
+//!
+//! Peers are authenticated by SPIFFE identity, not by DNS name: a client
+//! expecting identity `X` sends `X`'s [`SpiffeId::tls_server_name`] as SNI,
+//! and [`SpiffeServerVerifier`] accepts a server certificate only if it
+//! chains to a trust anchor and its one URI SAN maps to that same name.
+//! Servers require a client certificate chaining to a trust anchor and
+//! read the client's identity from it. Only TLS 1.3; rustls prefers the
+//! hybrid post-quantum key exchange X25519MLKEM768 when both sides have it.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::sync::watch;
+use weft_api::identity::SpiffeId;
+use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
+
+/// The crypto provider every TLS config here uses (aws-lc-rs, which has
+/// the post-quantum hybrid key exchange).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Parses PEM trust anchors.
+pub fn load_anchors(pem: &[u8]) -> Result<Arc<RootCertStore>, String> {
+    let mut roots = RootCertStore::empty();
+    let mut count = 0;
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        let cert = cert.map_err(|e| format!("not PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable trust anchor: {e}"))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err("no PEM certificate found".into());
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The identity in a certificate's single SPIFFE URI SAN, if it has
+/// exactly one.
+pub fn spiffe_id_of(cert: &CertificateDer<'_>) -> Option<SpiffeId> {
+    let (_, cert) = X509Certificate::from_der(cert).ok()?;
+    let mut uris = cert
+        .extensions()
+        .iter()
+        .filter_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => Some(san),
+            _ => None,
+        })
+        .flat_map(|san| san.general_names.iter())
+        .filter_map(|n| match n {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        });
+    let first = uris.next()?;
+    if uris.next().is_some() {
+        return None;
+    }
+    first.parse().ok()
+}
+
+/// The proxy's current workload certificate, swapped in place on renewal.
+/// Connections keep the certificate they were made with; new handshakes
+/// use the new one, so a renewal drops nothing.
+#[derive(Debug)]
+pub struct CertStore {
+    current: ArcSwapOption<CertifiedKey>,
+    ready: watch::Sender<bool>,
+}
+
+impl Default for CertStore {
+    fn default() -> Self {
+        CertStore {
+            current: ArcSwapOption::empty(),
+            ready: watch::Sender::new(false),
+        }
+    }
+}
+
+impl CertStore {
+    pub fn set(&self, key: CertifiedKey) {
+        self.current.store(Some(Arc::new(key)));
+        self.ready.send_replace(true);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits until the first certificate has arrived.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load_full()
+    }
+}
+
+impl ResolvesClientCert for CertStore {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current.load_full()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.current.load().is_some()
+    }
+}
+
+/// Verifies a server's chain against the trust anchors and its SPIFFE
+/// identity against the one the client expects (carried as SNI).
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl SpiffeServerVerifier {
+    pub fn new(roots: Arc<RootCertStore>) -> Self {
+        SpiffeServerVerifier {
+            roots,
+            provider: provider(),
+        }
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let identity = spiffe_id_of(end_entity).ok_or_else(|| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                Arc::new(NoIdentity),
+            )))
+        })?;
+        match server_name {
+            ServerName::DnsName(name) if name.as_ref() == identity.tls_server_name() => {
+                Ok(ServerCertVerified::assertion())
+            }
+            _ => Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct NoIdentity;
+
+impl std::fmt::Display for NoIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("certificate has no single SPIFFE workload identity")
+    }
+}
+
+impl std::error::Error for NoIdentity {}
+
+/// The server name a client sends when it expects `identity`.
+pub fn server_name_for(identity: &SpiffeId) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(identity.tls_server_name())
+        .map_err(|e| format!("identity {identity} has no valid TLS name: {e}"))
+}
+
+/// Client side of proxy-to-proxy mTLS.
+pub fn mesh_client_config(
+    roots: Arc<RootCertStore>,
+    certs: Arc<CertStore>,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots)))
+        .with_client_cert_resolver(certs);
+    config.alpn_protocols = vec![weft_api::mesh::ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Server side of proxy-to-proxy mTLS: a client certificate under the
+/// trust anchors is required, and so is Weft's ALPN protocol.
+pub fn mesh_server_config(
+    roots: Arc<RootCertStore>,
+    certs: Arc<CertStore>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![weft_api::mesh::ALPN.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Client config for the controller's gRPC server (no client certificate:
+/// the token proves who we are).
+pub fn controller_client_config(
+    roots: Arc<RootCertStore>,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests;

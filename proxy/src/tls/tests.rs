@@ -1,0 +1,190 @@
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+/// A trust anchor that can sign workload leaves directly.
+struct TestCa {
+    cert: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).unwrap().der().clone();
+        TestCa {
+            cert,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn roots(&self) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.cert.clone()).unwrap();
+        Arc::new(roots)
+    }
+
+    fn store_for(&self, id: &str) -> Arc<CertStore> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let leaf = params.signed_by(&key, &self.issuer).unwrap().der().clone();
+        let signing = provider()
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                key.serialize_der(),
+            )))
+            .unwrap();
+        let store = Arc::new(CertStore::default());
+        store.set(CertifiedKey::new(vec![leaf], signing));
+        store
+    }
+}
+
+const WEB: &str = "spiffe://cluster.local/ns/demo/sa/web";
+const API: &str = "spiffe://cluster.local/ns/demo/sa/api";
+
+/// Runs one handshake; returns the client identity the server saw, or the
+/// client's error.
+async fn handshake(
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+    expect: &str,
+) -> Result<Option<SpiffeId>, String> {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let expect: SpiffeId = expect.parse().unwrap();
+    let server_task = tokio::spawn(async move {
+        let mut tls = tokio_rustls::TlsAcceptor::from(server)
+            .accept(b)
+            .await
+            .ok()?;
+        let id = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(spiffe_id_of);
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await.ok()?;
+        tls.write_all(&buf).await.ok()?;
+        tls.flush().await.ok()?;
+        id
+    });
+    let result = async {
+        let mut tls = tokio_rustls::TlsConnector::from(client)
+            .connect(server_name_for(&expect).unwrap(), a)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        assert_eq!(&buf, b"ping");
+        Ok::<_, String>(())
+    }
+    .await;
+    let seen = server_task.await.unwrap();
+    result.map(|()| seen)
+}
+
+#[tokio::test]
+async fn mutual_tls_proves_both_identities() {
+    let ca = TestCa::new();
+    let client = mesh_client_config(ca.roots(), ca.store_for(WEB)).unwrap();
+    let server = mesh_server_config(ca.roots(), ca.store_for(API)).unwrap();
+    let seen = handshake(client, server, API).await.unwrap();
+    assert_eq!(seen.unwrap().to_string(), WEB);
+}
+
+#[tokio::test]
+async fn a_server_with_another_identity_is_refused() {
+    let ca = TestCa::new();
+    let client = mesh_client_config(ca.roots(), ca.store_for(WEB)).unwrap();
+    let server = mesh_server_config(ca.roots(), ca.store_for(WEB)).unwrap();
+    let error = handshake(client, server, API).await.unwrap_err();
+    assert!(error.contains("NotValidForName"), "{error}");
+}
+
+#[tokio::test]
+async fn peers_under_another_anchor_are_refused() {
+    let ours = TestCa::new();
+    let theirs = TestCa::new();
+    // Their server, our client.
+    let client = mesh_client_config(ours.roots(), ours.store_for(WEB)).unwrap();
+    let server = mesh_server_config(theirs.roots(), theirs.store_for(API)).unwrap();
+    let error = handshake(client, server, API).await.unwrap_err();
+    assert!(error.contains("invalid peer certificate"), "{error}");
+    // Their client, our server: the server refuses the client certificate.
+    let client = mesh_client_config(ours.roots(), theirs.store_for(WEB)).unwrap();
+    let server = mesh_server_config(ours.roots(), ours.store_for(API)).unwrap();
+    assert!(handshake(client, server, API).await.is_err());
+}
+
+#[tokio::test]
+async fn a_client_without_a_certificate_is_refused() {
+    let ca = TestCa::new();
+    let client = mesh_client_config(ca.roots(), Arc::new(CertStore::default())).unwrap();
+    let server = mesh_server_config(ca.roots(), ca.store_for(API)).unwrap();
+    assert!(handshake(client, server, API).await.is_err());
+}
+
+#[tokio::test]
+async fn post_quantum_key_exchange_is_preferred() {
+    let ca = TestCa::new();
+    let client = mesh_client_config(ca.roots(), ca.store_for(WEB)).unwrap();
+    let server = mesh_server_config(ca.roots(), ca.store_for(API)).unwrap();
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let accept = tokio::spawn(async move {
+        let tls = tokio_rustls::TlsAcceptor::from(server)
+            .accept(b)
+            .await
+            .unwrap();
+        tls.get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|g| g.name())
+    });
+    let api: SpiffeId = API.parse().unwrap();
+    let _tls = tokio_rustls::TlsConnector::from(client)
+        .connect(server_name_for(&api).unwrap(), a)
+        .await
+        .unwrap();
+    assert_eq!(
+        accept.await.unwrap(),
+        Some(rustls::NamedGroup::X25519MLKEM768)
+    );
+}
+
+#[test]
+fn identity_comes_from_the_single_uri_san() {
+    let ca = TestCa::new();
+    let store = ca.store_for(WEB);
+    let key = store.current.load_full().unwrap();
+    assert_eq!(spiffe_id_of(&key.cert[0]).unwrap().to_string(), WEB);
+    assert!(spiffe_id_of(&ca.cert).is_none());
+    assert!(spiffe_id_of(&CertificateDer::from(vec![1, 2, 3])).is_none());
+}
+
+#[test]
+fn anchors_must_be_pem_certificates() {
+    assert!(load_anchors(b"").is_err());
+    assert!(
+        load_anchors(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err()
+    );
+}
