@@ -19,6 +19,7 @@ declare -A wanted=(
     [wrk]=/usr/bin/wrk
     [curl]=/usr/bin/curl
     [procps]=/usr/bin/pgrep
+    [tcpdump]=/usr/bin/tcpdump
 )
 missing=()
 for pkg in "${!wanted[@]}"; do

@@ -11,6 +11,7 @@
 //! that died are swept at the next start.
 
 pub mod cni;
+pub mod identity;
 pub mod metrics;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -89,7 +90,7 @@ impl Bins {
         };
         let dir = PathBuf::from(format!("/tmp/weft-bin-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        for name in ["weft-proxy", "weft-cni", "weft-demo"] {
+        for name in ["weft-proxy", "weft-cni", "weft-demo", "weft-controller"] {
             let from = source.join(name);
             if !from.is_file() {
                 bail!(
@@ -268,6 +269,8 @@ pub struct ProxyOptions {
     pub env: Vec<(String, String)>,
     /// CPU to pin the proxy to (`taskset`), for benchmarks.
     pub cpu: Option<usize>,
+    /// Return as soon as the process runs instead of waiting for `/ready`.
+    pub no_wait: bool,
 }
 
 /// How to build a node.
@@ -548,7 +551,9 @@ impl Mesh {
             &[],
             &env,
         )?;
-        pod.wait_ready(Duration::from_secs(10)).await?;
+        if !options.no_wait {
+            pod.wait_ready(Duration::from_secs(10)).await?;
+        }
         // `ip netns exec` execs in place (and so do taskset/setpriv), so
         // this pid is the proxy's own.
         Ok(pid)

@@ -320,6 +320,7 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
     let options = ProxyOptions {
         env: weft_testbed::env(&[("WEFT_PROXY_CORES", "1"), ("WEFT_LOG_LEVEL", "warn")]),
         cpu: Some(0),
+        ..Default::default()
     };
     let client_proxy = mesh.spawn_proxy(&client, options.clone()).await?;
     let server_proxy = mesh.spawn_proxy(&server, options).await?;
