@@ -80,6 +80,19 @@ enum Command {
         #[arg(long, default_value = "365d", value_parser = duration)]
         issuer_lifetime: Duration,
     },
+    /// Sign a certificate for a peer outside the mesh straight from the
+    /// issuer files (writes the chain and the key as one PEM file).
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>
+        #[arg(long)]
+        identity: String,
+        #[arg(long, default_value = "24h", value_parser = duration)]
+        lifetime: Duration,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Make the key pair the file token source signs with.
     TokenKey {
         #[arg(long)]
@@ -197,6 +210,17 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             pki::rotate_issuer(&dir, &trust_domain, issuer_lifetime)?;
             println!("wrote a new issuer to {}", dir.display());
+            Ok(())
+        }
+        Command::Issue {
+            dir,
+            identity,
+            lifetime,
+            out,
+        } => {
+            let identity: SpiffeId = identity.parse()?;
+            pki::issue_offline(&dir, &identity, lifetime, &out)?;
+            println!("wrote {} for {identity}", out.display());
             Ok(())
         }
         Command::TokenKey { out, force } => {

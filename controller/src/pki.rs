@@ -200,3 +200,38 @@ pub fn generate_token_key(out: &Path, force: bool) -> anyhow::Result<()> {
     )?;
     Ok(())
 }
+
+/// `issue`: signs a workload certificate straight from the issuer files,
+/// for a peer outside the mesh (a gateway, a benchmark's TLS peer). Writes
+/// one PEM file with the chain (leaf first) and the key.
+pub fn issue_offline(
+    dir: &Path,
+    identity: &weft_api::identity::SpiffeId,
+    lifetime: Duration,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let ca = crate::ca::Ca::load(
+        IssuerPaths::in_dir(dir),
+        crate::ca::CaSettings {
+            trust_domain: identity.trust_domain().to_string(),
+            leaf_lifetime: lifetime,
+            clock_skew: Duration::from_secs(60),
+        },
+        crate::metrics::Metrics::new(),
+    )?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.to_string().try_into()?)];
+    let csr = params.serialize_request(&key)?;
+    let issued = ca.certify(identity, csr.der())?;
+    let mut pem = String::new();
+    for der in std::iter::once(&issued.leaf).chain(&issued.intermediates) {
+        pem.push_str(&::pem::encode(&::pem::Pem::new(
+            "CERTIFICATE",
+            der.to_vec(),
+        )));
+    }
+    pem.push_str(&key.serialize_pem());
+    write_atomic(out, pem.as_bytes(), true)
+}

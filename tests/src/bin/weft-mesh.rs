@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::json;
+use weft_testbed::identity::spiffe_id;
 use weft_testbed::{Mesh, Pod, ProxyOptions, http_request, sh};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -310,84 +311,185 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
     }
     let mesh = Mesh::new("bench")?;
     // Port 8080 goes through both Weft proxies; 8081 is the direct path
-    // (skipped by both pods' rules); 8082 is the HAProxy pair's hop.
-    let client = mesh.add_pod("client", Some(json!({ "skipOutboundPorts": [8081, 8082] })))?;
-    let server = mesh.add_pod("server", Some(json!({ "skipInboundPorts": [8081, 8082] })))?;
-    for port in [8080, 8081] {
-        let pid = mesh.spawn_demo(&server, "http", port, "server").await?;
+    // (skipped by both pods' rules); 8082 is the HAProxy pair's hop and
+    // 8083 the HAProxy mTLS pair's.
+    let skips =
+        json!({ "skipOutboundPorts": [8081, 8082, 8083], "skipInboundPorts": [8081, 8082, 8083] });
+    let client = mesh.add_pod("client", Some(skips.clone()))?;
+    let server = mesh.add_pod("server", Some(skips.clone()))?;
+    // A second pair of pods whose proxies have identities and mTLS.
+    let mclient = mesh.add_pod("mclient", Some(skips.clone()))?;
+    let mserver = mesh.add_pod("mserver", Some(skips))?;
+    for (pod, port) in [
+        (&server, 8080),
+        (&server, 8081),
+        (&mserver, 8080),
+        (&mserver, 8081),
+    ] {
+        let pid = mesh.spawn_demo(pod, "http", port, "server").await?;
         sh("taskset", &["-pc", "1", &pid.to_string()])?;
     }
+    let base_env = [("WEFT_PROXY_CORES", "1"), ("WEFT_LOG_LEVEL", "warn")];
     let options = ProxyOptions {
-        env: weft_testbed::env(&[("WEFT_PROXY_CORES", "1"), ("WEFT_LOG_LEVEL", "warn")]),
+        env: weft_testbed::env(&base_env),
         cpu: Some(0),
         ..Default::default()
     };
     let client_proxy = mesh.spawn_proxy(&client, options.clone()).await?;
     let server_proxy = mesh.spawn_proxy(&server, options).await?;
 
+    let ca = mesh.make_ca("ca")?;
+    let controller = mesh
+        .start_controller(&ca, weft_testbed::identity::ControllerOptions::default())
+        .await?;
+    sh("taskset", &["-pc", "1", &controller.pid.to_string()])?;
+    let mut mclient_env = mesh.identity_env(&controller, &mclient, "bench", "client")?;
+    mclient_env.push((
+        "WEFT_MESH_ENDPOINTS".into(),
+        format!("{}={}", mserver.ip, spiffe_id("bench", "server")),
+    ));
+    mclient_env.extend(weft_testbed::env(&base_env));
+    let mut mserver_env = mesh.identity_env(&controller, &mserver, "bench", "server")?;
+    mserver_env.extend(weft_testbed::env(&base_env));
+    let mclient_proxy = mesh
+        .spawn_proxy(
+            &mclient,
+            ProxyOptions {
+                env: mclient_env,
+                cpu: Some(0),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let mserver_proxy = mesh
+        .spawn_proxy(
+            &mserver,
+            ProxyOptions {
+                env: mserver_env,
+                cpu: Some(0),
+                ..Default::default()
+            },
+        )
+        .await?;
+
     let haproxy_cfg = |listen: &str, upstream: &str| {
         format!(
             "global\n  maxconn 4096\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\nfrontend f\n  bind {listen}\n  default_backend b\nbackend b\n  server s1 {upstream}\n"
         )
     };
-    let client_cfg = mesh.dir.join("haproxy-client.cfg");
-    let server_cfg = mesh.dir.join("haproxy-server.cfg");
-    std::fs::write(
-        &client_cfg,
-        haproxy_cfg("127.0.0.1:9000", &format!("{}:8082", server.ip)),
-    )?;
-    std::fs::write(&server_cfg, haproxy_cfg("0.0.0.0:8082", "127.0.0.1:8081"))?;
+    // The HAProxy mTLS pair gets certificates from the same issuer as Weft
+    // and verifies the peer's chain to the same anchor.
+    let anchors = ca.anchors().to_string_lossy().into_owned();
+    let mut pems = Vec::new();
+    for (sa, file) in [
+        ("ha-client", "haproxy-client.pem"),
+        ("ha-server", "haproxy-server.pem"),
+    ] {
+        let out = mesh.dir.join(file);
+        sh(
+            &mesh.bins.path("weft-controller").to_string_lossy(),
+            &[
+                "issue",
+                "--dir",
+                &ca.dir.to_string_lossy(),
+                "--identity",
+                &spiffe_id("bench", sa),
+                "--out",
+                &out.to_string_lossy(),
+            ],
+        )?;
+        pems.push(out.to_string_lossy().into_owned());
+    }
+    let configs = [
+        (
+            &client,
+            "haproxy",
+            haproxy_cfg("127.0.0.1:9000", &format!("{}:8082", server.ip)),
+        ),
+        (
+            &server,
+            "haproxy",
+            haproxy_cfg("0.0.0.0:8082", "127.0.0.1:8081"),
+        ),
+        (
+            &mclient,
+            "haproxy-mtls",
+            haproxy_cfg(
+                "127.0.0.1:9001",
+                &format!(
+                    "{}:8083 ssl crt {} ca-file {anchors} verify required",
+                    mserver.ip, pems[0]
+                ),
+            ),
+        ),
+        (
+            &mserver,
+            "haproxy-mtls",
+            haproxy_cfg(
+                &format!(
+                    "0.0.0.0:8083 ssl crt {} ca-file {anchors} verify required",
+                    pems[1]
+                ),
+                "127.0.0.1:8081",
+            ),
+        ),
+    ];
     let haproxy = std::path::Path::new("/usr/sbin/haproxy");
-    let ha_client = mesh.spawn_as(
-        &client,
-        "haproxy",
-        None,
-        Some(0),
-        haproxy,
-        &["-db", "-f", &client_cfg.to_string_lossy()],
-        &[],
-    )?;
-    let ha_server = mesh.spawn_as(
-        &server,
-        "haproxy",
-        None,
-        Some(0),
-        haproxy,
-        &["-db", "-f", &server_cfg.to_string_lossy()],
-        &[],
-    )?;
+    let mut haproxies = Vec::new();
+    for (pod, label, cfg) in configs {
+        let path = mesh.dir.join(format!("{}-{label}.cfg", pod.name));
+        std::fs::write(&path, cfg)?;
+        let pid = mesh.spawn_as(
+            pod,
+            label,
+            None,
+            Some(0),
+            haproxy,
+            &["-db", "-f", &path.to_string_lossy()],
+            &[],
+        )?;
+        haproxies.push((format!("{label} {}", pod.name), pid));
+    }
     weft_testbed::wait_listening(&client, 9000).await?;
     weft_testbed::wait_listening(&server, 8082).await?;
+    weft_testbed::wait_listening(&mclient, 9001).await?;
+    weft_testbed::wait_listening(&mserver, 8083).await?;
 
     let paths = [
-        ("direct", format!("http://{}:8081/", server.ip)),
-        ("weft", format!("http://{}:8080/", server.ip)),
-        ("haproxy", "http://127.0.0.1:9000/".to_string()),
+        ("direct", &client, format!("http://{}:8081/", server.ip)),
+        ("weft", &client, format!("http://{}:8080/", server.ip)),
+        ("haproxy", &client, "http://127.0.0.1:9000/".to_string()),
+        (
+            "weft-mtls",
+            &mclient,
+            format!("http://{}:8080/", mserver.ip),
+        ),
+        ("ha-mtls", &mclient, "http://127.0.0.1:9001/".to_string()),
     ];
     println!(
         "wrk on CPU 1 with the server app; each pair of proxies on CPU 0; {}s per run",
         duration.as_secs()
     );
     println!(
-        "{:<8} {:>5} {:>12} {:>10} {:>10} {:>8}",
+        "{:<10} {:>5} {:>12} {:>10} {:>10} {:>8}",
         "path", "conns", "req/s", "p50 ms", "p99 ms", "errors"
     );
     let mut table = Vec::new();
     for connections in [1, 50] {
-        for (label, url) in &paths {
+        for (label, pod, url) in &paths {
             // Warm pools and caches so every path starts alike.
             wrk(
                 &mesh,
-                &client,
+                pod,
                 url,
                 connections,
                 Duration::from_secs(1),
                 &format!("{label}-warm"),
             )
             .await?;
-            let r = wrk(&mesh, &client, url, connections, duration, label).await?;
+            let r = wrk(&mesh, pod, url, connections, duration, label).await?;
             println!(
-                "{label:<8} {connections:>5} {:>12.0} {:>10.3} {:>10.3} {:>8}",
+                "{label:<10} {connections:>5} {:>12.0} {:>10.3} {:>10.3} {:>8}",
                 r.rps, r.p50_ms, r.p99_ms, r.errors
             );
             table.push((*label, connections, r));
@@ -403,15 +505,23 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
                 .unwrap_or_default()
         };
         let direct = get("direct");
-        for label in ["weft", "haproxy"] {
+        for label in ["weft", "haproxy", "weft-mtls", "ha-mtls"] {
             let r = get(label);
             println!(
-                "  {label:<8} c={connections:<3} throughput {:.2}x  p50 +{:.3} ms  p99 +{:.3} ms",
+                "  {label:<10} c={connections:<3} throughput {:.2}x  p50 +{:.3} ms  p99 +{:.3} ms",
                 r.rps / direct.rps,
                 r.p50_ms - direct.p50_ms,
                 r.p99_ms - direct.p99_ms
             );
         }
+        let (mtls, ha_http, ha_mtls) = (get("weft-mtls"), get("haproxy"), get("ha-mtls"));
+        println!(
+            "  weft-mtls vs haproxy (plain HTTP) c={connections}: {:.2}x req/s; vs ha-mtls: {:.2}x req/s, added p50 {:.3} ms vs {:.3} ms",
+            mtls.rps / ha_http.rps,
+            mtls.rps / ha_mtls.rps,
+            mtls.p50_ms - direct.p50_ms,
+            ha_mtls.p50_ms - direct.p50_ms
+        );
     }
     let opened = client.metrics().await?.sum(
         "tcp_open_total",
@@ -423,15 +533,17 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
         .sum("request_total", &[("direction", "outbound")]);
     println!("\nweft client proxy opened {opened} upstream connections for {requests} requests");
     println!("\npeak RSS (VmHWM):");
-    for (who, pid) in [
-        ("weft client proxy", client_proxy),
-        ("weft server proxy", server_proxy),
-        ("haproxy client", ha_client),
-        ("haproxy server", ha_server),
-    ] {
+    let mut processes = vec![
+        ("weft client proxy".to_string(), client_proxy),
+        ("weft server proxy".to_string(), server_proxy),
+        ("weft mTLS client proxy".to_string(), mclient_proxy),
+        ("weft mTLS server proxy".to_string(), mserver_proxy),
+    ];
+    processes.extend(haproxies);
+    for (who, pid) in processes {
         let (peak, now) = weft_testbed::memory_kib(pid)?;
         println!(
-            "  {who:<18} {:>7.1} MiB peak, {:>7.1} MiB now",
+            "  {who:<24} {:>7.1} MiB peak, {:>7.1} MiB now",
             peak as f64 / 1024.0,
             now as f64 / 1024.0
         );
