@@ -68,10 +68,43 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     mesh.spawn_demo(&web, "http", 8080, "web").await?;
     mesh.spawn_demo(&web, "grpc", 50051, "web").await?;
     mesh.spawn_demo(&web, "banner", 3306, "web").await?;
-    mesh.spawn_proxy(&web, ProxyOptions::default()).await?;
-    mesh.spawn_proxy(&client, ProxyOptions::default()).await?;
+    let ca = mesh.make_ca("ca")?;
+    let controller = mesh
+        .start_controller(&ca, weft_testbed::identity::ControllerOptions::default())
+        .await?;
+    println!(
+        "ctl   weft-controller on the node at {} (trust anchor and issuer from `weft-controller bootstrap`)",
+        controller.addr()
+    );
+    let web_env = mesh.identity_env(&controller, &web, "demo", "web")?;
+    let mut client_env = mesh.identity_env(&controller, &client, "demo", "client")?;
+    client_env.push((
+        "WEFT_MESH_ENDPOINTS".into(),
+        format!("{}={}", web.ip, spiffe_id("demo", "web")),
+    ));
+    mesh.spawn_proxy(
+        &web,
+        ProxyOptions {
+            env: web_env,
+            ..Default::default()
+        },
+    )
+    .await?;
+    mesh.spawn_proxy(
+        &client,
+        ProxyOptions {
+            env: client_env,
+            ..Default::default()
+        },
+    )
+    .await?;
     println!(
         "apps  web: HTTP :8080, gRPC :50051, server-speaks-first TCP :3306; both pods run weft-proxy as UID 2103"
+    );
+    println!(
+        "ids   client proxy is {}, web proxy is {}; each got its certificate from the controller",
+        spiffe_id("demo", "client"),
+        spiffe_id("demo", "web")
     );
     heading("redirect rules weft-cni installed in the client pod");
     print!(
@@ -108,19 +141,46 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     let banner = banner_demo(&client, SocketAddr::from((web.ip, 3306))).await?;
     println!("TCP        :3306 (opaque, server speaks first): {banner}");
 
-    heading("what each proxy counted");
-    for (pod, direction) in [(&client, "outbound"), (&web, "inbound")] {
+    heading("what each proxy counted (tls=\"true\": mutual TLS between the proxies)");
+    let client_id = spiffe_id("demo", "client");
+    let web_id = spiffe_id("demo", "web");
+    for (pod, direction, peer_label, peer_id) in [
+        (&client, "outbound", "server_id", web_id.as_str()),
+        (&web, "inbound", "client_id", client_id.as_str()),
+    ] {
         let m = pod.metrics().await?;
         println!("{} proxy ({direction}):", pod.name);
         for (metric, labels) in [
-            ("request_total", vec![("direction", direction)]),
+            (
+                "request_total",
+                vec![
+                    ("direction", direction),
+                    ("tls", "true"),
+                    (peer_label, peer_id),
+                ],
+            ),
             (
                 "response_total",
-                vec![("direction", direction), ("classification", "success")],
+                vec![
+                    ("direction", direction),
+                    ("tls", "true"),
+                    ("classification", "success"),
+                ],
             ),
             (
                 "tcp_open_total",
-                vec![("direction", direction), ("peer", "src")],
+                vec![
+                    ("direction", direction),
+                    (
+                        "peer",
+                        if direction == "outbound" {
+                            "dst"
+                        } else {
+                            "src"
+                        },
+                    ),
+                    ("tls", "true"),
+                ],
             ),
             (
                 "protocol_detect_total",
@@ -134,16 +194,18 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
                 "protocol_detect_total",
                 vec![("direction", direction), ("protocol", "opaque_port")],
             ),
-            (
-                "tcp_read_bytes_total",
-                vec![("direction", direction), ("peer", "src")],
-            ),
+            ("identity_cert_refresh_total", vec![("result", "success")]),
         ] {
+            // Mesh connections name their protocol in the mesh header, so
+            // the inbound side detects nothing.
+            if direction == "inbound" && metric == "protocol_detect_total" {
+                continue;
+            }
             let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
             println!(
                 "  {metric}{{{}}} {}",
                 shown.join(","),
-                m.sum(metric, &labels)
+                m.sum(metric, &labels) + 0.0
             );
         }
     }
