@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::tls::{self, CertStore};
 
 /// Where and how to get certificates.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct IdentityConfig {
     /// `host:port` of the controller's gRPC server.
     pub controller_addr: String,
@@ -34,6 +34,19 @@ pub struct IdentityConfig {
     /// kubelet rotates projected tokens.
     pub token_file: PathBuf,
     pub anchors: Arc<RootCertStore>,
+}
+
+impl std::fmt::Debug for IdentityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The anchors' DER would drown the startup log line.
+        f.debug_struct("IdentityConfig")
+            .field("controller_addr", &self.controller_addr)
+            .field("controller_identity", &self.controller_identity.to_string())
+            .field("identity", &self.identity.to_string())
+            .field("token_file", &self.token_file)
+            .field("trust_anchors", &self.anchors.len())
+            .finish()
+    }
 }
 
 /// Backoff between failed attempts.

@@ -58,3 +58,67 @@ fn listener_ports_must_differ() {
     let err = config(&[("WEFT_INBOUND_PORT", "6140")]).unwrap_err();
     assert!(err.to_string().contains("must differ"), "{err}");
 }
+
+/// A syntactically valid anchor, made on the fly.
+fn anchor_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[test]
+fn identity_settings_are_all_or_nothing() {
+    let anchor = anchor_pem();
+    let full = [
+        ("WEFT_CONTROLLER_ADDR", "weft-controller.weft-system:8086"),
+        ("WEFT_IDENTITY", "spiffe://cluster.local/ns/demo/sa/web"),
+        ("WEFT_IDENTITY_TOKEN_FILE", "/var/run/secrets/weft/token"),
+        ("WEFT_TRUST_ANCHORS", anchor.as_str()),
+    ];
+    let c = config(&full).unwrap();
+    let id = c.identity.expect("identity");
+    assert_eq!(
+        id.controller_identity.to_string(),
+        "spiffe://cluster.local/ns/weft-system/sa/weft-controller"
+    );
+    assert_eq!(c.inbound_mtls, InboundMtls::Permissive);
+    assert!(config(&[]).unwrap().identity.is_none());
+
+    // Each missing or bad piece is named.
+    for (drop, var) in [
+        ("WEFT_IDENTITY", "WEFT_IDENTITY"),
+        ("WEFT_IDENTITY_TOKEN_FILE", "WEFT_IDENTITY_TOKEN_FILE"),
+        ("WEFT_TRUST_ANCHORS", "WEFT_TRUST_ANCHORS"),
+    ] {
+        let vars: Vec<_> = full.iter().copied().filter(|(k, _)| *k != drop).collect();
+        assert_eq!(config(&vars).unwrap_err().var, var);
+    }
+    for (key, bad) in [
+        ("WEFT_CONTROLLER_ADDR", "no-port"),
+        ("WEFT_IDENTITY", "spiffe://cluster.local/web"),
+        ("WEFT_TRUST_ANCHORS", "not pem"),
+        ("WEFT_CONTROLLER_IDENTITY", "web"),
+        ("WEFT_INBOUND_MTLS", "sometimes"),
+        ("WEFT_MESH_ENDPOINTS", "10.0.0.1"),
+        ("WEFT_MESH_ENDPOINTS", "10.0.0.1=spiffe://x/y"),
+    ] {
+        let mut vars: Vec<_> = full.iter().copied().filter(|(k, _)| *k != key).collect();
+        vars.push((key, bad));
+        assert_eq!(config(&vars).unwrap_err().var, key, "{key}={bad}");
+    }
+    // Strict mode and meshed endpoints need an identity.
+    assert_eq!(
+        config(&[("WEFT_INBOUND_MTLS", "strict")]).unwrap_err().var,
+        "WEFT_INBOUND_MTLS"
+    );
+    let mut vars = full.to_vec();
+    vars.push((
+        "WEFT_MESH_ENDPOINTS",
+        "10.42.0.3=spiffe://cluster.local/ns/demo/sa/api",
+    ));
+    vars.push(("WEFT_INBOUND_MTLS", "strict"));
+    let c = config(&vars).unwrap();
+    assert_eq!(c.mesh_endpoints.len(), 1);
+    assert_eq!(c.inbound_mtls, InboundMtls::Strict);
+}
