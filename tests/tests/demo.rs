@@ -44,12 +44,17 @@ fn demo_shows_traffic_and_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("10/10 answered 200"), "{stdout}");
+    // All of it crossed as mTLS between the two workload identities.
     assert!(
-        stdout.contains("request_total{direction=\"outbound\"} 13"),
+        stdout.contains(
+            "request_total{direction=\"outbound\",tls=\"true\",server_id=\"spiffe://cluster.local/ns/demo/sa/web\"} 13"
+        ),
         "{stdout}"
     );
     assert!(
-        stdout.contains("request_total{direction=\"inbound\"} 13"),
+        stdout.contains(
+            "request_total{direction=\"inbound\",tls=\"true\",client_id=\"spiffe://cluster.local/ns/demo/sa/client\"} 13"
+        ),
         "{stdout}"
     );
     assert!(stdout.contains("redirect to :6140"), "{stdout}");
