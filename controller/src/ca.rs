@@ -304,6 +304,21 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// Makes a key here and certifies it, for certificates the controller
+    /// hands out itself (its own serving certificate, `issue`), through the
+    /// same checks as a proxy's CSR.
+    pub fn issue_with_new_key(&self, identity: &SpiffeId) -> anyhow::Result<(KeyPair, Issued)> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into()?)];
+        let csr = params.serialize_request(&key)?;
+        let issued = self.certify(identity, csr.der())?;
+        Ok((key, issued))
+    }
+}
+
 /// Only P-256 keys: the signature algorithm alone does not say the curve.
 fn check_p256_key(csr_der: &[u8]) -> Result<(), CsrRefusal> {
     use x509_parser::certification_request::X509CertificationRequest;

@@ -219,12 +219,7 @@ pub fn issue_offline(
         },
         crate::metrics::Metrics::new(),
     )?;
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names = vec![rcgen::SanType::URI(identity.to_string().try_into()?)];
-    let csr = params.serialize_request(&key)?;
-    let issued = ca.certify(identity, csr.der())?;
+    let (key, issued) = ca.issue_with_new_key(identity)?;
     let mut pem = String::new();
     for der in std::iter::once(&issued.leaf).chain(&issued.intermediates) {
         pem.push_str(&::pem::encode(&::pem::Pem::new(

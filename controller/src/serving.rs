@@ -36,12 +36,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// Makes a key, a CSR and a certificate for `identity` from `ca`.
 fn issue(ca: &Ca, identity: &SpiffeId) -> anyhow::Result<(CertifiedKey, SystemTime)> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names = vec![rcgen::SanType::URI(identity.to_string().try_into()?)];
-    let csr = params.serialize_request(&key)?;
-    let issued = ca.certify(identity, csr.der())?;
+    let (key, issued) = ca.issue_with_new_key(identity)?;
     let signing_key = provider()
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(

@@ -7,16 +7,20 @@ use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificat
 use super::*;
 use crate::pki;
 
-fn setup(lifetime: Duration) -> (tempfile::TempDir, Ca) {
-    let dir = tempfile::tempdir().unwrap();
+/// A one-day anchor and a one-hour issuer in `dir`.
+fn bootstrap(dir: &std::path::Path) -> anyhow::Result<()> {
     pki::bootstrap(
-        dir.path(),
+        dir,
         "cluster.local",
         Duration::from_secs(86_400),
         Duration::from_secs(3600),
         false,
     )
-    .unwrap();
+}
+
+fn setup(lifetime: Duration) -> (tempfile::TempDir, Ca) {
+    let dir = tempfile::tempdir().unwrap();
+    bootstrap(dir.path()).unwrap();
     let ca = Ca::load(
         pki::IssuerPaths::in_dir(dir.path()),
         CaSettings {
@@ -165,14 +169,7 @@ fn reloads_a_rotated_issuer_and_ignores_a_broken_one() {
 
     // An issuer from a different anchor is refused.
     let foreign = tempfile::tempdir().unwrap();
-    pki::bootstrap(
-        foreign.path(),
-        "cluster.local",
-        Duration::from_secs(86_400),
-        Duration::from_secs(3600),
-        false,
-    )
-    .unwrap();
+    bootstrap(foreign.path()).unwrap();
     for name in [pki::ISSUER_CERT, pki::ISSUER_KEY] {
         std::fs::copy(foreign.path().join(name), dir.path().join(name)).unwrap();
     }
@@ -192,14 +189,7 @@ fn reloads_a_rotated_issuer_and_ignores_a_broken_one() {
 #[test]
 fn refuses_to_start_with_mismatched_files() {
     let dir = tempfile::tempdir().unwrap();
-    pki::bootstrap(
-        dir.path(),
-        "cluster.local",
-        Duration::from_secs(86_400),
-        Duration::from_secs(3600),
-        false,
-    )
-    .unwrap();
+    bootstrap(dir.path()).unwrap();
     std::fs::write(dir.path().join(pki::ISSUER_KEY), p256().serialize_pem()).unwrap();
     let err = Ca::load(
         pki::IssuerPaths::in_dir(dir.path()),
@@ -213,12 +203,5 @@ fn refuses_to_start_with_mismatched_files() {
     .unwrap_err();
     assert!(err.to_string().contains("do not belong together"), "{err}");
     // And bootstrap will not silently replace an anchor.
-    let again = pki::bootstrap(
-        dir.path(),
-        "cluster.local",
-        Duration::from_secs(86_400),
-        Duration::from_secs(3600),
-        false,
-    );
-    assert!(again.is_err());
+    assert!(bootstrap(dir.path()).is_err());
 }
