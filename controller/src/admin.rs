@@ -10,9 +10,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::discovery::Store;
 use crate::metrics::Metrics;
 
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, store: Arc<Store>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -22,11 +23,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let (metrics, store) = (metrics.clone(), store.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(route(&metrics, &req)) }
+                let (metrics, store) = (metrics.clone(), store.clone());
+                async move { Ok::<_, Infallible>(route(&metrics, &store, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -35,11 +36,20 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-fn route(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn route(metrics: &Metrics, store: &Store, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body, content_type) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/live") => (StatusCode::OK, "live\n".to_string(), "text/plain"),
-        // Serving starts only after the CA loaded, so up means ready.
-        (&Method::GET, "/ready") => (StatusCode::OK, "ready\n".to_string(), "text/plain"),
+        // Serving starts only after the CA loaded; discovery must also
+        // have listed everything once, or proxies would be told that
+        // existing services do not exist.
+        (&Method::GET, "/ready") if store.is_synced() => {
+            (StatusCode::OK, "ready\n".to_string(), "text/plain")
+        }
+        (&Method::GET, "/ready") => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "discovery not synced\n".to_string(),
+            "text/plain",
+        ),
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             metrics.encode(),

@@ -4,10 +4,16 @@
 //! with the service-account token that proves who they are, and get a
 //! short-lived SPIFFE workload certificate signed by the issuer (an
 //! intermediate under the trust anchor). The issuer is reloaded from its
-//! files when they change. Discovery joins this crate in a later issue.
+//! files when they change.
+//!
+//! It also serves discovery: proxies subscribe to the destinations their
+//! apps dial and get each one's endpoints (with identities), traffic split
+//! and route policy, pushed whenever they change. Objects come from the
+//! Kubernetes API or from YAML files.
 
 pub mod admin;
 pub mod ca;
+pub mod discovery;
 pub mod metrics;
 pub mod pki;
 pub mod service;
@@ -21,9 +27,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use weft_api::identity::SpiffeId;
+use weft_api::proto::destination::destination_server::DestinationServer;
 use weft_api::proto::identity::identity_server::IdentityServer;
 
 use crate::ca::{Ca, CaSettings};
+use crate::discovery::Store;
 use crate::metrics::Metrics;
 use crate::token::TokenVerifier;
 
@@ -34,6 +42,17 @@ pub enum TokenSource {
     Kubernetes,
     /// JWTs signed by the key whose public half is in this file.
     File(PathBuf),
+}
+
+/// Where discovery objects come from.
+#[derive(Debug, Clone)]
+pub enum DiscoverySource {
+    /// Watches on the API server of the cluster we run in.
+    Kubernetes,
+    /// YAML files in this file or folder, polled for changes.
+    File(PathBuf),
+    /// No discovery: every destination is unknown (identity only).
+    None,
 }
 
 /// Everything `serve` needs.
@@ -50,6 +69,9 @@ pub struct ServeConfig {
     /// The controller's own identity, on its serving certificate.
     pub identity: SpiffeId,
     pub reload_interval: Duration,
+    pub discovery: DiscoverySource,
+    /// The cluster's DNS domain, for names like `web.demo.svc.cluster.local`.
+    pub cluster_domain: String,
 }
 
 /// Runs the identity service until SIGTERM or SIGINT.
@@ -72,6 +94,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             )
         })?,
     );
+    let mut kube_client = None;
+    let mut kube = async || -> anyhow::Result<kube::Client> {
+        if let Some(client) = &kube_client {
+            return Ok(Clone::clone(client));
+        }
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot reach the Kubernetes API")?;
+        kube_client = Some(client.clone());
+        Ok(client)
+    };
     let tokens = Arc::new(match &config.token_source {
         TokenSource::File(path) => {
             let pem = std::fs::read(path)
@@ -80,12 +113,26 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not an EC public key", path.display()))?
         }
         TokenSource::Kubernetes => TokenVerifier::Kubernetes {
-            client: kube::Client::try_default()
-                .await
-                .context("cannot reach the Kubernetes API")?,
+            client: kube().await?,
             audience: config.token_audience.clone(),
         },
     });
+    let store = Store::new(
+        &config.trust_domain,
+        &config.cluster_domain,
+        metrics.clone(),
+    );
+    match &config.discovery {
+        DiscoverySource::Kubernetes => discovery::kubernetes::spawn(kube().await?, store.clone()),
+        DiscoverySource::File(path) => {
+            tokio::spawn(discovery::file::run(
+                path.clone(),
+                store.clone(),
+                config.reload_interval,
+            ));
+        }
+        DiscoverySource::None => store.mark_synced(),
+    }
     let serving = serving::ServingCert::new(&ca, config.identity.clone())?;
     let tls = serving.server_config()?;
     tokio::spawn(serving::maintain(
@@ -97,7 +144,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin))?;
-    tokio::spawn(admin::serve(admin, metrics.clone()));
+    tokio::spawn(admin::serve(admin, metrics.clone(), store.clone()));
     let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -106,8 +153,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         admin = %config.admin,
         identity = %config.identity,
         tokens = ?config.token_source,
-        "identity service ready"
+        discovery = ?config.discovery,
+        "serving identity and discovery"
     );
+    let destinations = DestinationServer::new(discovery::service::DestinationService {
+        store,
+        metrics: metrics.clone(),
+    })
+    .max_decoding_message_size(16 * 1024);
     let service = IdentityServer::new(service::IdentityService {
         ca,
         tokens,
@@ -116,8 +169,14 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // A CSR and a token fit easily; anything bigger is not a real request.
     .max_decoding_message_size(64 * 1024);
     tonic::transport::Server::builder()
+        // Bounds each call until its response starts; a destination
+        // stream then lives as long as the proxy keeps it.
         .timeout(Duration::from_secs(30))
+        // Finds proxies that vanished without closing their streams.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(service)
+        .add_service(destinations)
         .serve_with_incoming_shutdown(serving::incoming(grpc, tls), shutdown_signal())
         .await
         .context("gRPC server failed")?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use weft_api::identity::{DEFAULT_TRUST_DOMAIN, SpiffeId, TOKEN_AUDIENCE};
-use weft_controller::{ServeConfig, TokenSource, pki, token};
+use weft_controller::{DiscoverySource, ServeConfig, TokenSource, pki, token};
 
 fn duration(v: &str) -> Result<Duration, String> {
     weft_api::duration::parse(v)
@@ -54,6 +54,13 @@ enum Command {
         /// How often the issuer files are checked for changes.
         #[arg(long, env = "WEFT_RELOAD_INTERVAL", default_value = "2s", value_parser = duration)]
         reload_interval: Duration,
+        /// Where discovery objects come from: `kubernetes` (watches),
+        /// `file:<file or folder>` (YAML, reloaded on change) or `none`.
+        #[arg(long, env = "WEFT_DISCOVERY", default_value = "kubernetes")]
+        discovery: String,
+        /// The cluster's DNS domain.
+        #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+        cluster_domain: String,
         #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
         log_level: String,
     },
@@ -144,6 +151,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             namespace,
             service_account,
             reload_interval,
+            discovery,
+            cluster_domain,
             log_level,
         } => {
             let filter = tracing_subscriber::EnvFilter::builder()
@@ -162,6 +171,16 @@ fn run(command: Command) -> anyhow::Result<()> {
                     ),
                 },
             };
+            let discovery = match discovery.as_str() {
+                "kubernetes" => DiscoverySource::Kubernetes,
+                "none" => DiscoverySource::None,
+                other => match other.strip_prefix("file:") {
+                    Some(path) if !path.is_empty() => DiscoverySource::File(path.into()),
+                    _ => anyhow::bail!(
+                        "--discovery {other:?}: use `kubernetes`, `file:<file or folder>` or `none`"
+                    ),
+                },
+            };
             if cert_lifetime < Duration::from_secs(10) {
                 anyhow::bail!("--cert-lifetime must be at least 10s");
             }
@@ -177,6 +196,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 token_audience,
                 identity,
                 reload_interval,
+                discovery,
+                cluster_domain,
             };
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -19,6 +20,33 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EventLabels {
+    pub kind: &'static str,
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct InvalidLabels {
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// Counts a subscription while it lives.
+#[derive(Debug)]
+pub struct SubscriptionGuard(Gauge);
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -26,6 +54,14 @@ pub struct Metrics {
     pub refused: Family<ReasonLabels, Counter>,
     pub issuer_expiry: Gauge,
     pub issuer_reloads: Family<ResultLabels, Counter>,
+    pub discovery_objects: Family<KindLabels, Gauge>,
+    pub discovery_events: Family<EventLabels, Counter>,
+    pub discovery_invalid: Family<InvalidLabels, Counter>,
+    pub discovery_file_errors: Counter,
+    pub discovery_refused: Counter,
+    pub discovery_subscriptions: Gauge,
+    pub discovery_updates: Counter,
+    pub discovery_update_latency: Histogram,
 }
 
 impl Metrics {
@@ -36,6 +72,16 @@ impl Metrics {
             refused: Family::default(),
             issuer_expiry: Gauge::default(),
             issuer_reloads: Family::default(),
+            discovery_objects: Family::default(),
+            discovery_events: Family::default(),
+            discovery_invalid: Family::default(),
+            discovery_file_errors: Counter::default(),
+            discovery_refused: Counter::default(),
+            discovery_subscriptions: Gauge::default(),
+            discovery_updates: Counter::default(),
+            discovery_update_latency: Histogram::new([
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0,
+            ]),
             registry: Registry::default(),
         };
         registry.register(
@@ -58,6 +104,46 @@ impl Metrics {
             "Issuer reloads after its files changed, by result",
             m.issuer_reloads.clone(),
         );
+        registry.register(
+            "discovery_objects",
+            "Objects discovery holds, by kind",
+            m.discovery_objects.clone(),
+        );
+        registry.register(
+            "discovery_watch_events",
+            "Object changes received from the source, by kind and action",
+            m.discovery_events.clone(),
+        );
+        registry.register(
+            "discovery_invalid_config",
+            "Annotations and TrafficSplits ignored because they are invalid, by reason",
+            m.discovery_invalid.clone(),
+        );
+        registry.register(
+            "discovery_file_errors",
+            "Discovery files that could not be read or parsed (their previous content stays)",
+            m.discovery_file_errors.clone(),
+        );
+        registry.register(
+            "discovery_requests_refused",
+            "Destination subscriptions refused for a malformed authority",
+            m.discovery_refused.clone(),
+        );
+        registry.register(
+            "discovery_subscriptions",
+            "Destination subscriptions open now (proxies connected, times destinations)",
+            m.discovery_subscriptions.clone(),
+        );
+        registry.register(
+            "discovery_updates",
+            "Destination updates pushed to proxies",
+            m.discovery_updates.clone(),
+        );
+        registry.register(
+            "discovery_update_latency_ms",
+            "Time from a change to its update being handed to the proxy's stream",
+            m.discovery_update_latency.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -74,6 +160,46 @@ impl Metrics {
     pub fn set_issuer_expiry(&self, t: SystemTime) {
         let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         self.issuer_expiry.set(secs as i64);
+    }
+
+    pub fn set_discovery_objects(&self, kind: &'static str, n: usize) {
+        self.discovery_objects
+            .get_or_create(&KindLabels { kind })
+            .set(n as i64);
+    }
+
+    pub fn discovery_event(&self, kind: &'static str, action: &'static str) {
+        self.discovery_events
+            .get_or_create(&EventLabels { kind, action })
+            .inc();
+    }
+
+    pub fn invalid_config(&self, kind: &'static str, reason: &str) {
+        self.discovery_invalid
+            .get_or_create(&InvalidLabels {
+                kind,
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn discovery_file_error(&self) {
+        self.discovery_file_errors.inc();
+    }
+
+    pub fn discovery_refused(&self) {
+        self.discovery_refused.inc();
+    }
+
+    pub fn discovery_subscription(&self) -> SubscriptionGuard {
+        self.discovery_subscriptions.inc();
+        SubscriptionGuard(self.discovery_subscriptions.clone())
+    }
+
+    pub fn discovery_update(&self, latency: std::time::Duration) {
+        self.discovery_updates.inc();
+        self.discovery_update_latency
+            .observe(latency.as_secs_f64() * 1000.0);
     }
 
     pub fn encode(&self) -> String {

@@ -8,6 +8,7 @@
 pub mod duration;
 pub mod identity;
 pub mod mesh;
+pub mod split;
 
 /// The proxy–controller gRPC protocol, generated from `proto/`.
 pub mod proto {
@@ -15,6 +16,11 @@ pub mod proto {
     pub mod identity {
         #![allow(missing_debug_implementations, clippy::all)]
         tonic::include_proto!("weft.identity.v1");
+    }
+    /// Discovery: `weft.destination.v1.Destination`.
+    pub mod destination {
+        #![allow(missing_debug_implementations, clippy::all)]
+        tonic::include_proto!("weft.destination.v1");
     }
 }
 
@@ -32,7 +38,7 @@ pub mod ports {
 
 /// The controller's well-known names and ports.
 pub mod controller {
-    /// gRPC (identity, and discovery once it lands), over TLS.
+    /// gRPC (identity and discovery), over TLS.
     pub const GRPC_PORT: u16 = 8086;
     /// Admin server: `/live`, `/ready`, `/metrics`.
     pub const ADMIN_PORT: u16 = 9996;
@@ -78,6 +84,25 @@ pub mod annotations {
     /// `permissive` (default: plaintext from unmeshed clients is accepted)
     /// or `strict` (only mesh mTLS is accepted).
     pub const INBOUND_MTLS: &str = "config.weft.io/inbound-mtls";
+}
+
+/// Service annotations that set route policy. Invalid values are reported
+/// by the controller and ignored; they never break discovery.
+pub mod policy {
+    /// Comma-separated retry conditions: `5xx`, `gateway-error` (502, 503,
+    /// 504), `connect-failure`, or single status codes such as `429`.
+    pub const RETRY_HTTP: &str = "retry.weft.io/http";
+    /// Retries per request at most (default 2 when retries are on).
+    pub const RETRY_LIMIT: &str = "retry.weft.io/limit";
+    /// Whole-request timeout, retries included (`500ms`, `2s`).
+    pub const TIMEOUT_REQUEST: &str = "timeout.weft.io/request";
+    /// `consecutive:N` ejects an endpoint after N failures in a row; `off`
+    /// disables ejection.
+    pub const FAILURE_ACCRUAL: &str = "balancer.weft.io/failure-accrual";
+    /// Failure accrual when a service does not say.
+    pub const DEFAULT_FAILURE_ACCRUAL: u32 = 5;
+    /// Retry limit when retries are on and the service does not say.
+    pub const DEFAULT_RETRY_LIMIT: u32 = 2;
 }
 
 /// Well-known ports whose protocols have the server speak first (or are

@@ -1,0 +1,293 @@
+//! What discovery keeps of each Kubernetes object: only the fields routing
+//! needs, so a big cluster's pods do not sit in the controller's memory
+//! whole. Both sources (files and the API server) convert into these.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use weft_api::proto::destination::RoutePolicy;
+use weft_api::split::TrafficSplit;
+
+use super::policy;
+
+/// `(namespace, name)`.
+pub type Key = (String, String);
+
+/// A problem with an object's configuration: reported, then ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// What it was about: `annotation` or `traffic_split`.
+    pub kind: &'static str,
+    pub reason: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceInfo {
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub policy: RoutePolicy,
+    pub opaque_ports: BTreeSet<u16>,
+    pub invalid: Vec<Invalid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u16,
+    /// A number, a name (looked up in the endpoints' ports) or nothing
+    /// (same as `port`).
+    pub target: Option<TargetPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceInfo {
+    /// The service this slice belongs to (`kubernetes.io/service-name`).
+    pub service: String,
+    /// `(name, port)`; the name matches the service port's name.
+    pub ports: Vec<(String, u16)>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    pub addresses: Vec<IpAddr>,
+    pub ready: bool,
+    /// The pod behind the endpoint, when the slice says.
+    pub pod: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub ips: Vec<IpAddr>,
+    pub service_account: String,
+    /// The pod runs Weft's proxy, so it terminates mesh mTLS.
+    pub meshed: bool,
+    pub opaque_ports: BTreeSet<u16>,
+    pub workload: String,
+    /// Named container ports, for services whose target port is a name.
+    pub named_ports: BTreeMap<String, u16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitInfo {
+    /// The apex service's short name.
+    pub apex: String,
+    /// `(backend service, weight in thousandths)`; empty if the split is
+    /// unusable (see `invalid`).
+    pub backends: Vec<(String, u64)>,
+    pub invalid: Option<Invalid>,
+}
+
+fn parse_ip(v: &str) -> Option<IpAddr> {
+    v.parse().ok()
+}
+
+impl ServiceInfo {
+    pub fn from_k8s(svc: &Service) -> Self {
+        let spec = svc.spec.clone().unwrap_or_default();
+        let mut cluster_ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| parse_ip(ip))
+            .collect();
+        if let Some(ip) = spec.cluster_ip.as_deref().and_then(parse_ip)
+            && !cluster_ips.contains(&ip)
+        {
+            cluster_ips.push(ip);
+        }
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| {
+                Some(ServicePort {
+                    name: p.name.clone().unwrap_or_default(),
+                    port: u16::try_from(p.port).ok()?,
+                    target: p.target_port.as_ref().and_then(|t| match t {
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => {
+                            u16::try_from(*n).ok().map(TargetPort::Number)
+                        }
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => {
+                            match s.parse::<u16>() {
+                                Ok(n) => Some(TargetPort::Number(n)),
+                                Err(_) => Some(TargetPort::Name(s.clone())),
+                            }
+                        }
+                    }),
+                })
+            })
+            .collect();
+        let empty = BTreeMap::new();
+        let annotations = svc.metadata.annotations.as_ref().unwrap_or(&empty);
+        let (policy, mut invalid) = policy::from_annotations(annotations);
+        let opaque_ports = match annotations.get(weft_api::annotations::OPAQUE_PORTS) {
+            None => BTreeSet::new(),
+            Some(v) => match policy::parse_ports(v) {
+                Ok(ports) => ports,
+                Err(reason) => {
+                    invalid.push(Invalid {
+                        kind: "annotation",
+                        reason: "bad_opaque_ports".into(),
+                        detail: format!("{}={v:?}: {reason}", weft_api::annotations::OPAQUE_PORTS),
+                    });
+                    BTreeSet::new()
+                }
+            },
+        };
+        ServiceInfo {
+            cluster_ips,
+            ports,
+            policy,
+            opaque_ports,
+            invalid,
+        }
+    }
+}
+
+impl SliceInfo {
+    pub fn from_k8s(slice: &EndpointSlice) -> Option<Self> {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            return None;
+        }
+        let service = slice
+            .metadata
+            .labels
+            .as_ref()?
+            .get("kubernetes.io/service-name")?
+            .clone();
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    u16::try_from(p.port?).ok()?,
+                ))
+            })
+            .collect();
+        let endpoints = slice
+            .endpoints
+            .iter()
+            .map(|e| SliceEndpoint {
+                addresses: e.addresses.iter().filter_map(|a| parse_ip(a)).collect(),
+                // "Unknown" counts as ready, as kube-proxy treats it.
+                ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+                pod: e
+                    .target_ref
+                    .as_ref()
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| r.name.clone()),
+            })
+            .collect();
+        Some(SliceInfo {
+            service,
+            ports,
+            endpoints,
+        })
+    }
+}
+
+impl PodInfo {
+    pub fn from_k8s(pod: &Pod) -> (Self, Vec<Invalid>) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let status = pod.status.clone().unwrap_or_default();
+        let mut ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|ip| parse_ip(&ip.ip))
+            .collect();
+        if let Some(ip) = status.pod_ip.as_deref().and_then(parse_ip)
+            && !ips.contains(&ip)
+        {
+            ips.push(ip);
+        }
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        let has_proxy = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == weft_api::PROXY_CONTAINER_NAME);
+        let meshed = has_proxy || labels.contains_key(weft_api::labels::CONTROL_PLANE_NS);
+        let mut invalid = Vec::new();
+        let opaque_ports = match annotations.get(weft_api::annotations::OPAQUE_PORTS) {
+            None => BTreeSet::new(),
+            Some(v) => policy::parse_ports(v).unwrap_or_else(|reason| {
+                invalid.push(Invalid {
+                    kind: "annotation",
+                    reason: "bad_opaque_ports".into(),
+                    detail: format!("{}={v:?}: {reason}", weft_api::annotations::OPAQUE_PORTS),
+                });
+                BTreeSet::new()
+            }),
+        };
+        let named_ports = spec
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
+            .collect();
+        let info = PodInfo {
+            ips,
+            service_account: spec
+                .service_account_name
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "default".into()),
+            meshed,
+            opaque_ports,
+            workload: labels
+                .get(weft_api::labels::WORKLOAD)
+                .cloned()
+                .unwrap_or_default(),
+            named_ports,
+        };
+        (info, invalid)
+    }
+}
+
+impl SplitInfo {
+    pub fn from_split(split: &TrafficSplit) -> Self {
+        // The apex may be written as a short name or as an FQDN.
+        let apex = split
+            .spec
+            .service
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        match split.weighted_backends() {
+            Ok(backends) => SplitInfo {
+                apex,
+                backends: backends
+                    .into_iter()
+                    .map(|(svc, w)| (svc.split('.').next().unwrap_or_default().to_string(), w))
+                    .collect(),
+                invalid: None,
+            },
+            Err(error) => SplitInfo {
+                apex,
+                backends: Vec::new(),
+                invalid: Some(Invalid {
+                    kind: "traffic_split",
+                    reason: error.reason().into(),
+                    detail: error.to_string(),
+                }),
+            },
+        }
+    }
+}
