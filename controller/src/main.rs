@@ -21,6 +21,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at startup; the size of `Serve` does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the identity service.
