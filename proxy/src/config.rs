@@ -57,8 +57,14 @@ pub struct Config {
     pub identity: Option<IdentityConfig>,
     /// Whether inbound connections must be mesh mTLS.
     pub inbound_mtls: InboundMtls,
-    /// Meshed destinations and their identities (until discovery lands).
+    /// Destinations known to be meshed, and their identities, without
+    /// asking discovery (pinned; discovery is not consulted for them).
     pub mesh_endpoints: Vec<(IpAddr, SpiffeId)>,
+    /// Ask the controller about outbound destinations (needs an identity).
+    pub discovery: bool,
+    /// How long a connection to a destination seen for the first time
+    /// waits for discovery's answer before going to the original address.
+    pub discovery_wait: Duration,
 }
 
 /// Inbound policy for connections that are not mesh mTLS.
@@ -188,6 +194,17 @@ impl Config {
                 Vec::new(),
                 parse_endpoints,
             )?,
+            discovery: parse_or(var("WEFT_DISCOVERY"), "WEFT_DISCOVERY", true, |v| match v {
+                "on" | "true" => Ok(true),
+                "off" | "false" => Ok(false),
+                _ => Err("must be on or off".into()),
+            })?,
+            discovery_wait: parse_or(
+                var("WEFT_DISCOVERY_WAIT"),
+                "WEFT_DISCOVERY_WAIT",
+                Duration::from_secs(3),
+                parse_duration,
+            )?,
         };
         if config.identity.is_none() {
             for (name, set) in [
@@ -255,6 +272,8 @@ const KNOWN: &[&str] = &[
     "WEFT_TRUST_ANCHORS_FILE",
     "WEFT_INBOUND_MTLS",
     "WEFT_MESH_ENDPOINTS",
+    "WEFT_DISCOVERY",
+    "WEFT_DISCOVERY_WAIT",
 ];
 
 /// The identity settings: all or nothing, keyed on `WEFT_CONTROLLER_ADDR`.

@@ -13,18 +13,21 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
+use hyper::body::{Body, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::balance::{self, BreakerEvent, EndpointState};
 use crate::config::Config;
 use crate::detect::Protocol;
+use crate::discovery::{Destination, Routes};
 use crate::io::PrefixedIo;
 use crate::metrics::{
-    Direction, DirectionLabels, Metrics, RequestLabels, ResponseLabels, TlsLabels,
+    Direction, DirectionLabels, Metrics, RequestLabels, ResponseLabels, ServiceLabels, TlsLabels,
 };
 use crate::pool::{BoxBody, BoxError, Pool, UpstreamError, Version};
 use crate::tcp::{ConnectError, Connector, Target};
@@ -61,15 +64,25 @@ impl HttpContext {
     }
 }
 
+/// Where a connection's requests go.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// One address: the original destination, or the app on loopback.
+    Fixed(Arc<Target>),
+    /// A destination from discovery, balanced per request.
+    Balanced(Arc<Destination>),
+}
+
 /// Serves one detected HTTP connection until it ends or the proxy drains.
 /// `buf` holds the bytes protocol detection already read; `tls` labels
-/// the requests' metrics with the mesh hop they crossed.
+/// the requests' metrics with the mesh hop they crossed (for a balanced
+/// route, each request's endpoint says instead).
 pub async fn serve<I>(
     ctx: Arc<HttpContext>,
     mut io: I,
     mut buf: BytesMut,
     protocol: Protocol,
-    target: Target,
+    route: Route,
     tls: TlsLabels,
     shutdown: CancellationToken,
 ) where
@@ -94,7 +107,7 @@ pub async fn serve<I>(
         .clone();
     let forwarder = Forwarder {
         ctx: ctx.clone(),
-        target: Arc::new(target),
+        route,
         version,
         tls: Arc::new(tls),
         requests,
@@ -206,45 +219,327 @@ fn record_response(
 #[derive(Clone, Debug)]
 struct Forwarder {
     ctx: Arc<HttpContext>,
-    target: Arc<Target>,
+    route: Route,
+    /// The client's HTTP version on this connection.
     version: Version,
     tls: Arc<TlsLabels>,
     /// This connection's request counter, resolved once.
     requests: Counter,
 }
 
+/// Request bodies up to this size are kept so the request can be retried;
+/// larger or unsized ones are streamed and never retried.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+/// A request body that may be sent more than once.
+enum ReplayBody {
+    /// Read in full: each attempt gets a copy.
+    Buffered(Bytes, Option<HeaderMap>),
+    /// Streamed: only one attempt can have it.
+    Streaming(Option<Incoming>),
+}
+
+impl ReplayBody {
+    fn can_replay(&self) -> bool {
+        matches!(self, ReplayBody::Buffered(..))
+    }
+
+    fn take(&mut self) -> Option<BoxBody> {
+        match self {
+            ReplayBody::Buffered(data, trailers) => {
+                let mut frames = Vec::with_capacity(2);
+                if !data.is_empty() {
+                    frames.push(Ok(Frame::data(data.clone())));
+                }
+                if let Some(t) = trailers {
+                    frames.push(Ok(Frame::trailers(t.clone())));
+                }
+                Some(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+            }
+            ReplayBody::Streaming(body) => Some(body.take()?.map_err(BoxError::from).boxed()),
+        }
+    }
+}
+
+/// How an attempt went, for retries and the breaker.
+enum Attempt {
+    Response(Response<BoxBody>),
+    Failed(UpstreamError),
+}
+
 impl Forwarder {
     async fn call(self, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
         let started = Instant::now();
         let ctx = &self.ctx;
-        self.requests.inc();
         let upgrade = wants_upgrade(&req);
-        let result = if upgrade || req.method() == Method::CONNECT {
-            self.forward_upgrade(req, upgrade).await
+        let (response, tls) = if upgrade || req.method() == Method::CONNECT {
+            match (self.pick_target(), &self.route) {
+                (Some(target), _) => {
+                    let tls = target.tls_labels();
+                    (self.forward_upgrade(req, upgrade, &target).await, Some(tls))
+                }
+                (None, Route::Balanced(dest)) => (Ok(no_endpoints(dest)), None),
+                (None, Route::Fixed(target)) => (
+                    Ok(proxy_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("no route to {}", target.addr),
+                    )),
+                    None,
+                ),
+            }
         } else {
-            self.forward(req).await
+            match &self.route {
+                Route::Fixed(target) => (self.forward_fixed(req, target).await, None),
+                Route::Balanced(dest) => {
+                    let (response, tls) = self.forward_balanced(req, dest).await;
+                    (Ok(response), tls)
+                }
+            }
         };
-        let response = result.unwrap_or_else(|error| {
-            tracing::info!(direction = %ctx.direction, target = %self.target.addr, %error, "upstream request failed");
+        let response = response.unwrap_or_else(|error| {
+            tracing::info!(direction = %ctx.direction, %error, "upstream request failed");
             error_response(&error)
         });
-        record_response(ctx, &self.tls, response.status(), Some(started));
+        let tls = tls.map(Arc::new).unwrap_or_else(|| self.tls.clone());
+        match &self.route {
+            Route::Fixed(_) => self.requests.inc(),
+            Route::Balanced(_) => ctx
+                .metrics
+                .request
+                .get_or_create(&RequestLabels {
+                    direction: ctx.direction.as_str(),
+                    tls: (*tls).clone(),
+                })
+                .inc(),
+        };
+        record_response(ctx, &tls, response.status(), Some(started));
         Ok(response)
     }
 
-    async fn forward(
+    /// The one target for a request that cannot be balanced per request
+    /// (upgrades hold their connection for good).
+    fn pick_target(&self) -> Option<Arc<Target>> {
+        match &self.route {
+            Route::Fixed(target) => Some(target.clone()),
+            Route::Balanced(dest) => {
+                let routes = dest.routes();
+                let endpoint = routes
+                    .as_ref()
+                    .and_then(|r| r.pick_backend())
+                    .and_then(|b| balance::pick(&b.endpoints, None));
+                match (endpoint, routes.is_some()) {
+                    (Some(e), _) => Some(Arc::new(e.target.clone())),
+                    // Gone from discovery since the connection started.
+                    (None, false) => Some(Arc::new(Target::plain(dest.addr))),
+                    (None, true) => None,
+                }
+            }
+        }
+    }
+
+    async fn forward_fixed(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
+        target: &Target,
+    ) -> Result<Response<BoxBody>, UpstreamError> {
+        let req = req.map(|body| body.map_err(BoxError::from).boxed());
+        self.send(target, req).await
+    }
+
+    /// Sends one request to one target: hop-by-hop fields go, and HTTP/1
+    /// between two proxies travels as HTTP/2 (see [`ORIG_PROTO_HEADER`]).
+    async fn send(
+        &self,
+        target: &Target,
+        mut req: Request<BoxBody>,
     ) -> Result<Response<BoxBody>, UpstreamError> {
         strip_hop_by_hop(req.headers_mut(), false);
-        if self.version == Version::Http2 {
-            // HTTP/2 carries the authority in the URI; keep Host out of it.
-            req.headers_mut().remove(HOST);
-        }
-        let req = req.map(|body| body.map_err(BoxError::from).boxed());
-        let mut resp = self.ctx.pool.send(&self.target, self.version, req).await?;
+        let version = match (self.ctx.direction, self.version) {
+            (Direction::Outbound, Version::Http1) if target.mesh.is_some() => {
+                to_mesh_h2(&mut req, target);
+                Version::Http2
+            }
+            (Direction::Inbound, Version::Http2)
+                if req.headers().contains_key(ORIG_PROTO_HEADER) =>
+            {
+                from_mesh_h2(&mut req);
+                Version::Http1
+            }
+            (_, Version::Http2) => {
+                // HTTP/2 carries the authority in the URI; keep Host out.
+                req.headers_mut().remove(HOST);
+                Version::Http2
+            }
+            (_, Version::Http1) => Version::Http1,
+        };
+        let mut resp = self.ctx.pool.send(target, version, req).await?;
         strip_hop_by_hop(resp.headers_mut(), false);
         Ok(resp)
+    }
+
+    /// Per-request balancing with the destination's policy: pick a backend
+    /// by split weight, an endpoint by two choices, bound the whole by the
+    /// route timeout and retry within the budget.
+    async fn forward_balanced(
+        &self,
+        req: Request<Incoming>,
+        dest: &Arc<Destination>,
+    ) -> (Response<BoxBody>, Option<TlsLabels>) {
+        let Some(routes) = dest.routes() else {
+            // Gone from discovery since the connection started: forward as
+            // an unknown destination would be.
+            let target = Target::plain(dest.addr);
+            let resp = self.forward_fixed(req, &target).await;
+            return (resp.unwrap_or_else(|e| error_response(&e)), None);
+        };
+        match routes.policy.timeout {
+            None => self.attempts(req, dest, &routes).await,
+            Some(timeout) => match tokio::time::timeout(timeout, self.attempts(req, dest, &routes))
+                .await
+            {
+                Ok(done) => done,
+                Err(_) => {
+                    tracing::info!(service = %routes.service, ?timeout, "request timed out");
+                    (
+                        proxy_error(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            format!("request to {} timed out after {timeout:?}", routes.service),
+                        ),
+                        None,
+                    )
+                }
+            },
+        }
+    }
+
+    async fn attempts(
+        &self,
+        req: Request<Incoming>,
+        dest: &Arc<Destination>,
+        routes: &Routes,
+    ) -> (Response<BoxBody>, Option<TlsLabels>) {
+        let policy = &routes.policy;
+        let (parts, body) = req.into_parts();
+        let retries_on = !policy.retry_on.is_empty() && policy.retry_limit > 0;
+        let mut body = if retries_on
+            && body
+                .size_hint()
+                .upper()
+                .is_some_and(|n| n <= MAX_REPLAY_BODY)
+        {
+            match body.collect().await {
+                Ok(collected) => {
+                    let trailers = collected.trailers().cloned();
+                    ReplayBody::Buffered(collected.to_bytes(), trailers)
+                }
+                Err(error) => {
+                    return (
+                        proxy_error(
+                            StatusCode::BAD_REQUEST,
+                            format!("reading the request body: {error}"),
+                        ),
+                        None,
+                    );
+                }
+            }
+        } else {
+            ReplayBody::Streaming(Some(body))
+        };
+        // Safe to send twice: RFC 9110's idempotent methods.
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let metrics = &self.ctx.metrics;
+        let service_labels = ServiceLabels {
+            dst_service: routes.service.clone(),
+        };
+        dest.budget.deposit();
+        let mut avoid: Option<Arc<EndpointState>> = None;
+        let mut attempt = 0;
+        loop {
+            let Some(backend) = routes.pick_backend() else {
+                return (no_endpoints(dest), None);
+            };
+            let Some(endpoint) = balance::pick(&backend.endpoints, avoid.as_deref()).cloned()
+            else {
+                return (no_endpoints(dest), None);
+            };
+            let Some(attempt_body) = body.take() else {
+                return (no_endpoints(dest), None);
+            };
+            let mut req = Request::new(attempt_body);
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers.clone();
+            let sent = Instant::now();
+            let outcome = {
+                let _in_flight = endpoint.start();
+                match self.send(&endpoint.target, req).await {
+                    Ok(resp) => Attempt::Response(resp),
+                    Err(error) => Attempt::Failed(error),
+                }
+            };
+            let failed = match &outcome {
+                Attempt::Response(resp) => {
+                    endpoint.observe(sent.elapsed());
+                    resp.status().is_server_error()
+                }
+                Attempt::Failed(_) => true,
+            };
+            let event = if failed {
+                endpoint.failure(policy.failure_accrual)
+            } else {
+                endpoint.success()
+            };
+            match event {
+                BreakerEvent::Ejected(backoff) => {
+                    tracing::info!(service = %routes.service, endpoint = %endpoint.target.addr, ?backoff, "endpoint ejected after consecutive failures");
+                    metrics.breaker(&routes.service, "open");
+                }
+                BreakerEvent::Recovered => {
+                    tracing::info!(service = %routes.service, endpoint = %endpoint.target.addr, "endpoint back in the balancer");
+                    metrics.breaker(&routes.service, "closed");
+                }
+                BreakerEvent::None => {}
+            }
+            let retryable = match &outcome {
+                Attempt::Response(resp) => {
+                    idempotent && policy.retry_on.status(resp.status().as_u16())
+                }
+                // Never sent: safe for any method.
+                Attempt::Failed(UpstreamError::Connect(_)) => policy.retry_on.connect_failure,
+                // Lost mid-exchange: the proxy would answer 502.
+                Attempt::Failed(_) => idempotent && policy.retry_on.status(502),
+            };
+            if retryable && attempt < policy.retry_limit && body.can_replay() {
+                if dest.budget.try_withdraw() {
+                    metrics.retries.get_or_create(&service_labels).inc();
+                    tracing::debug!(service = %routes.service, endpoint = %endpoint.target.addr, attempt, "retrying");
+                    attempt += 1;
+                    avoid = Some(endpoint);
+                    continue;
+                }
+                metrics
+                    .retry_budget_exhausted
+                    .get_or_create(&service_labels)
+                    .inc();
+            }
+            let tls = endpoint.target.tls_labels();
+            return match outcome {
+                Attempt::Response(resp) => (resp, Some(tls)),
+                Attempt::Failed(error) => {
+                    tracing::info!(service = %routes.service, endpoint = %endpoint.target.addr, %error, "upstream request failed");
+                    (error_response(&error), Some(tls))
+                }
+            };
+        }
     }
 
     /// WebSocket-style upgrades and CONNECT: forward the request on a fresh
@@ -254,16 +549,17 @@ impl Forwarder {
         &self,
         mut req: Request<Incoming>,
         upgrade: bool,
+        target: &Target,
     ) -> Result<Response<BoxBody>, UpstreamError> {
         let is_connect = req.method() == Method::CONNECT;
         let downstream = hyper::upgrade::on(&mut req);
         strip_hop_by_hop(req.headers_mut(), upgrade);
-        let addr = self.target.addr;
+        let addr = target.addr;
         let (io, guard) = self
             .ctx
             .pool
             .connector
-            .connect(&self.target, weft_api::mesh::Protocol::Http1)
+            .connect(target, weft_api::mesh::Protocol::Http1)
             .await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
@@ -305,6 +601,79 @@ impl Forwarder {
         }
         Ok(resp.map(|body| body.map_err(BoxError::from).boxed()))
     }
+}
+
+/// Marks an HTTP/1 request that crosses the mesh as HTTP/2, so the
+/// receiving proxy hands it to its app as HTTP/1 again.
+pub const ORIG_PROTO_HEADER: &str = "weft-orig-proto";
+
+/// Turns an app's HTTP/1 request into one for a mesh HTTP/2 connection:
+/// the authority moves from Host into the URI.
+fn to_mesh_h2(req: &mut Request<BoxBody>, target: &Target) {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| target.addr.to_string());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let orig = if req.version() == http::Version::HTTP_10 {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    if let Ok(uri) = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+    {
+        *req.uri_mut() = uri;
+        req.headers_mut().remove(HOST);
+    }
+    req.headers_mut()
+        .insert(ORIG_PROTO_HEADER, HeaderValue::from_static(orig));
+    *req.version_mut() = http::Version::HTTP_2;
+}
+
+/// The receiving side of [`to_mesh_h2`]: back to an origin-form HTTP/1.1
+/// request with Host.
+fn from_mesh_h2(req: &mut Request<BoxBody>) {
+    req.headers_mut().remove(ORIG_PROTO_HEADER);
+    if let Some(authority) = req.uri().authority().cloned()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(HOST, host);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+}
+
+fn no_endpoints(dest: &Destination) -> Response<BoxBody> {
+    let service = dest
+        .routes()
+        .map(|r| r.service.to_string())
+        .unwrap_or_else(|| dest.addr.to_string());
+    proxy_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("no ready endpoints for {service}"),
+    )
 }
 
 fn wants_upgrade<B>(req: &Request<B>) -> bool {
@@ -361,7 +730,11 @@ fn error_response(error: &UpstreamError) -> Response<BoxBody> {
         UpstreamError::Connect(ConnectError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
     };
-    let reason = error.to_string();
+    proxy_error(status, error.to_string())
+}
+
+/// A response the proxy makes itself, naming the cause in a header.
+fn proxy_error(status: StatusCode, reason: String) -> Response<BoxBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from(format!("{reason}\n")))
             .map_err(BoxError::from)

@@ -86,7 +86,7 @@ pub async fn maintain(config: IdentityConfig, store: Arc<CertStore>, metrics: Ar
             return;
         }
     };
-    let client = match channel(&config) {
+    let client = match controller_channel(&config, Some(Duration::from_secs(15))) {
         Ok(channel) => IdentityClient::new(channel),
         Err(error) => {
             tracing::error!(%error, "cannot set up the controller connection");
@@ -142,7 +142,13 @@ fn csr(key: &rcgen::KeyPair, identity: &SpiffeId) -> Result<Vec<u8>, rcgen::Erro
 
 /// A lazily connected gRPC channel that speaks TLS to the controller and
 /// checks its identity.
-fn channel(config: &IdentityConfig) -> Result<tonic::transport::Channel, String> {
+/// A lazily connected gRPC channel to the controller over TLS, checking
+/// the controller's identity. `timeout` bounds each unary call; streams
+/// (discovery) pass `None` and rely on HTTP/2 keepalives instead.
+pub fn controller_channel(
+    config: &IdentityConfig,
+    timeout: Option<Duration>,
+) -> Result<tonic::transport::Channel, String> {
     let tls = tls::controller_client_config(config.anchors.clone()).map_err(|e| e.to_string())?;
     let server_name = tls::server_name_for(&config.controller_identity)?;
     let addr = config.controller_addr.clone();
@@ -158,11 +164,18 @@ fn channel(config: &IdentityConfig) -> Result<tonic::transport::Channel, String>
         }
     });
     // The URI is only a label here: the connector above decides where to go.
-    let endpoint =
+    let mut endpoint =
         tonic::transport::Endpoint::from_shared(format!("http://{}", config.controller_addr))
             .map_err(|e| format!("controller address {:?}: {e}", config.controller_addr))?
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15));
+            // A controller that vanished without closing the connection is
+            // noticed within seconds, and streams are resubscribed.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+    if let Some(timeout) = timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
 

@@ -6,11 +6,16 @@
 //! upstream connections, everything else as an opaque byte stream. With no
 //! controller configured it forwards transparently to the original
 //! destination (inbound: to the app on loopback). With one, it gets a
-//! workload certificate and wraps traffic to meshed pods in mutual TLS.
+//! workload certificate, asks discovery where each destination's endpoints
+//! are, balances HTTP per request and TCP per connection over them with
+//! the service's retry, timeout and circuit-breaking policy, and wraps
+//! traffic to meshed pods in mutual TLS.
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod detect;
+pub mod discovery;
 pub mod http;
 pub mod identity;
 pub mod io;
@@ -32,7 +37,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, InboundMtls};
 use crate::detect::{Detection, Protocol};
-use crate::http::HttpContext;
+use crate::discovery::Resolver;
+use crate::http::{HttpContext, Route};
 use crate::mesh::{Endpoints, MeshClient};
 use crate::metrics::{
     ConnectionGuard, DetectLabels, Direction, DirectionLabels, Metrics, TlsLabels,
@@ -74,8 +80,10 @@ struct Listener {
     http: Arc<HttpContext>,
     direction: Direction,
     shutdown: CancellationToken,
-    /// Meshed destinations (outbound).
+    /// Destinations pinned as meshed (outbound).
     endpoints: Arc<Endpoints>,
+    /// Discovery (outbound), when a controller is configured.
+    resolver: Option<Arc<Resolver>>,
     /// Terminates mesh mTLS (inbound), when the proxy has an identity.
     mesh_server: Option<Arc<rustls::ServerConfig>>,
 }
@@ -121,6 +129,18 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     };
     let endpoints = Arc::new(Endpoints::new(&config.mesh_endpoints).map_err(Error::Tls)?);
+    let resolver = match &config.identity {
+        Some(identity) if config.discovery => {
+            let channel = identity::controller_channel(identity, None).map_err(Error::Tls)?;
+            Some(Resolver::new(
+                channel,
+                identity.identity.namespace().to_string(),
+                config.discovery_wait,
+                metrics.clone(),
+            ))
+        }
+        _ => None,
+    };
 
     let admin_listener = bind(config.admin_addr, false)?;
     let state = Arc::new(admin::AdminState {
@@ -171,6 +191,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
             direction,
             shutdown: shutdown.clone(),
             endpoints: endpoints.clone(),
+            resolver: match direction {
+                Direction::Outbound => resolver.clone(),
+                Direction::Inbound => None,
+            },
             mesh_server: mesh.as_ref().map(|m| m.server.clone()),
         });
         for (_, addr) in listeners.iter().filter(|(d, _)| *d == direction) {
@@ -269,14 +293,30 @@ fn local_app(orig_dst: SocketAddr, port: u16) -> SocketAddr {
     }
 }
 
-/// Where a connection should go, given where the client sent it.
-fn upstream_for(ctx: &Listener, orig_dst: SocketAddr) -> Target {
+/// Where a connection should go, given where the client sent it, and
+/// whether discovery says the port is opaque.
+async fn route_for(ctx: &Listener, orig_dst: SocketAddr) -> (Route, bool) {
+    let fixed = |target: Target| (Route::Fixed(Arc::new(target)), false);
     match ctx.direction {
-        Direction::Outbound => Target {
-            addr: orig_dst,
-            mesh: ctx.endpoints.lookup(orig_dst.ip()),
-        },
-        Direction::Inbound => Target::plain(local_app(orig_dst, orig_dst.port())),
+        Direction::Inbound => fixed(Target::plain(local_app(orig_dst, orig_dst.port()))),
+        Direction::Outbound => {
+            if let Some(peer) = ctx.endpoints.lookup(orig_dst.ip()) {
+                return fixed(Target {
+                    addr: orig_dst,
+                    mesh: Some(peer),
+                });
+            }
+            let Some(resolver) = &ctx.resolver else {
+                return fixed(Target::plain(orig_dst));
+            };
+            match resolver.resolve(orig_dst).await {
+                Some(dest) => {
+                    let opaque = dest.routes().is_some_and(|r| r.opaque);
+                    (Route::Balanced(dest), opaque)
+                }
+                None => fixed(Target::plain(orig_dst)),
+            }
+        }
     }
 }
 
@@ -308,22 +348,22 @@ async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
         ctx.metrics.mtls_refused(direction, "plaintext");
         return;
     }
-    let target = upstream_for(&ctx, orig_dst);
     let span = tracing::debug_span!("conn", %direction, %peer, dst = %orig_dst);
     // Instrument the whole future: a span entered with `enter()` must not be
     // held across an await.
-    tracing::Instrument::instrument(serve(ctx, stream, orig_dst, target), span).await;
+    tracing::Instrument::instrument(serve(ctx, stream, orig_dst), span).await;
 }
 
 /// Detects the protocol of an accepted connection and forwards it.
-async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr, target: Target) {
+async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
     let direction = ctx.direction;
+    let (route, opaque_hint) = route_for(&ctx, orig_dst).await;
     // The accepted side of this connection is never mesh TLS: outbound it
     // is the app, inbound an unmeshed client.
     let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", TlsLabels::plain());
     let mut io = tcp::counting(&ctx.metrics, stream, guard.labels());
     let mut buf = BytesMut::with_capacity(1024);
-    let (protocol, outcome) = if ctx.config.opaque_ports.contains(&orig_dst.port()) {
+    let (protocol, outcome) = if opaque_hint || ctx.config.opaque_ports.contains(&orig_dst.port()) {
         (Protocol::Opaque, "opaque_port")
     } else {
         match detect::detect(&mut io, &mut buf, ctx.config.detect_timeout).await {
@@ -350,16 +390,19 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr, targ
             protocol: outcome,
         })
         .inc();
-    tracing::debug!(protocol = outcome, target = %target.addr, meshed = target.mesh.is_some(), "forwarding");
+    tracing::debug!(protocol = outcome, ?route, "forwarding");
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
-            let tls = target.tls_labels();
+            let tls = match &route {
+                Route::Fixed(target) => target.tls_labels(),
+                Route::Balanced(_) => TlsLabels::plain(),
+            };
             http::serve(
                 ctx.http.clone(),
                 io,
                 buf,
                 protocol,
-                target,
+                route,
                 tls,
                 ctx.shutdown.clone(),
             )
@@ -367,7 +410,14 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr, targ
         }
         Protocol::Tls | Protocol::Opaque => {
             let io = io::PrefixedIo::new(buf, io);
-            tcp::forward(io, &mut guard, &target, &ctx.http.pool.connector).await
+            match &route {
+                Route::Fixed(target) => {
+                    tcp::forward(io, &mut guard, target, &ctx.http.pool.connector).await
+                }
+                Route::Balanced(dest) => {
+                    tcp::forward_balanced(io, &mut guard, dest, &ctx.http.pool.connector).await
+                }
+            }
         }
     }
 }
@@ -412,7 +462,7 @@ async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr)
                 tls,
                 BytesMut::new(),
                 protocol,
-                target,
+                Route::Fixed(Arc::new(target)),
                 tls_labels,
                 ctx.shutdown.clone(),
             )

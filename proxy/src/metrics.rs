@@ -139,6 +139,20 @@ pub struct ResponseLabels {
     pub classification: &'static str,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// `name.namespace` of the destination service (empty for a pod
+    /// address).
+    pub dst_service: Arc<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BreakerLabels {
+    pub dst_service: Arc<String>,
+    /// `open` (ejected) or `closed` (back in the balancer).
+    pub state: &'static str,
+}
+
 /// Every metric the proxy exports, registered once.
 #[derive(Debug)]
 pub struct Metrics {
@@ -158,6 +172,12 @@ pub struct Metrics {
     pub mtls_refused: Family<RefusedLabels, Counter>,
     pub identity_expiry: Gauge,
     pub identity_refresh: Family<RefreshLabels, Counter>,
+    pub destination_lookups: Family<RefreshLabels, Counter>,
+    pub destination_updates: Counter,
+    pub destination_reconnects: Counter,
+    pub retries: Family<ServiceLabels, Counter>,
+    pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
+    pub breaker_transitions: Family<BreakerLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -203,6 +223,12 @@ impl Metrics {
             mtls_refused: Family::default(),
             identity_expiry: Gauge::default(),
             identity_refresh: Family::default(),
+            destination_lookups: Family::default(),
+            destination_updates: Counter::default(),
+            destination_reconnects: Counter::default(),
+            retries: Family::default(),
+            retry_budget_exhausted: Family::default(),
+            breaker_transitions: Family::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -265,6 +291,36 @@ impl Metrics {
             "Workload certificate requests, by result",
             m.identity_refresh.clone(),
         );
+        registry.register(
+            "destination_lookups",
+            "First lookups of a destination in discovery, by result (known, unknown, timeout)",
+            m.destination_lookups.clone(),
+        );
+        registry.register(
+            "destination_updates",
+            "Destination updates received from the controller",
+            m.destination_updates.clone(),
+        );
+        registry.register(
+            "destination_reconnects",
+            "Discovery streams lost and retried (the last known state keeps serving)",
+            m.destination_reconnects.clone(),
+        );
+        registry.register(
+            "retries",
+            "HTTP requests sent again after a retryable failure",
+            m.retries.clone(),
+        );
+        registry.register(
+            "retry_budget_exhausted",
+            "Retryable failures not retried because the retry budget was spent",
+            m.retry_budget_exhausted.clone(),
+        );
+        registry.register(
+            "circuit_breaker_transitions",
+            "Endpoints ejected (open) after consecutive failures, or readmitted (closed)",
+            m.breaker_transitions.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -287,6 +343,29 @@ impl Metrics {
             .get_or_create(&RefusedLabels {
                 direction: direction.as_str(),
                 reason,
+            })
+            .inc();
+    }
+
+    pub fn destination_lookup(&self, result: &'static str) {
+        self.destination_lookups
+            .get_or_create(&RefreshLabels { result })
+            .inc();
+    }
+
+    pub fn destination_update(&self) {
+        self.destination_updates.inc();
+    }
+
+    pub fn destination_reconnect(&self) {
+        self.destination_reconnects.inc();
+    }
+
+    pub fn breaker(&self, service: &Arc<String>, state: &'static str) {
+        self.breaker_transitions
+            .get_or_create(&BreakerLabels {
+                dst_service: service.clone(),
+                state,
             })
             .inc();
     }

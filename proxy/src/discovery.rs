@@ -1,0 +1,438 @@
+//! Discovery client: what the controller says about each destination the
+//! app dials.
+//!
+//! The first connection to a destination subscribes to it; the controller
+//! then pushes every change for as long as the destination is in use. A
+//! lookup waits a bounded time for the first answer, then forwards as if
+//! the destination were unknown (to the original address, as before). When
+//! the controller goes away, each subscription keeps its last state and
+//! reconnects with backoff, so traffic goes on as it was.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use weft_api::identity::SpiffeId;
+use weft_api::proto::destination::destination_client::DestinationClient;
+use weft_api::proto::destination::{DestinationUpdate, GetDestination};
+
+use crate::balance::{EndpointState, RetryBudget};
+use crate::mesh::MeshPeer;
+use crate::metrics::Metrics;
+use crate::tcp::Target;
+
+/// Backoff between attempts to reach the controller.
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A destination no connection used for this long is unsubscribed.
+const IDLE_EVICTION: Duration = Duration::from_secs(600);
+
+/// Share of requests that retries may add, and the floor per second.
+const RETRY_RATIO: f64 = 0.2;
+const RETRY_MIN_PER_SEC: u32 = 10;
+
+/// Which failures a route retries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// Inclusive status ranges.
+    pub statuses: Vec<(u16, u16)>,
+    /// The connection to the endpoint could not be made (the request was
+    /// never sent, so any method may be retried).
+    pub connect_failure: bool,
+}
+
+impl RetryOn {
+    fn parse(conditions: &[String]) -> Self {
+        let mut out = RetryOn::default();
+        for c in conditions {
+            match c.as_str() {
+                "5xx" => out.statuses.push((500, 599)),
+                "gateway-error" => out.statuses.push((502, 504)),
+                "connect-failure" => out.connect_failure = true,
+                code => match code.parse::<u16>() {
+                    Ok(code) => out.statuses.push((code, code)),
+                    // The controller validates; an unknown word from a newer
+                    // one is ignored rather than guessed at.
+                    Err(_) => tracing::debug!(condition = %code, "unknown retry condition"),
+                },
+            }
+        }
+        out
+    }
+
+    pub fn status(&self, status: u16) -> bool {
+        self.statuses
+            .iter()
+            .any(|(lo, hi)| (*lo..=*hi).contains(&status))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.statuses.is_empty() && !self.connect_failure
+    }
+}
+
+/// Route policy, as the controller sent it.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub retry_on: RetryOn,
+    pub retry_limit: u32,
+    pub timeout: Option<Duration>,
+    /// Consecutive failures that eject an endpoint (0: never).
+    pub failure_accrual: u32,
+}
+
+/// One backend service and its endpoints.
+#[derive(Debug)]
+pub struct BackendSet {
+    pub service: Arc<String>,
+    pub weight: u64,
+    pub endpoints: Vec<Arc<EndpointState>>,
+}
+
+/// Everything needed to route to a destination, as of one update.
+#[derive(Debug)]
+pub struct Routes {
+    /// `name.namespace`, or empty for a pod address.
+    pub service: Arc<String>,
+    pub policy: Policy,
+    pub backends: Vec<BackendSet>,
+    /// Skip protocol detection.
+    pub opaque: bool,
+}
+
+impl Routes {
+    /// A backend by weight, among those with endpoints: a backend whose
+    /// service is unknown or has no ready pods hands its share to the rest.
+    pub fn pick_backend(&self) -> Option<&BackendSet> {
+        let usable = |b: &&BackendSet| !b.endpoints.is_empty();
+        let index = crate::balance::weighted_index(
+            self.backends
+                .iter()
+                .map(|b| if usable(&b) { b.weight } else { 0 }),
+        );
+        match index {
+            Some(i) => Some(&self.backends[i]),
+            // Every weight with endpoints is zero: use any backend that has
+            // endpoints rather than fail.
+            None => self.backends.iter().find(usable),
+        }
+    }
+}
+
+/// A destination the proxy is subscribed to.
+#[derive(Debug)]
+pub struct Destination {
+    pub addr: SocketAddr,
+    /// `None` while discovery does not know it.
+    routes: ArcSwapOption<Routes>,
+    answered: watch::Sender<bool>,
+    pub budget: RetryBudget,
+    /// Seconds since the resolver started, at the last lookup.
+    last_used: AtomicU64,
+    cancel: CancellationToken,
+}
+
+impl Destination {
+    pub fn routes(&self) -> Option<Arc<Routes>> {
+        self.routes.load_full()
+    }
+}
+
+/// Subscribes to destinations and caches them.
+#[derive(Debug)]
+pub struct Resolver {
+    client: DestinationClient<tonic::transport::Channel>,
+    namespace: String,
+    /// How long a first lookup waits for the controller.
+    wait: Duration,
+    cache: Mutex<HashMap<SocketAddr, Arc<Destination>>>,
+    metrics: Arc<Metrics>,
+    epoch: Instant,
+}
+
+impl Resolver {
+    pub fn new(
+        channel: tonic::transport::Channel,
+        namespace: String,
+        wait: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let resolver = Arc::new(Resolver {
+            client: DestinationClient::new(channel),
+            namespace,
+            wait,
+            cache: Mutex::default(),
+            metrics,
+            epoch: Instant::now(),
+        });
+        tokio::spawn(evict_idle(Arc::downgrade(&resolver)));
+        resolver
+    }
+
+    /// The destination behind `addr` if discovery knows it; `None` means
+    /// "forward to the original address".
+    pub async fn resolve(&self, addr: SocketAddr) -> Option<Arc<Destination>> {
+        let dest = {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache
+                .entry(addr)
+                .or_insert_with(|| self.subscribe(addr))
+                .clone()
+        };
+        dest.last_used
+            .store(self.epoch.elapsed().as_secs(), Ordering::Relaxed);
+        let mut answered = dest.answered.subscribe();
+        if !*answered.borrow_and_update() {
+            let waited = tokio::time::timeout(self.wait, answered.wait_for(|a| *a)).await;
+            if waited.is_err() {
+                self.metrics.destination_lookup("timeout");
+                tracing::info!(%addr, wait = ?self.wait, "no answer from discovery yet; forwarding to the original address");
+                return None;
+            }
+        }
+        match dest.routes() {
+            Some(_) => {
+                self.metrics.destination_lookup("known");
+                Some(dest)
+            }
+            None => {
+                self.metrics.destination_lookup("unknown");
+                None
+            }
+        }
+    }
+
+    fn subscribe(&self, addr: SocketAddr) -> Arc<Destination> {
+        let dest = Arc::new(Destination {
+            addr,
+            routes: ArcSwapOption::empty(),
+            answered: watch::Sender::new(false),
+            budget: RetryBudget::new(RETRY_RATIO, RETRY_MIN_PER_SEC),
+            last_used: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
+        });
+        tokio::spawn(follow(
+            self.client.clone(),
+            self.namespace.clone(),
+            dest.clone(),
+            self.metrics.clone(),
+        ));
+        dest
+    }
+}
+
+/// Keeps one destination up to date until it is evicted.
+async fn follow(
+    mut client: DestinationClient<tonic::transport::Channel>,
+    namespace: String,
+    dest: Arc<Destination>,
+    metrics: Arc<Metrics>,
+) {
+    let addr = dest.addr;
+    let mut backoff = MIN_BACKOFF;
+    let request = GetDestination {
+        authority: addr.to_string(),
+        context_namespace: namespace,
+    };
+    loop {
+        let stream = tokio::select! {
+            _ = dest.cancel.cancelled() => return,
+            result = client.get(request.clone()) => result,
+        };
+        match stream {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    let message = tokio::select! {
+                        _ = dest.cancel.cancelled() => return,
+                        message = stream.message() => message,
+                    };
+                    match message {
+                        Ok(Some(update)) => {
+                            backoff = MIN_BACKOFF;
+                            apply(&dest, update);
+                            metrics.destination_update();
+                        }
+                        Ok(None) => {
+                            tracing::info!(%addr, "discovery stream ended; resubscribing");
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::warn!(%addr, code = ?status.code(), message = %status.message(), "discovery stream failed; keeping the last known state");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => {
+                tracing::warn!(%addr, code = ?status.code(), message = %status.message(), "cannot subscribe; keeping the last known state");
+            }
+        }
+        metrics.destination_reconnect();
+        let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+        tokio::select! {
+            _ = dest.cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Installs an update, keeping the state of endpoints that stay.
+fn apply(dest: &Destination, update: DestinationUpdate) {
+    if !update.known {
+        if dest.routes.swap(None).is_some() {
+            tracing::info!(addr = %dest.addr, "destination no longer in discovery");
+        }
+        dest.answered.send_replace(true);
+        return;
+    }
+    let old = dest.routes.load_full();
+    let previous: HashMap<&Target, &Arc<EndpointState>> = old
+        .iter()
+        .flat_map(|r| &r.backends)
+        .flat_map(|b| &b.endpoints)
+        .map(|e| (&e.target, e))
+        .collect();
+    let policy = update.policy.unwrap_or_default();
+    let mut backends = Vec::with_capacity(update.backends.len());
+    for backend in update.backends {
+        let mut endpoints = Vec::with_capacity(backend.endpoints.len());
+        for e in backend.endpoints {
+            let Some(target) = target_of(&e.address, &e.identity) else {
+                tracing::warn!(addr = %dest.addr, endpoint = %e.address, identity = %e.identity, "ignoring an unusable endpoint");
+                continue;
+            };
+            let state = match previous.get(&target) {
+                Some(state) => Arc::clone(state),
+                None => Arc::new(EndpointState::new(target)),
+            };
+            endpoints.push(state);
+        }
+        backends.push(BackendSet {
+            service: Arc::new(backend.service),
+            weight: u64::from(backend.weight),
+            endpoints,
+        });
+    }
+    let routes = Routes {
+        service: Arc::new(update.service),
+        policy: Policy {
+            retry_on: RetryOn::parse(&policy.retry_on),
+            retry_limit: policy.retry_limit,
+            timeout: (policy.timeout_ms > 0).then(|| Duration::from_millis(policy.timeout_ms)),
+            failure_accrual: policy.failure_accrual_consecutive,
+        },
+        backends,
+        opaque: update.opaque,
+    };
+    tracing::debug!(
+        addr = %dest.addr,
+        service = %routes.service,
+        backends = ?routes.backends.iter().map(|b| (b.service.as_str(), b.weight, b.endpoints.len())).collect::<Vec<_>>(),
+        "destination updated"
+    );
+    dest.routes.store(Some(Arc::new(routes)));
+    dest.answered.send_replace(true);
+}
+
+fn target_of(address: &str, identity: &str) -> Option<Target> {
+    let addr: SocketAddr = address.parse().ok()?;
+    let mesh = if identity.is_empty() {
+        None
+    } else {
+        let id: SpiffeId = identity.parse().ok()?;
+        Some(Arc::new(MeshPeer::new(id).ok()?))
+    };
+    Some(Target { addr, mesh })
+}
+
+/// Unsubscribes from destinations nobody has used for a while.
+async fn evict_idle(resolver: std::sync::Weak<Resolver>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let Some(resolver) = resolver.upgrade() else {
+            return;
+        };
+        let now = resolver.epoch.elapsed().as_secs();
+        let mut cache = resolver.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|_, dest| {
+            let idle = now.saturating_sub(dest.last_used.load(Ordering::Relaxed));
+            // Connections still holding it keep it alive.
+            let keep = idle < IDLE_EVICTION.as_secs() || Arc::strong_count(dest) > 1;
+            if !keep {
+                dest.cancel.cancel();
+            }
+            keep
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_conditions() {
+        let r = RetryOn::parse(&["gateway-error".into(), "429".into()]);
+        assert!(r.status(502) && r.status(504) && r.status(429));
+        assert!(!r.status(500) && !r.connect_failure);
+        let r = RetryOn::parse(&["5xx".into(), "connect-failure".into()]);
+        assert!(r.status(500) && r.status(599) && !r.status(404) && r.connect_failure);
+        assert!(RetryOn::parse(&[]).is_empty());
+    }
+
+    #[test]
+    fn endpoints_need_an_address_and_a_valid_identity() {
+        assert!(target_of("10.0.0.1:80", "").unwrap().mesh.is_none());
+        let t = target_of("10.0.0.1:80", "spiffe://cluster.local/ns/a/sa/b").unwrap();
+        assert_eq!(
+            t.mesh.unwrap().identity.to_string(),
+            "spiffe://cluster.local/ns/a/sa/b"
+        );
+        assert!(target_of("nowhere", "").is_none());
+        assert!(target_of("10.0.0.1:80", "spiffe://x/bad").is_none());
+    }
+
+    fn weighted(weights: &[(u64, usize)]) -> Routes {
+        Routes {
+            service: Arc::default(),
+            policy: Policy::default(),
+            opaque: false,
+            backends: weights
+                .iter()
+                .enumerate()
+                .map(|(i, (w, n))| BackendSet {
+                    service: Arc::new(i.to_string()),
+                    weight: *w,
+                    endpoints: (0..*n)
+                        .map(|p| {
+                            Arc::new(EndpointState::new(Target::plain(SocketAddr::from((
+                                [10, 0, 0, i as u8],
+                                p as u16 + 1,
+                            )))))
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn backends_without_endpoints_hand_their_share_on() {
+        let routes = weighted(&[(50, 0), (50, 2)]);
+        for _ in 0..100 {
+            assert_eq!(routes.pick_backend().unwrap().service.as_str(), "1");
+        }
+        let routes = weighted(&[(0, 1), (100, 0)]);
+        assert_eq!(routes.pick_backend().unwrap().service.as_str(), "0");
+        assert!(weighted(&[(1, 0)]).pick_backend().is_none());
+    }
+}
