@@ -114,6 +114,8 @@ impl Mesh {
         let admin = format!("127.0.0.1:{}", options.admin_port);
         let token_source = format!("file:{}", ca.token_verify_key().display());
         let issuer_dir = ca.dir.to_string_lossy().into_owned();
+        let discovery_dir = self.discovery_dir()?;
+        let discovery = format!("file:{}", discovery_dir.display());
         let pid = self.spawn(
             &node,
             &format!("controller-{}", options.grpc_port),
@@ -132,6 +134,8 @@ impl Mesh {
                 &options.cert_lifetime,
                 "--reload-interval",
                 "500ms",
+                "--discovery",
+                &discovery,
                 "--log-level",
                 "info,weft_controller=debug",
             ],

@@ -10,6 +10,7 @@
 //! 2103. Everything is torn down on drop, and namespaces left by a process
 //! that died are swept at the next start.
 
+pub mod cluster;
 pub mod cni;
 pub mod identity;
 pub mod metrics;
@@ -589,6 +590,23 @@ impl Mesh {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The folder the controller's file discovery source reads.
+    pub fn discovery_dir(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.join("discovery");
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Writes `<name>.yaml` into the discovery folder atomically, so the
+    /// controller never reads half a file.
+    pub fn publish(&self, name: &str, yaml: &str) -> anyhow::Result<()> {
+        let dir = self.discovery_dir()?;
+        let tmp = dir.join(format!(".{name}.yaml.tmp"));
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, dir.join(format!("{name}.yaml")))?;
+        Ok(())
     }
 
     /// The tail of a process's log, for failure messages.

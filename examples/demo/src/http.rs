@@ -11,6 +11,10 @@
 //! - `CONNECT` answers 200 and then echoes the tunnel's bytes back.
 //!
 //! Every response names the server in `x-served-by`.
+//!
+//! Two variables make a misbehaving server for resilience tests:
+//! `DEMO_DELAY_MS` delays every response, and `DEMO_FAIL_STATUS` answers
+//! every request with that status.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -157,13 +161,71 @@ fn websocket(name: &str, req: &mut Request<Incoming>) -> Response<Body> {
         .unwrap_or_default()
 }
 
+/// How the server misbehaves, from the environment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    delay: Option<Duration>,
+    status: Option<StatusCode>,
+}
+
+impl Faults {
+    fn from_env() -> anyhow::Result<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Ok(Faults {
+            delay: match var("DEMO_DELAY_MS") {
+                Some(v) => Some(Duration::from_millis(
+                    v.parse()
+                        .map_err(|e| anyhow::anyhow!("DEMO_DELAY_MS={v:?}: {e}"))?,
+                )),
+                None => None,
+            },
+            status: match var("DEMO_FAIL_STATUS") {
+                Some(v) => Some(
+                    v.parse::<u16>()
+                        .ok()
+                        .and_then(|c| StatusCode::from_u16(c).ok())
+                        .ok_or_else(|| anyhow::anyhow!("DEMO_FAIL_STATUS={v:?}: not a status"))?,
+                ),
+                None => None,
+            },
+        })
+    }
+}
+
+async fn handle_with_faults(
+    name: String,
+    faults: Faults,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if let Some(delay) = faults.delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(status) = faults.status {
+        let mut resp = Response::builder()
+            .status(status)
+            .body(full(format!("{status} from {name}\n")))
+            .unwrap_or_default();
+        if let Ok(v) = header::HeaderValue::from_str(&name) {
+            resp.headers_mut().insert("x-served-by", v);
+        }
+        return Ok(resp);
+    }
+    handle(name, req).await
+}
+
 pub async fn serve(listener: TcpListener, name: String) -> anyhow::Result<()> {
+    let faults = Faults::from_env()?;
+    if faults.delay.is_some() || faults.status.is_some() {
+        eprintln!("demo http {name}: faults {faults:?}");
+    }
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let name = name.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(name.clone(), req));
+            let service = hyper::service::service_fn(move |req| {
+                handle_with_faults(name.clone(), faults, req)
+            });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;
