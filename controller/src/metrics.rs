@@ -62,6 +62,7 @@ pub struct Metrics {
     pub discovery_subscriptions: Gauge,
     pub discovery_updates: Counter,
     pub discovery_update_latency: Histogram,
+    pub discovery_changes: Counter,
 }
 
 impl Metrics {
@@ -82,6 +83,7 @@ impl Metrics {
             discovery_update_latency: Histogram::new([
                 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0,
             ]),
+            discovery_changes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -143,6 +145,11 @@ impl Metrics {
             "discovery_update_latency_ms",
             "Time from a change to its update being handed to the proxy's stream",
             m.discovery_update_latency.clone(),
+        );
+        registry.register(
+            "discovery_changes",
+            "Changes to the objects discovery serves (each wakes the subscriptions)",
+            m.discovery_changes.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

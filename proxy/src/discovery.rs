@@ -175,9 +175,12 @@ impl Resolver {
         resolver
     }
 
-    /// The destination behind `addr` if discovery knows it; `None` means
-    /// "forward to the original address".
-    pub async fn resolve(&self, addr: SocketAddr) -> Option<Arc<Destination>> {
+    /// The destination behind `addr`, once discovery has answered (or the
+    /// wait ran out). A destination discovery does not know (yet) has no
+    /// routes, and its requests go to the original address; each request
+    /// checks again, so a service created later is picked up even on a
+    /// connection opened before.
+    pub async fn resolve(&self, addr: SocketAddr) -> Arc<Destination> {
         let dest = {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             cache
@@ -193,19 +196,14 @@ impl Resolver {
             if waited.is_err() {
                 self.metrics.destination_lookup("timeout");
                 tracing::info!(%addr, wait = ?self.wait, "no answer from discovery yet; forwarding to the original address");
-                return None;
+                return dest;
             }
         }
-        match dest.routes() {
-            Some(_) => {
-                self.metrics.destination_lookup("known");
-                Some(dest)
-            }
-            None => {
-                self.metrics.destination_lookup("unknown");
-                None
-            }
-        }
+        self.metrics.destination_lookup(match dest.routes() {
+            Some(_) => "known",
+            None => "unknown",
+        });
+        dest
     }
 
     fn subscribe(&self, addr: SocketAddr) -> Arc<Destination> {

@@ -309,13 +309,9 @@ async fn route_for(ctx: &Listener, orig_dst: SocketAddr) -> (Route, bool) {
             let Some(resolver) = &ctx.resolver else {
                 return fixed(Target::plain(orig_dst));
             };
-            match resolver.resolve(orig_dst).await {
-                Some(dest) => {
-                    let opaque = dest.routes().is_some_and(|r| r.opaque);
-                    (Route::Balanced(dest), opaque)
-                }
-                None => fixed(Target::plain(orig_dst)),
-            }
+            let dest = resolver.resolve(orig_dst).await;
+            let opaque = dest.routes().is_some_and(|r| r.opaque);
+            (Route::Balanced(dest), opaque)
         }
     }
 }

@@ -273,16 +273,26 @@ impl Cluster {
         out.join("\n---\n")
     }
 
-    /// Writes the discovery file. With `wait`, waits until the client's
-    /// proxy has received an update (call it only for changes to a
-    /// destination the client already uses).
+    /// Writes the discovery file and waits until the controller has loaded
+    /// it. With `wait`, also waits until the client's proxy has received an
+    /// update (only for changes to a destination the client already uses).
     pub async fn sync(&self, wait: bool) -> anyhow::Result<()> {
         let before = self.client_updates().await?;
+        let changes = self.controller_changes().await?;
         self.mesh.publish("cluster", &self.documents())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.controller_changes().await? <= changes {
+            if Instant::now() > deadline {
+                bail!(
+                    "the controller did not load the change within 10s\n{}",
+                    self.mesh.controller_log(&self.controller().clone())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         if !wait {
             return Ok(());
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
         while self.client_updates().await? <= before {
             if Instant::now() > deadline {
                 bail!(
@@ -293,6 +303,12 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    }
+
+    async fn controller_changes(&self) -> anyhow::Result<f64> {
+        let controller = self.controller().clone();
+        let scrape = self.mesh.controller_metrics(&controller).await?;
+        Ok(scrape.sum("discovery_changes_total", &[]))
     }
 
     async fn client_updates(&self) -> anyhow::Result<f64> {

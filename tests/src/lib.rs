@@ -347,6 +347,10 @@ impl Mesh {
                     "type": "bridge",
                     "bridge": "weft0",
                     "isGateway": true,
+                    // Pods route everything via the node, as on a real
+                    // cluster, so service IPs are reachable; the node has
+                    // no route out, so anything not redirected dies there.
+                    "isDefaultGateway": true,
                     "ipMasq": false,
                     "hairpinMode": true,
                     "ipam": {

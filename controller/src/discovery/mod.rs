@@ -368,6 +368,7 @@ impl Store {
     }
 
     fn bump(&self) {
+        self.metrics.discovery_changes.inc();
         self.version.send_replace(Instant::now());
     }
 
