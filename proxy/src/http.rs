@@ -271,6 +271,9 @@ impl Forwarder {
     async fn call(self, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
         let started = Instant::now();
         let ctx = &self.ctx;
+        if let Route::Fixed(_) = self.route {
+            self.requests.inc();
+        }
         let upgrade = wants_upgrade(&req);
         let (response, tls) = if upgrade || req.method() == Method::CONNECT {
             match (self.pick_target(), &self.route) {
@@ -301,17 +304,6 @@ impl Forwarder {
             error_response(&error)
         });
         let tls = tls.map(Arc::new).unwrap_or_else(|| self.tls.clone());
-        match &self.route {
-            Route::Fixed(_) => self.requests.inc(),
-            Route::Balanced(_) => ctx
-                .metrics
-                .request
-                .get_or_create(&RequestLabels {
-                    direction: ctx.direction.as_str(),
-                    tls: (*tls).clone(),
-                })
-                .inc(),
-        };
         record_response(ctx, &tls, response.status(), Some(started));
         Ok(response)
     }
@@ -386,17 +378,28 @@ impl Forwarder {
         dest: &Arc<Destination>,
     ) -> (Response<BoxBody>, Option<TlsLabels>) {
         let Some(routes) = dest.routes() else {
-            // Gone from discovery since the connection started: forward as
-            // an unknown destination would be.
+            // Not (or no longer) in discovery: forward to the original
+            // address, as for an unknown destination.
+            self.count_request(TlsLabels::plain());
             let target = Target::plain(dest.addr);
             let resp = self.forward_fixed(req, &target).await;
             return (resp.unwrap_or_else(|e| error_response(&e)), None);
         };
+        // The first endpoint is chosen now, so the request is counted on
+        // arrival under the hop it takes.
+        let first = routes
+            .pick_backend()
+            .and_then(|b| balance::pick(&b.endpoints, None))
+            .cloned();
+        self.count_request(
+            first
+                .as_ref()
+                .map_or_else(TlsLabels::plain, |e| e.target.tls_labels()),
+        );
+        let attempts = self.attempts(req, dest, &routes, first);
         match routes.policy.timeout {
-            None => self.attempts(req, dest, &routes).await,
-            Some(timeout) => match tokio::time::timeout(timeout, self.attempts(req, dest, &routes))
-                .await
-            {
+            None => attempts.await,
+            Some(timeout) => match tokio::time::timeout(timeout, attempts).await {
                 Ok(done) => done,
                 Err(_) => {
                     tracing::info!(service = %routes.service, ?timeout, "request timed out");
@@ -412,11 +415,23 @@ impl Forwarder {
         }
     }
 
+    fn count_request(&self, tls: TlsLabels) {
+        self.ctx
+            .metrics
+            .request
+            .get_or_create(&RequestLabels {
+                direction: self.ctx.direction.as_str(),
+                tls,
+            })
+            .inc();
+    }
+
     async fn attempts(
         &self,
         req: Request<Incoming>,
         dest: &Arc<Destination>,
         routes: &Routes,
+        mut first: Option<Arc<EndpointState>>,
     ) -> (Response<BoxBody>, Option<TlsLabels>) {
         let policy = &routes.policy;
         let (parts, body) = req.into_parts();
@@ -463,11 +478,13 @@ impl Forwarder {
         let mut avoid: Option<Arc<EndpointState>> = None;
         let mut attempt = 0;
         loop {
-            let Some(backend) = routes.pick_backend() else {
-                return (no_endpoints(dest), None);
-            };
-            let Some(endpoint) = balance::pick(&backend.endpoints, avoid.as_deref()).cloned()
-            else {
+            let picked = first.take().or_else(|| {
+                routes
+                    .pick_backend()
+                    .and_then(|b| balance::pick(&b.endpoints, avoid.as_deref()))
+                    .cloned()
+            });
+            let Some(endpoint) = picked else {
                 return (no_endpoints(dest), None);
             };
             let Some(attempt_body) = body.take() else {
