@@ -365,6 +365,44 @@ async fn wrk(
     parse_wrk(&mesh.log_of(client, &log_label))
 }
 
+/// The cluster IP of the benchmark's load-balanced service.
+const LB_SERVICE_IP: &str = "10.96.0.50";
+
+/// Discovery objects for the service `lb` in namespace `bench`: port 80 to
+/// the demo app's 8080 on each of `pods`, all meshed as `bench/server`.
+fn lb_service(pods: &[&Pod]) -> String {
+    let mut docs = vec![
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "lb", "namespace": "bench"},
+            "spec": {"clusterIP": LB_SERVICE_IP, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        }),
+        json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "lb-1", "namespace": "bench", "labels": {"kubernetes.io/service-name": "lb"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": pods.iter().map(|p| json!({
+                "addresses": [p.ip.to_string()],
+                "conditions": {"ready": true},
+                "targetRef": {"kind": "Pod", "name": p.name},
+            })).collect::<Vec<_>>(),
+        }),
+    ];
+    for p in pods {
+        docs.push(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": p.name, "namespace": "bench", "labels": {"weft.io/control-plane-ns": "weft-system"}},
+            "spec": {"serviceAccountName": "server", "containers": [{"name": "app"}]},
+            "status": {"podIP": p.ip.to_string()},
+        }));
+    }
+    docs.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
 async fn bench(duration: Duration) -> anyhow::Result<()> {
     if !std::path::Path::new("/usr/bin/wrk").exists()
         || !std::path::Path::new("/usr/sbin/haproxy").exists()
@@ -381,12 +419,18 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
     let server = mesh.add_pod("server", Some(skips.clone()))?;
     // A second pair of pods whose proxies have identities and mTLS.
     let mclient = mesh.add_pod("mclient", Some(skips.clone()))?;
-    let mserver = mesh.add_pod("mserver", Some(skips))?;
+    let mserver = mesh.add_pod("mserver", Some(skips.clone()))?;
+    // Two more meshed servers: with mserver, the three endpoints of the
+    // load-balanced service `lb` (cluster IP below), found by discovery.
+    let lb1 = mesh.add_pod("lb1", Some(skips.clone()))?;
+    let lb2 = mesh.add_pod("lb2", Some(skips))?;
     for (pod, port) in [
         (&server, 8080),
         (&server, 8081),
         (&mserver, 8080),
         (&mserver, 8081),
+        (&lb1, 8080),
+        (&lb2, 8080),
     ] {
         let pid = mesh.spawn_demo(pod, "http", port, "server").await?;
         sh("taskset", &["-pc", "1", &pid.to_string()])?;
@@ -401,6 +445,8 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
     let server_proxy = mesh.spawn_proxy(&server, options).await?;
 
     let ca = mesh.make_ca("ca")?;
+    mesh.publish("bench", &lb_service(&[&mserver, &lb1, &lb2]))?;
+    mesh.publish("bench", &lb_service(&[&mserver, &lb1, &lb2]))?;
     let controller = mesh
         .start_controller(&ca, weft_testbed::identity::ControllerOptions::default())
         .await?;
@@ -433,6 +479,23 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
             },
         )
         .await?;
+
+    let mut lb_proxies = Vec::new();
+    for pod in [&lb1, &lb2] {
+        let mut env = mesh.identity_env(&controller, pod, "bench", "server")?;
+        env.extend(weft_testbed::env(&base_env));
+        let pid = mesh
+            .spawn_proxy(
+                pod,
+                ProxyOptions {
+                    env,
+                    cpu: Some(0),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        lb_proxies.push((format!("weft lb server proxy {}", pod.name), pid));
+    }
 
     let haproxy_cfg = |listen: &str, upstream: &str| {
         format!(
@@ -527,6 +590,7 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
             format!("http://{}:8080/", mserver.ip),
         ),
         ("ha-mtls", &mclient, "http://127.0.0.1:9001/".to_string()),
+        ("weft-lb3", &mclient, format!("http://{LB_SERVICE_IP}:80/")),
     ];
     println!(
         "wrk on CPU 1 with the server app; each pair of proxies on CPU 0; {}s per run",
@@ -567,7 +631,7 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
                 .unwrap_or_default()
         };
         let direct = get("direct");
-        for label in ["weft", "haproxy", "weft-mtls", "ha-mtls"] {
+        for label in ["weft", "haproxy", "weft-mtls", "ha-mtls", "weft-lb3"] {
             let r = get(label);
             println!(
                 "  {label:<10} c={connections:<3} throughput {:.2}x  p50 +{:.3} ms  p99 +{:.3} ms",
@@ -601,6 +665,7 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
         ("weft mTLS client proxy".to_string(), mclient_proxy),
         ("weft mTLS server proxy".to_string(), mserver_proxy),
     ];
+    processes.extend(lb_proxies);
     processes.extend(haproxies);
     for (who, pid) in processes {
         let (peak, now) = weft_testbed::memory_kib(pid)?;
