@@ -801,6 +801,35 @@ mod tests {
     }
 
     #[test]
+    fn http1_crosses_the_mesh_as_http2_and_back() {
+        let target = Target::plain("10.0.0.1:8080".parse().unwrap());
+        let mut req = Request::get("/path?q=1")
+            .header(HOST, "web.demo:80")
+            .header("x-app", "kept")
+            .body(Full::new(Bytes::new()).map_err(BoxError::from).boxed())
+            .unwrap();
+        to_mesh_h2(&mut req, &target);
+        assert_eq!(req.uri(), "http://web.demo:80/path?q=1");
+        assert!(!req.headers().contains_key(HOST));
+        assert_eq!(req.headers()[ORIG_PROTO_HEADER], "HTTP/1.1");
+        assert_eq!(req.version(), http::Version::HTTP_2);
+        from_mesh_h2(&mut req);
+        assert_eq!(req.uri(), "/path?q=1");
+        assert_eq!(req.headers()[HOST], "web.demo:80");
+        assert_eq!(req.headers()["x-app"], "kept");
+        assert!(!req.headers().contains_key(ORIG_PROTO_HEADER));
+        assert_eq!(req.version(), http::Version::HTTP_11);
+        // No Host at all (HTTP/1.0): the dialled address stands in.
+        let mut req = Request::get("/")
+            .version(http::Version::HTTP_10)
+            .body(Full::new(Bytes::new()).map_err(BoxError::from).boxed())
+            .unwrap();
+        to_mesh_h2(&mut req, &target);
+        assert_eq!(req.uri(), "http://10.0.0.1:8080/");
+        assert_eq!(req.headers()[ORIG_PROTO_HEADER], "HTTP/1.0");
+    }
+
+    #[test]
     fn recognises_upgrade_requests() {
         let req = Request::builder()
             .header(CONNECTION, "keep-alive, Upgrade")
