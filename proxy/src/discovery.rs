@@ -15,14 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
-use rand::Rng;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use weft_api::identity::SpiffeId;
 use weft_api::proto::destination::destination_client::DestinationClient;
 use weft_api::proto::destination::{DestinationUpdate, GetDestination};
 
-use crate::balance::{EndpointState, RetryBudget};
+use crate::balance::{BreakerEvent, EndpointState, RetryBudget};
 use crate::mesh::MeshPeer;
 use crate::metrics::Metrics;
 use crate::tcp::Target;
@@ -121,6 +120,34 @@ impl Routes {
             // Every weight with endpoints is zero: use any backend that has
             // endpoints rather than fail.
             None => self.backends.iter().find(usable),
+        }
+    }
+
+    /// A backend by weight, then one of its endpoints by two choices,
+    /// skipping `avoid` while there is another.
+    pub fn pick_endpoint(&self, avoid: Option<&EndpointState>) -> Option<Arc<EndpointState>> {
+        let backend = self.pick_backend()?;
+        crate::balance::pick(&backend.endpoints, avoid).cloned()
+    }
+
+    /// Feeds an outcome into the endpoint's breaker with this route's
+    /// failure accrual, and reports ejections and recoveries.
+    pub fn record_outcome(&self, endpoint: &EndpointState, failed: bool, metrics: &Metrics) {
+        let event = if failed {
+            endpoint.failure(self.policy.failure_accrual)
+        } else {
+            endpoint.success()
+        };
+        match event {
+            BreakerEvent::Ejected(backoff) => {
+                tracing::info!(service = %self.service, endpoint = %endpoint.target.addr, ?backoff, "endpoint ejected after consecutive failures");
+                metrics.breaker(&self.service, "open");
+            }
+            BreakerEvent::Recovered => {
+                tracing::info!(service = %self.service, endpoint = %endpoint.target.addr, "endpoint back in the balancer");
+                metrics.breaker(&self.service, "closed");
+            }
+            BreakerEvent::None => {}
         }
     }
 }
@@ -273,7 +300,7 @@ async fn follow(
             }
         }
         metrics.destination_reconnect();
-        let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+        let wait = crate::identity::jitter(backoff);
         tokio::select! {
             _ = dest.cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}

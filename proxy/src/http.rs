@@ -21,7 +21,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::balance::{self, BreakerEvent, EndpointState};
+use crate::balance::EndpointState;
 use crate::config::Config;
 use crate::detect::Protocol;
 use crate::discovery::{Destination, Routes};
@@ -314,16 +314,12 @@ impl Forwarder {
         match &self.route {
             Route::Fixed(target) => Some(target.clone()),
             Route::Balanced(dest) => {
-                let routes = dest.routes();
-                let endpoint = routes
-                    .as_ref()
-                    .and_then(|r| r.pick_backend())
-                    .and_then(|b| balance::pick(&b.endpoints, None));
-                match (endpoint, routes.is_some()) {
-                    (Some(e), _) => Some(Arc::new(e.target.clone())),
+                match dest.routes() {
+                    Some(routes) => routes
+                        .pick_endpoint(None)
+                        .map(|e| Arc::new(e.target.clone())),
                     // Gone from discovery since the connection started.
-                    (None, false) => Some(Arc::new(Target::plain(dest.addr))),
-                    (None, true) => None,
+                    None => Some(Arc::new(Target::plain(dest.addr))),
                 }
             }
         }
@@ -387,10 +383,7 @@ impl Forwarder {
         };
         // The first endpoint is chosen now, so the request is counted on
         // arrival under the hop it takes.
-        let first = routes
-            .pick_backend()
-            .and_then(|b| balance::pick(&b.endpoints, None))
-            .cloned();
+        let first = routes.pick_endpoint(None);
         self.count_request(
             first
                 .as_ref()
@@ -478,12 +471,9 @@ impl Forwarder {
         let mut avoid: Option<Arc<EndpointState>> = None;
         let mut attempt = 0;
         loop {
-            let picked = first.take().or_else(|| {
-                routes
-                    .pick_backend()
-                    .and_then(|b| balance::pick(&b.endpoints, avoid.as_deref()))
-                    .cloned()
-            });
+            let picked = first
+                .take()
+                .or_else(|| routes.pick_endpoint(avoid.as_deref()));
             let Some(endpoint) = picked else {
                 return (no_endpoints(dest), None);
             };
@@ -510,22 +500,7 @@ impl Forwarder {
                 }
                 Attempt::Failed(_) => true,
             };
-            let event = if failed {
-                endpoint.failure(policy.failure_accrual)
-            } else {
-                endpoint.success()
-            };
-            match event {
-                BreakerEvent::Ejected(backoff) => {
-                    tracing::info!(service = %routes.service, endpoint = %endpoint.target.addr, ?backoff, "endpoint ejected after consecutive failures");
-                    metrics.breaker(&routes.service, "open");
-                }
-                BreakerEvent::Recovered => {
-                    tracing::info!(service = %routes.service, endpoint = %endpoint.target.addr, "endpoint back in the balancer");
-                    metrics.breaker(&routes.service, "closed");
-                }
-                BreakerEvent::None => {}
-            }
+            routes.record_outcome(&endpoint, failed, metrics);
             let retryable = match &outcome {
                 Attempt::Response(resp) => {
                     idempotent && policy.retry_on.status(resp.status().as_u16())

@@ -129,7 +129,9 @@ pub fn renew_after(not_before: SystemTime, not_after: SystemTime, now: SystemTim
     at.duration_since(now).unwrap_or(Duration::ZERO)
 }
 
-fn jitter(d: Duration) -> Duration {
+/// A random point in the second half of `d`, so that proxies that lost
+/// the controller together do not come back together.
+pub(crate) fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.5..1.0))
 }
 

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use weft_api::mesh::{Header, Protocol as MeshProtocol};
 
-use crate::balance::{self, EndpointState};
+use crate::balance::EndpointState;
 use crate::discovery::Destination;
 use crate::io::CountingIo;
 use crate::mesh::{MeshClient, MeshPeer};
@@ -213,11 +213,7 @@ pub async fn forward_balanced<C>(
     };
     let mut avoid: Option<Arc<EndpointState>> = None;
     for _ in 0..OPAQUE_CONNECT_ATTEMPTS {
-        let Some(endpoint) = routes
-            .pick_backend()
-            .and_then(|b| balance::pick(&b.endpoints, avoid.as_deref()))
-            .cloned()
-        else {
+        let Some(endpoint) = routes.pick_endpoint(avoid.as_deref()) else {
             break;
         };
         let in_flight = endpoint.start();
@@ -228,7 +224,7 @@ pub async fn forward_balanced<C>(
         {
             Ok((upstream, upstream_guard)) => {
                 endpoint.observe(started.elapsed());
-                endpoint.success();
+                routes.record_outcome(&endpoint, false, &connector.metrics);
                 splice(
                     client,
                     client_guard,
@@ -242,7 +238,7 @@ pub async fn forward_balanced<C>(
             }
             Err(error) => {
                 tracing::info!(service = %routes.service, %error, "endpoint unreachable; trying another");
-                endpoint.failure(routes.policy.failure_accrual);
+                routes.record_outcome(&endpoint, true, &connector.metrics);
                 drop(in_flight);
                 avoid = Some(endpoint);
             }

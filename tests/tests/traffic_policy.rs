@@ -71,6 +71,16 @@ fn background_load(
     (stop, task)
 }
 
+/// Fails with the first few failures, if there were any.
+fn assert_no_failures(tally: &Tally) {
+    assert!(
+        tally.failed.is_empty(),
+        "{} failed, first: {:?}",
+        tally.failed.len(),
+        &tally.failed[..tally.failed.len().min(5)]
+    );
+}
+
 async fn client_metric(c: &Cluster, name: &str, labels: &[(&str, &str)]) -> f64 {
     c.client.metrics().await.expect("metrics").sum(name, labels)
 }
@@ -88,11 +98,7 @@ async fn traffic_split_follows_weights_and_moves_live() {
     c.sync(false).await.expect("publish");
 
     let tally = requests(&c, "/", 8, 10_000).await;
-    assert!(
-        tally.failed.is_empty(),
-        "{:?}",
-        &tally.failed[..tally.failed.len().min(5)]
-    );
+    assert_no_failures(&tally);
     let v2 = tally.share("v2-");
     println!(
         "90/10 split over {} requests: v1 {:.2} %, v2 {:.2} %",
@@ -128,16 +134,12 @@ async fn traffic_split_follows_weights_and_moves_live() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let during = task.await.expect("load");
-    assert!(
-        during.failed.is_empty(),
-        "failures while weights changed: {:?}",
-        &during.failed[..during.failed.len().min(5)]
-    );
+    assert_no_failures(&during);
     assert!(during.ok > 100, "{during:?}");
 
     // Once applied, the new weights hold for every new request.
     let after = requests(&c, "/", 4, 1000).await;
-    assert!(after.failed.is_empty(), "{:?}", after.failed);
+    assert_no_failures(&after);
     assert_eq!(after.share("v2-"), 1.0, "{:?}", after.by_server);
 }
 
@@ -191,11 +193,7 @@ async fn a_failing_endpoint_is_ejected_and_retries_hide_it() {
 async fn a_slow_endpoint_gets_less_traffic() {
     let c = web_cluster("slow", &[], &[&[], &[], &[("DEMO_DELAY_MS", "50")]]).await;
     let tally = requests(&c, "/", 8, 3000).await;
-    assert!(
-        tally.failed.is_empty(),
-        "{:?}",
-        &tally.failed[..tally.failed.len().min(5)]
-    );
+    assert_no_failures(&tally);
     let slow = tally.share("web-2");
     println!(
         "slow endpoint share: {:.2} % (fair share 33.3 %), {:?}",
@@ -323,11 +321,7 @@ async fn endpoint_churn_under_load_fails_nothing() {
         tally.failed.len(),
         tally.by_server
     );
-    assert!(
-        tally.failed.is_empty(),
-        "{:?}",
-        &tally.failed[..tally.failed.len().min(5)]
-    );
+    assert_no_failures(&tally);
     for i in 0..3 {
         assert!(
             tally.by_server.contains_key(&format!("web-new-{i}")),
@@ -360,11 +354,7 @@ async fn a_controller_restart_mid_load_fails_nothing() {
         tally.failed.len(),
         tally.by_server
     );
-    assert!(
-        tally.failed.is_empty(),
-        "{:?}",
-        &tally.failed[..tally.failed.len().min(5)]
-    );
+    assert_no_failures(&tally);
     assert!(
         tally.by_server.contains_key("web-late"),
         "{:?}",
@@ -400,7 +390,7 @@ async fn bad_annotations_and_splits_are_ignored_not_fatal() {
         .expect("broken file");
 
     let tally = requests(&c, "/", 2, 200).await;
-    assert!(tally.failed.is_empty(), "{:?}", tally.failed);
+    assert_no_failures(&tally);
     assert_eq!(tally.by_server.get("web-0"), Some(&200));
     let controller = c.controller().clone();
     let scrape = c
@@ -439,7 +429,7 @@ async fn bad_annotations_and_splits_are_ignored_not_fatal() {
     }
     // And everything still routes.
     let again = requests(&c, "/", 2, 50).await;
-    assert!(again.failed.is_empty(), "{:?}", again.failed);
+    assert_no_failures(&again);
     let log = c.mesh.controller_log(&controller);
     assert!(log.contains("retry.weft.io/http=\"sometimes\""), "{log}");
 }

@@ -24,38 +24,57 @@ use super::{Kind, Object, Store};
 /// How often to look again for an API group that is not installed.
 const GROUP_RETRY: Duration = Duration::from_secs(30);
 
-/// Starts one watcher per kind; the store is marked synced once each has
-/// listed everything once.
-pub fn spawn(client: Client, store: Arc<Store>) {
-    let pending = Arc::new(AtomicUsize::new(4));
-    let done = move |store: &Store, pending: &AtomicUsize| {
-        if pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            store.mark_synced();
+/// Marks the store synced once every watcher has listed its kind once.
+#[derive(Debug)]
+struct SyncGate {
+    store: Arc<Store>,
+    pending: AtomicUsize,
+}
+
+/// One watcher's share of the gate; counts only the first time.
+#[derive(Debug)]
+struct Listed(Option<Arc<SyncGate>>);
+
+impl Listed {
+    fn done(&mut self) {
+        if let Some(gate) = self.0.take()
+            && gate.pending.fetch_sub(1, Ordering::AcqRel) == 1
+        {
+            gate.store.mark_synced();
         }
-    };
-    let done = Arc::new(done);
+    }
+}
+
+/// Starts one watcher per kind.
+pub fn spawn(client: Client, store: Arc<Store>) {
+    let gate = Arc::new(SyncGate {
+        store: store.clone(),
+        pending: AtomicUsize::new(4),
+    });
+    let listed = || Listed(Some(gate.clone()));
+    let config = watcher::Config::default;
     {
-        let (store, pending, done) = (store.clone(), pending.clone(), done.clone());
+        let (store, mut listed) = (store.clone(), listed());
         let api: Api<k8s_openapi::api::core::v1::Service> = Api::all(client.clone());
         tokio::spawn(async move {
             run(
                 Kind::Service,
-                watcher::watcher(api, watcher::Config::default()),
+                watcher::watcher(api, config()),
                 &store,
-                || done(&store, &pending),
+                &mut listed,
             )
             .await
         });
     }
     {
-        let (store, pending, done) = (store.clone(), pending.clone(), done.clone());
+        let (store, mut listed) = (store.clone(), listed());
         let api: Api<k8s_openapi::api::core::v1::Pod> = Api::all(client.clone());
         tokio::spawn(async move {
             run(
                 Kind::Pod,
-                watcher::watcher(api, watcher::Config::default()),
+                watcher::watcher(api, config()),
                 &store,
-                || done(&store, &pending),
+                &mut listed,
             )
             .await
         });
@@ -64,8 +83,7 @@ pub fn spawn(client: Client, store: Arc<Store>) {
         (Kind::Slice, "discovery.k8s.io", "EndpointSlice"),
         (Kind::Split, weft_api::split::GROUP, weft_api::split::KIND),
     ] {
-        let (client, store, pending, done) =
-            (client.clone(), store.clone(), pending.clone(), done.clone());
+        let (client, store, mut listed) = (client.clone(), store.clone(), listed());
         tokio::spawn(async move {
             let mut reported = false;
             let resource = loop {
@@ -73,32 +91,21 @@ pub fn spawn(client: Client, store: Arc<Store>) {
                     Ok(resource) => break resource,
                     Err(error) => {
                         if !reported {
-                            // Without the CRD there are simply no splits.
                             tracing::warn!(%group, kind = %resource_kind, %error, "API group not served; retrying");
-                            if kind == Kind::Split {
-                                done(&store, &pending);
-                            }
                         }
                         reported = true;
+                        // Without the CRD there are simply no splits: do
+                        // not hold readiness for it.
+                        if kind == Kind::Split {
+                            listed.done();
+                        }
                         tokio::time::sleep(GROUP_RETRY).await;
                     }
                 }
             };
             tracing::info!(kind = %resource_kind, version = %resource.version, "watching");
             let api: Api<DynamicObject> = Api::all_with(client, &resource);
-            let already_done = reported && kind == Kind::Split;
-            let mut first = !already_done;
-            run(
-                kind,
-                watcher::watcher(api, watcher::Config::default()),
-                &store,
-                || {
-                    if std::mem::take(&mut first) {
-                        done(&store, &pending)
-                    }
-                },
-            )
-            .await
+            run(kind, watcher::watcher(api, config()), &store, &mut listed).await
         });
     }
 }
@@ -115,7 +122,7 @@ async fn find(client: &Client, group: &str, kind: &str) -> anyhow::Result<ApiRes
 /// Feeds one watch stream into the store, for as long as the controller
 /// runs. Errors are retried with kube-rs's backoff; the store keeps what it
 /// had meanwhile.
-async fn run<K, S>(kind: Kind, stream: S, store: &Store, mut on_listed: impl FnMut())
+async fn run<K, S>(kind: Kind, stream: S, store: &Store, listed: &mut Listed)
 where
     K: Serialize,
     S: Stream<Item = Result<Event<K>, watcher::Error>> + Send,
@@ -138,7 +145,7 @@ where
                 let objects = listing.take().unwrap_or_default();
                 tracing::info!(kind = kind.as_str(), count = objects.len(), "listed");
                 store.replace(&[kind], objects);
-                on_listed();
+                listed.done();
             }
             Ok(Event::Apply(object)) => {
                 if let Some(object) = convert(kind, &object) {

@@ -87,6 +87,25 @@ pub struct SplitInfo {
     pub invalid: Option<Invalid>,
 }
 
+/// The `config.weft.io/opaque-ports` annotation; a bad value is recorded
+/// in `invalid` and read as no ports.
+fn opaque_ports(
+    annotations: &BTreeMap<String, String>,
+    invalid: &mut Vec<Invalid>,
+) -> BTreeSet<u16> {
+    let Some(v) = annotations.get(weft_api::annotations::OPAQUE_PORTS) else {
+        return BTreeSet::new();
+    };
+    policy::parse_ports(v).unwrap_or_else(|reason| {
+        invalid.push(Invalid {
+            kind: "annotation",
+            reason: "bad_opaque_ports".into(),
+            detail: format!("{}={v:?}: {reason}", weft_api::annotations::OPAQUE_PORTS),
+        });
+        BTreeSet::new()
+    })
+}
+
 fn parse_ip(v: &str) -> Option<IpAddr> {
     v.parse().ok()
 }
@@ -131,20 +150,7 @@ impl ServiceInfo {
         let empty = BTreeMap::new();
         let annotations = svc.metadata.annotations.as_ref().unwrap_or(&empty);
         let (policy, mut invalid) = policy::from_annotations(annotations);
-        let opaque_ports = match annotations.get(weft_api::annotations::OPAQUE_PORTS) {
-            None => BTreeSet::new(),
-            Some(v) => match policy::parse_ports(v) {
-                Ok(ports) => ports,
-                Err(reason) => {
-                    invalid.push(Invalid {
-                        kind: "annotation",
-                        reason: "bad_opaque_ports".into(),
-                        detail: format!("{}={v:?}: {reason}", weft_api::annotations::OPAQUE_PORTS),
-                    });
-                    BTreeSet::new()
-                }
-            },
-        };
+        let opaque_ports = opaque_ports(annotations, &mut invalid);
         ServiceInfo {
             cluster_ips,
             ports,
@@ -224,17 +230,7 @@ impl PodInfo {
             .any(|c| c.name == weft_api::PROXY_CONTAINER_NAME);
         let meshed = has_proxy || labels.contains_key(weft_api::labels::CONTROL_PLANE_NS);
         let mut invalid = Vec::new();
-        let opaque_ports = match annotations.get(weft_api::annotations::OPAQUE_PORTS) {
-            None => BTreeSet::new(),
-            Some(v) => policy::parse_ports(v).unwrap_or_else(|reason| {
-                invalid.push(Invalid {
-                    kind: "annotation",
-                    reason: "bad_opaque_ports".into(),
-                    detail: format!("{}={v:?}: {reason}", weft_api::annotations::OPAQUE_PORTS),
-                });
-                BTreeSet::new()
-            }),
-        };
+        let opaque_ports = opaque_ports(&annotations, &mut invalid);
         let named_ports = spec
             .containers
             .iter()

@@ -238,7 +238,7 @@ fn unusable_splits_are_reported_and_ignored() {
             .collect(),
     );
     // Zero total weight: the apex routes to its own endpoints (none here).
-    let update = store.resolve(&Authority::parse("10.96.0.10:80").unwrap(), "demo");
+    let update = resolve(&store, "10.96.0.10:80");
     assert_eq!(summary(&update), vec![("web.demo".into(), 1, vec![])]);
     assert!(
         metrics.encode().contains(
@@ -253,7 +253,7 @@ fn unusable_splits_are_reported_and_ignored() {
         &[super::Kind::Split],
         parse(Path::new("x"), &unknown).unwrap(),
     );
-    let update = store.resolve(&Authority::parse("10.96.0.10:80").unwrap(), "demo");
+    let update = resolve(&store, "10.96.0.10:80");
     assert_eq!(update.backends[1].service, "nope.demo");
     assert!(update.backends[1].endpoints.is_empty());
 }
@@ -277,7 +277,7 @@ fn bad_annotations_never_break_discovery() {
         ],
         parse(Path::new("x"), &bad).unwrap(),
     );
-    let update = store.resolve(&Authority::parse("10.96.0.10:80").unwrap(), "demo");
+    let update = resolve(&store, "10.96.0.10:80");
     assert_eq!(update.backends.len(), 2, "the split still works");
     let policy = update.policy.unwrap();
     assert!(policy.retry_on.is_empty());
@@ -333,25 +333,18 @@ fn a_broken_file_keeps_its_last_good_content() {
     let mut state = FileState::default();
     std::fs::write(&path, DEMO).unwrap();
     assert!(state.reload(dir.path(), &store));
-    let good = store.resolve(&Authority::parse("10.96.0.10:80").unwrap(), "demo");
+    let good = resolve(&store, "10.96.0.10:80");
     assert!(good.known);
     std::fs::write(&path, "apiVersion: v1\nkind: Service\n  : [\n").unwrap();
     assert!(!state.reload(dir.path(), &store));
-    assert_eq!(
-        store.resolve(&Authority::parse("10.96.0.10:80").unwrap(), "demo"),
-        good
-    );
+    assert_eq!(resolve(&store, "10.96.0.10:80"), good);
     assert!(metrics.encode().contains("discovery_file_errors_total 1"));
     // Reported once, not on every poll.
     state.reload(dir.path(), &store);
     assert!(metrics.encode().contains("discovery_file_errors_total 1"));
     std::fs::remove_file(&path).unwrap();
     assert!(state.reload(dir.path(), &store));
-    assert!(
-        !store
-            .resolve(&Authority::parse("10.96.0.10:80").unwrap(), "demo")
-            .known
-    );
+    assert!(!resolve(&store, "10.96.0.10:80").known);
 }
 
 #[tokio::test]
