@@ -121,7 +121,7 @@ impl Config {
                 var("WEFT_OPAQUE_PORTS"),
                 "WEFT_OPAQUE_PORTS",
                 DEFAULT_OPAQUE_PORTS.iter().copied().collect(),
-                parse_port_set,
+                weft_api::port_list::parse_set,
             )?,
             shutdown_grace: parse_or(
                 var("WEFT_SHUTDOWN_GRACE"),
@@ -392,26 +392,6 @@ fn parse_port(v: &str) -> Result<u16, String> {
         Ok(0) | Err(_) => Err("not a port from 1 to 65535".into()),
         Ok(p) => Ok(p),
     }
-}
-
-/// Parses `25,587,3306-3310`; whitespace around items is allowed.
-pub fn parse_port_set(v: &str) -> Result<BTreeSet<u16>, String> {
-    let mut set = BTreeSet::new();
-    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match item.split_once('-') {
-            Some((lo, hi)) => {
-                let (lo, hi) = (parse_port(lo.trim())?, parse_port(hi.trim())?);
-                if lo > hi {
-                    return Err(format!("range {item} is backwards"));
-                }
-                set.extend(lo..=hi);
-            }
-            None => {
-                set.insert(parse_port(item).map_err(|e| format!("{item}: {e}"))?);
-            }
-        }
-    }
-    Ok(set)
 }
 
 /// Parses `250ms`, `1s`, `2m`, `1h`, or a bare number of seconds; at most

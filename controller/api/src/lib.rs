@@ -8,6 +8,7 @@
 pub mod duration;
 pub mod identity;
 pub mod mesh;
+pub mod port_list;
 pub mod split;
 
 /// The proxy–controller gRPC protocol, generated from `proto/`.

@@ -96,7 +96,7 @@ fn opaque_ports(
     let Some(v) = annotations.get(weft_api::annotations::OPAQUE_PORTS) else {
         return BTreeSet::new();
     };
-    policy::parse_ports(v).unwrap_or_else(|reason| {
+    weft_api::port_list::parse_set(v).unwrap_or_else(|reason| {
         invalid.push(Invalid {
             kind: "annotation",
             reason: "bad_opaque_ports".into(),

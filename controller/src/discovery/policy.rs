@@ -2,7 +2,7 @@
 //! (log and metric, by the store) and that annotation alone is ignored, so
 //! one typo never takes a service out of discovery.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use weft_api::policy as names;
 use weft_api::proto::destination::RoutePolicy;
@@ -105,34 +105,6 @@ fn parse_failure_accrual(v: &str) -> Result<u32, String> {
     }
 }
 
-/// Ports as the opaque- and skip-port annotations write them:
-/// `3306,5432,8000-8010`.
-pub fn parse_ports(v: &str) -> Result<BTreeSet<u16>, String> {
-    let mut out = BTreeSet::new();
-    for token in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        let port = |s: &str| {
-            s.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| format!("{s:?} is not a port"))
-        };
-        match token.split_once('-') {
-            Some((lo, hi)) => {
-                let (lo, hi) = (port(lo)?, port(hi)?);
-                if lo > hi {
-                    return Err(format!("range {token:?} is backwards"));
-                }
-                out.extend(lo..=hi);
-            }
-            None => {
-                out.insert(port(token)?);
-            }
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,16 +173,5 @@ mod tests {
         let (p, invalid) = policy(&[(names::TIMEOUT_REQUEST, "2s"), (names::RETRY_LIMIT, "99")]);
         assert_eq!(p.timeout_ms, 2000);
         assert_eq!(invalid.len(), 1);
-    }
-
-    #[test]
-    fn parses_port_lists() {
-        assert_eq!(
-            parse_ports("3306, 8000-8002").unwrap(),
-            BTreeSet::from([3306, 8000, 8001, 8002])
-        );
-        assert!(parse_ports("0").is_err());
-        assert!(parse_ports("9-1").is_err());
-        assert!(parse_ports("http").is_err());
     }
 }

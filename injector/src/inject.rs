@@ -1,0 +1,536 @@
+//! The mutation itself: a pure function from a Pod, its namespace's choice
+//! and the mesh settings to a JSON Patch (RFC 6902) that adds the proxy, or
+//! to the reason the pod is left alone, or to a denial naming the bad
+//! annotations. Nothing here does I/O, so every case is a unit test.
+
+use std::collections::BTreeMap;
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
+use weft_api::{PROXY_CONTAINER_NAME, PROXY_GID, PROXY_UID, labels, ports};
+
+use crate::pod_config::{self, AnnotationError, InjectAnnotation, ProxyConfig};
+use crate::settings::{MeshSettings, SidecarMode};
+
+/// Name of the projected service-account token volume.
+pub const TOKEN_VOLUME: &str = "weft-identity-token";
+/// Where the proxy finds its token.
+pub const TOKEN_DIR: &str = "/var/run/weft/identity";
+/// Pod annotation `kubectl logs` and `kubectl exec` read to pick a container.
+const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
+/// Namespaces whose pods are never injected, whatever they say.
+const SYSTEM_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease"];
+
+/// What the webhook knows about the pod's namespace. The
+/// MutatingWebhookConfiguration's `namespaceSelector` decides which of the
+/// webhook's paths the API server calls, so the injector needs no access
+/// to Namespace objects.
+#[derive(Clone, Copy, Debug)]
+pub struct NamespaceView<'a> {
+    pub name: &'a str,
+    /// The namespace is labelled `weft.io/inject=enabled`.
+    pub injection_enabled: bool,
+}
+
+/// Why a pod is left as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// Neither the namespace nor the pod asked for the proxy.
+    NotRequested,
+    /// The pod is annotated `weft.io/inject: disabled`.
+    OptedOut,
+    /// The pod already has a `weft-proxy` container.
+    AlreadyInjected,
+    /// The pod shares the node's network; redirecting it would capture the
+    /// node's traffic.
+    HostNetwork,
+    /// `kube-system` and its kin, or the mesh's own namespace.
+    SystemNamespace,
+}
+
+impl Skip {
+    /// A short label value for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::NotRequested => "not_requested",
+            Skip::OptedOut => "opted_out",
+            Skip::AlreadyInjected => "already_injected",
+            Skip::HostNetwork => "host_network",
+            Skip::SystemNamespace => "system_namespace",
+        }
+    }
+}
+
+/// The outcome for one pod.
+#[derive(Debug)]
+pub enum Decision {
+    Inject {
+        patch: Patch,
+        /// Things the user should know; the API server shows them to
+        /// `kubectl`.
+        warnings: Vec<String>,
+    },
+    Skip(Skip),
+}
+
+/// Why a pod is refused. The message is what `kubectl` prints.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("weft-injector: {}", join_errors(.0))]
+    Annotations(Vec<AnnotationError>),
+    #[error(
+        "weft-injector: container {container:?} uses port {port}, which weft-proxy needs; \
+         move it or annotate the pod weft.io/inject: disabled"
+    )]
+    PortConflict { container: String, port: i32 },
+    #[error(
+        "weft-injector: the pod already has a volume named {TOKEN_VOLUME:?}, which weft-proxy needs"
+    )]
+    VolumeConflict,
+}
+
+impl Denial {
+    /// A short label value for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denial::Annotations(_) => "bad_annotation",
+            Denial::PortConflict { .. } => "port_conflict",
+            Denial::VolumeConflict => "volume_conflict",
+        }
+    }
+}
+
+fn join_errors(errors: &[AnnotationError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Decides what to do with `pod` and builds the patch.
+pub fn mutate(
+    pod: &Pod,
+    namespace: NamespaceView<'_>,
+    settings: &MeshSettings,
+    mode: SidecarMode,
+) -> Result<Decision, Denial> {
+    let empty_spec = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&empty_spec);
+    let empty = BTreeMap::new();
+    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+
+    if spec.host_network == Some(true) {
+        return Ok(Decision::Skip(Skip::HostNetwork));
+    }
+    if SYSTEM_NAMESPACES.contains(&namespace.name)
+        || namespace.name == settings.control_plane_namespace
+    {
+        return Ok(Decision::Skip(Skip::SystemNamespace));
+    }
+    if has_proxy(spec) {
+        return Ok(Decision::Skip(Skip::AlreadyInjected));
+    }
+    match pod_config::inject_annotation(annotations).map_err(|e| Denial::Annotations(vec![e]))? {
+        Some(InjectAnnotation::Disabled) => return Ok(Decision::Skip(Skip::OptedOut)),
+        Some(InjectAnnotation::Enabled) => {}
+        None if namespace.injection_enabled => {}
+        None => return Ok(Decision::Skip(Skip::NotRequested)),
+    }
+    let config = pod_config::proxy_config(annotations, settings).map_err(Denial::Annotations)?;
+    check_conflicts(spec)?;
+
+    let mut ops = Vec::new();
+    let add = |ops: &mut Vec<PatchOperation>, path: &[&str], value: Value| {
+        ops.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(path.iter().copied()),
+            value,
+        }));
+    };
+
+    // Labels for Prometheus relabelling; a workload label the user set
+    // on purpose is kept.
+    let pod_labels = pod.metadata.labels.as_ref();
+    let mut new_labels = vec![(
+        labels::CONTROL_PLANE_NS,
+        settings.control_plane_namespace.clone(),
+    )];
+    if !pod_labels.is_some_and(|l| l.contains_key(labels::WORKLOAD)) {
+        new_labels.push((labels::WORKLOAD, workload_name(pod)));
+    }
+    add_to_map(&mut ops, "labels", pod_labels.is_some(), new_labels);
+
+    let mut warnings = Vec::new();
+    if mode == SidecarMode::Classic {
+        // The proxy becomes the first container; without this, `kubectl
+        // logs` and `kubectl exec` would pick it instead of the app.
+        if !annotations.contains_key(DEFAULT_CONTAINER_ANNOTATION)
+            && let Some(app) = spec.containers.first()
+        {
+            add_to_map(
+                &mut ops,
+                "annotations",
+                pod.metadata.annotations.is_some(),
+                vec![(DEFAULT_CONTAINER_ANNOTATION, app.name.clone())],
+            );
+        }
+        for init in spec.init_containers.iter().flatten() {
+            warnings.push(format!(
+                "init container {:?} runs before weft-proxy (classic sidecar mode): its outbound \
+                 TCP is refused unless it runs as UID {PROXY_UID} or its ports are in {}",
+                init.name,
+                weft_api::annotations::SKIP_OUTBOUND_PORTS
+            ));
+        }
+    }
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let uid = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user)
+            .or_else(|| spec.security_context.as_ref().and_then(|s| s.run_as_user));
+        if uid == Some(i64::from(PROXY_UID)) {
+            warnings.push(format!(
+                "container {:?} runs as UID {PROXY_UID}, the proxy's: its traffic bypasses the mesh",
+                c.name
+            ));
+        }
+    }
+
+    let volume = to_value(token_volume(settings));
+    match &spec.volumes {
+        Some(_) => add(&mut ops, &["spec", "volumes", "-"], volume),
+        None => add(&mut ops, &["spec", "volumes"], Value::Array(vec![volume])),
+    }
+
+    let proxy = to_value(proxy_container(settings, &config, mode));
+    match mode {
+        SidecarMode::Native => match &spec.init_containers {
+            // First, so that other init containers already have the mesh.
+            Some(_) => add(&mut ops, &["spec", "initContainers", "0"], proxy),
+            None => add(
+                &mut ops,
+                &["spec", "initContainers"],
+                Value::Array(vec![proxy]),
+            ),
+        },
+        SidecarMode::Classic => add(&mut ops, &["spec", "containers", "0"], proxy),
+    }
+    Ok(Decision::Inject {
+        patch: Patch(ops),
+        warnings,
+    })
+}
+
+/// True when a container or init container is already the proxy.
+pub fn has_proxy(spec: &PodSpec) -> bool {
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == PROXY_CONTAINER_NAME)
+}
+
+fn check_conflicts(spec: &PodSpec) -> Result<(), Denial> {
+    let reserved = [ports::OUTBOUND, ports::INBOUND, ports::ADMIN].map(i32::from);
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        for p in c.ports.iter().flatten() {
+            if reserved.contains(&p.container_port) {
+                return Err(Denial::PortConflict {
+                    container: c.name.clone(),
+                    port: p.container_port,
+                });
+            }
+        }
+    }
+    if spec
+        .volumes
+        .iter()
+        .flatten()
+        .any(|v| v.name == TOKEN_VOLUME)
+    {
+        return Err(Denial::VolumeConflict);
+    }
+    Ok(())
+}
+
+/// Adds entries to `metadata.labels` or `metadata.annotations`: one `add`
+/// per key when the map exists (keys escaped, `/` as `~1`), else the whole
+/// map at once.
+fn add_to_map(
+    ops: &mut Vec<PatchOperation>,
+    field: &str,
+    exists: bool,
+    entries: Vec<(&str, String)>,
+) {
+    if exists {
+        for (key, value) in entries {
+            ops.push(PatchOperation::Add(AddOperation {
+                path: PointerBuf::from_tokens(["metadata", field, key]),
+                value: Value::String(value),
+            }));
+        }
+    } else {
+        let map: serde_json::Map<String, Value> = entries
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v)))
+            .collect();
+        ops.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["metadata", field]),
+            value: Value::Object(map),
+        }));
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Value {
+    serde_json::to_value(v).expect("Kubernetes types serialize")
+}
+
+/// The owning workload's name: the Deployment behind a ReplicaSet (its
+/// name less the pod-template hash), else the owner itself (StatefulSet,
+/// DaemonSet, Job), else the pod's own name. Cut to a valid label value.
+pub fn workload_name(pod: &Pod) -> String {
+    let meta = &pod.metadata;
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .or_else(|| meta.owner_references.iter().flatten().next());
+    let name = match owner {
+        Some(o) if o.kind == "ReplicaSet" => {
+            let hash = meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash"));
+            match hash.and_then(|h| o.name.strip_suffix(h.as_str())) {
+                Some(deployment) if deployment.ends_with('-') => {
+                    deployment.trim_end_matches('-').to_string()
+                }
+                _ => o.name.clone(),
+            }
+        }
+        Some(o) => o.name.clone(),
+        None => meta
+            .name
+            .clone()
+            .or_else(|| {
+                meta.generate_name
+                    .as_ref()
+                    .map(|g| g.trim_end_matches('-').to_string())
+            })
+            .unwrap_or_default(),
+    };
+    label_value(&name)
+}
+
+/// Names are DNS subdomains (up to 253 characters); label values stop at
+/// 63 and must end with an alphanumeric character.
+fn label_value(name: &str) -> String {
+    let cut: String = name.chars().take(63).collect();
+    cut.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_string()
+}
+
+fn token_volume(settings: &MeshSettings) -> Volume {
+    Volume {
+        name: TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(settings.token_audience.clone()),
+                    expiration_seconds: Some(settings.token_expiration_seconds),
+                    path: "token".into(),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(ports::ADMIN_PORT_NAME.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Default::default()
+    }
+}
+
+fn proxy_container(settings: &MeshSettings, config: &ProxyConfig, mode: SidecarMode) -> Container {
+    let mut env_vars = vec![
+        // The identity comes from the pod as it runs, so it is right even
+        // when the service account is filled in after this webhook.
+        field_env("_WEFT_POD_NS", "metadata.namespace"),
+        field_env("_WEFT_POD_SA", "spec.serviceAccountName"),
+        env(
+            "WEFT_IDENTITY",
+            format!(
+                "spiffe://{}/ns/$(_WEFT_POD_NS)/sa/$(_WEFT_POD_SA)",
+                settings.trust_domain
+            ),
+        ),
+        env("WEFT_CONTROLLER_ADDR", settings.controller_addr.clone()),
+        env(
+            "WEFT_CONTROLLER_IDENTITY",
+            settings.controller_identity.to_string(),
+        ),
+        env("WEFT_IDENTITY_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
+        env("WEFT_TRUST_ANCHORS", settings.trust_anchors_pem.clone()),
+        env("WEFT_OUTBOUND_PORT", ports::OUTBOUND.to_string()),
+        env("WEFT_INBOUND_PORT", ports::INBOUND.to_string()),
+        // On all addresses: kubelet probes it on the pod IP. `/shutdown`
+        // answers only on loopback.
+        env("WEFT_ADMIN_ADDR", format!("0.0.0.0:{}", ports::ADMIN)),
+        env("WEFT_LOG_LEVEL", config.log_level.clone()),
+        env("WEFT_PROXY_CORES", config.cores.to_string()),
+    ];
+    if let Some(extra) = &config.opaque_ports {
+        let mut all: std::collections::BTreeSet<u16> =
+            weft_api::DEFAULT_OPAQUE_PORTS.iter().copied().collect();
+        all.extend(extra);
+        let list: Vec<String> = all.iter().map(u16::to_string).collect();
+        env_vars.push(env("WEFT_OPAQUE_PORTS", list.join(",")));
+    }
+    for (name, value) in [
+        ("WEFT_INBOUND_MTLS", &config.inbound_mtls),
+        ("WEFT_SKIP_INBOUND_PORTS", &config.skip_inbound_ports),
+        ("WEFT_SKIP_OUTBOUND_PORTS", &config.skip_outbound_ports),
+        ("WEFT_SKIP_OUTBOUND_CIDRS", &config.skip_outbound_cidrs),
+    ] {
+        if let Some(v) = value {
+            env_vars.push(env(name, v.clone()));
+        }
+    }
+
+    let quantities = |pairs: [(&str, &Option<crate::quantity::Quantity>); 2]| {
+        let map: BTreeMap<String, K8sQuantity> = pairs
+            .into_iter()
+            .filter_map(|(k, q)| {
+                q.as_ref()
+                    .map(|q| (k.to_string(), K8sQuantity(q.text.clone())))
+            })
+            .collect();
+        (!map.is_empty()).then_some(map)
+    };
+    let r = &config.resources;
+    let resources = ResourceRequirements {
+        requests: quantities([("cpu", &r.cpu_request), ("memory", &r.memory_request)]),
+        limits: quantities([("cpu", &r.cpu_limit), ("memory", &r.memory_limit)]),
+        ..Default::default()
+    };
+
+    let mut container = Container {
+        name: PROXY_CONTAINER_NAME.into(),
+        image: Some(settings.proxy_image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        env: Some(env_vars),
+        ports: Some(vec![ContainerPort {
+            name: Some(ports::ADMIN_PORT_NAME.into()),
+            container_port: i32::from(ports::ADMIN),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: Some(resources),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(i64::from(PROXY_UID)),
+            run_as_group: Some(i64::from(PROXY_GID)),
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        liveness_probe: Some(probe("/live", 10, 3)),
+        readiness_probe: Some(probe("/ready", 5, 3)),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    let ready_timeout = settings.ready_timeout_seconds.max(1);
+    match mode {
+        SidecarMode::Native => {
+            container.restart_policy = Some("Always".into());
+            // Kubelet starts the next container only once this passes.
+            container.startup_probe = Some(probe("/ready", 1, ready_timeout as i32));
+        }
+        SidecarMode::Classic => {
+            // Kubelet starts the next container only after this returns.
+            container.lifecycle = Some(Lifecycle {
+                post_start: Some(LifecycleHandler {
+                    exec: Some(ExecAction {
+                        command: Some(vec![
+                            settings.proxy_binary.clone(),
+                            "await-ready".into(),
+                            "--timeout".into(),
+                            format!("{ready_timeout}s"),
+                        ]),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    }
+    container
+}
+
+#[cfg(test)]
+mod tests;
