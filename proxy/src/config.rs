@@ -65,6 +65,18 @@ pub struct Config {
     /// How long a connection to a destination seen for the first time
     /// waits for discovery's answer before going to the original address.
     pub discovery_wait: Duration,
+    /// The pod's redirect exemptions, as the injector copied them from its
+    /// `config.weft.io/skip-*` annotations. The CNI plugin applies them;
+    /// the proxy only reports them.
+    pub redirect_exemptions: RedirectExemptions,
+}
+
+/// Traffic the pod's redirect rules leave alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedirectExemptions {
+    pub inbound_ports: Vec<weft_api::port_list::PortRange>,
+    pub outbound_ports: Vec<weft_api::port_list::PortRange>,
+    pub outbound_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// Inbound policy for connections that are not mesh mTLS.
@@ -205,6 +217,26 @@ impl Config {
                 Duration::from_secs(3),
                 parse_duration,
             )?,
+            redirect_exemptions: RedirectExemptions {
+                inbound_ports: parse_or(
+                    var("WEFT_SKIP_INBOUND_PORTS"),
+                    "WEFT_SKIP_INBOUND_PORTS",
+                    Vec::new(),
+                    weft_api::port_list::parse_ranges,
+                )?,
+                outbound_ports: parse_or(
+                    var("WEFT_SKIP_OUTBOUND_PORTS"),
+                    "WEFT_SKIP_OUTBOUND_PORTS",
+                    Vec::new(),
+                    weft_api::port_list::parse_ranges,
+                )?,
+                outbound_cidrs: parse_or(
+                    var("WEFT_SKIP_OUTBOUND_CIDRS"),
+                    "WEFT_SKIP_OUTBOUND_CIDRS",
+                    Vec::new(),
+                    parse_cidrs,
+                )?,
+            },
         };
         if config.identity.is_none() {
             for (name, set) in [
@@ -274,6 +306,9 @@ const KNOWN: &[&str] = &[
     "WEFT_MESH_ENDPOINTS",
     "WEFT_DISCOVERY",
     "WEFT_DISCOVERY_WAIT",
+    "WEFT_SKIP_INBOUND_PORTS",
+    "WEFT_SKIP_OUTBOUND_PORTS",
+    "WEFT_SKIP_OUTBOUND_CIDRS",
 ];
 
 /// The identity settings: all or nothing, keyed on `WEFT_CONTROLLER_ADDR`.
@@ -392,6 +427,18 @@ fn parse_port(v: &str) -> Result<u16, String> {
         Ok(0) | Err(_) => Err("not a port from 1 to 65535".into()),
         Ok(p) => Ok(p),
     }
+}
+
+/// Parses `10.0.0.0/8, fd00::/8`.
+fn parse_cidrs(v: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8"))
+        })
+        .collect()
 }
 
 /// Parses `250ms`, `1s`, `2m`, `1h`, or a bare number of seconds; at most

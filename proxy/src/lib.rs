@@ -12,6 +12,7 @@
 //! traffic to meshed pods in mutual TLS.
 
 pub mod admin;
+pub mod await_ready;
 pub mod balance;
 pub mod config;
 pub mod detect;

@@ -4,6 +4,17 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("await-ready") => return await_ready(&args[1..]),
+        Some(other) => {
+            eprintln!(
+                "weft-proxy: unknown command {other:?}; run with no arguments (configured by WEFT_* variables) or `await-ready [--timeout 120s] [--addr 127.0.0.1:6191]`"
+            );
+            return ExitCode::from(64);
+        }
+    }
     let config = match weft_proxy::config::Config::from_env() {
         Ok(config) => config,
         Err(error) => {
@@ -34,6 +45,39 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "proxy failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `weft-proxy await-ready`: see [`weft_proxy::await_ready`].
+fn await_ready(args: &[String]) -> ExitCode {
+    use weft_proxy::await_ready::{AwaitArgs, await_ready};
+    let admin = std::env::var("WEFT_ADMIN_ADDR").ok();
+    let parsed = match AwaitArgs::parse(args, admin.as_deref()) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            eprintln!("weft-proxy await-ready: {error}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("weft-proxy await-ready: cannot start runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(await_ready(&parsed)) {
+        Ok(waited) => {
+            eprintln!("weft-proxy await-ready: ready after {waited:?}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("weft-proxy await-ready: {error}");
             ExitCode::FAILURE
         }
     }

@@ -38,12 +38,31 @@ fn bad_values_name_the_variable() {
         ("WEFT_LOG_LEVEL", "[[["),
         ("WEFT_PROXY_CORES", "0"),
         ("WEFT_HTTP_MAX_HEADER_BYTES", "100"),
+        ("WEFT_SKIP_INBOUND_PORTS", "ssh"),
+        ("WEFT_SKIP_OUTBOUND_PORTS", "9-1"),
+        ("WEFT_SKIP_OUTBOUND_CIDRS", "10.0.0.0/33"),
     ];
     for (var, value) in cases {
         let err = config(&[(var, value)]).expect_err(var);
         assert_eq!(err.var, var, "{err}");
         assert!(err.to_string().contains(value), "{err}");
     }
+}
+
+#[test]
+fn reads_redirect_exemptions() {
+    let c = config(&[
+        ("WEFT_SKIP_INBOUND_PORTS", "22, 8000-8010"),
+        ("WEFT_SKIP_OUTBOUND_PORTS", "5432"),
+        ("WEFT_SKIP_OUTBOUND_CIDRS", "10.0.0.0/8,fd00::/8"),
+    ])
+    .unwrap();
+    let e = &c.redirect_exemptions;
+    assert_eq!(e.inbound_ports.len(), 2);
+    assert_eq!(e.inbound_ports[1].to_string(), "8000-8010");
+    assert_eq!(e.outbound_ports[0].to_string(), "5432");
+    assert_eq!(e.outbound_cidrs.len(), 2);
+    assert_eq!(config(&[]).unwrap().redirect_exemptions, Default::default());
 }
 
 #[test]
