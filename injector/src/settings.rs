@@ -54,7 +54,7 @@ impl Resources {
 
 /// Mesh-wide settings, fixed when the injector starts (the trust anchors
 /// are re-read when their file changes).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct MeshSettings {
     pub proxy_image: String,
     /// `Always`, `IfNotPresent` or `Never`; unset lets Kubernetes decide
@@ -78,6 +78,26 @@ pub struct MeshSettings {
     pub resources: Resources,
     /// How long the classic mode's `postStart` hook waits for the proxy.
     pub ready_timeout_seconds: u32,
+}
+
+impl std::fmt::Debug for MeshSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The anchors are public, but a PEM block per startup line is noise.
+        let anchors = self.trust_anchors_pem.matches("BEGIN CERTIFICATE").count();
+        f.debug_struct("MeshSettings")
+            .field("proxy_image", &self.proxy_image)
+            .field("image_pull_policy", &self.image_pull_policy)
+            .field("control_plane_namespace", &self.control_plane_namespace)
+            .field("controller_addr", &self.controller_addr)
+            .field("controller_identity", &self.controller_identity.to_string())
+            .field("trust_domain", &self.trust_domain)
+            .field("trust_anchors", &format!("{anchors} certificate(s)"))
+            .field("token_audience", &self.token_audience)
+            .field("log_level", &self.log_level)
+            .field("resources", &self.resources)
+            .field("ready_timeout_seconds", &self.ready_timeout_seconds)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The lowest Kubernetes version whose native sidecars are on by default
