@@ -31,6 +31,11 @@ use crate::review::{self, Outcome};
 use crate::settings::{MeshSettings, SidecarMode};
 use crate::tls::ServingCert;
 
+/// Webhook path for pods of namespaces labelled `weft.io/inject=enabled`.
+pub const PATH_NAMESPACE_ENABLED: &str = "/inject";
+/// Webhook path for pods of other namespaces (only annotated pods).
+pub const PATH_ANNOTATED_ONLY: &str = "/inject-annotated";
+
 /// Largest AdmissionReview accepted. The API server stores objects of up
 /// to 1.5 MiB; a review carries the object and a little more.
 pub const MAX_BODY: usize = 4 << 20;
@@ -69,9 +74,9 @@ impl Webhook {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let namespace_enabled = match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
-            (&Method::POST, "/inject") => true,
-            (&Method::POST, "/inject-annotated") => false,
-            (_, "/inject" | "/inject-annotated" | "/healthz") => {
+            (&Method::POST, PATH_NAMESPACE_ENABLED) => true,
+            (&Method::POST, PATH_ANNOTATED_ONLY) => false,
+            (_, PATH_NAMESPACE_ENABLED | PATH_ANNOTATED_ONLY | "/healthz") => {
                 return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             }
             _ => return text(StatusCode::NOT_FOUND, "not found\n"),
