@@ -80,6 +80,37 @@ pub struct MeshSettings {
     pub ready_timeout_seconds: u32,
 }
 
+impl MeshSettings {
+    /// The settings of a default installation (the injector's flag
+    /// defaults) around the given trust anchors.
+    pub fn defaults(trust_anchors_pem: String) -> Self {
+        let namespace = weft_api::controller::NAMESPACE;
+        MeshSettings {
+            proxy_image: concat!("docker.io/weft/weft-proxy:", env!("CARGO_PKG_VERSION")).into(),
+            image_pull_policy: None,
+            proxy_binary: "/usr/local/bin/weft-proxy".into(),
+            control_plane_namespace: namespace.into(),
+            controller_addr: format!(
+                "weft-controller.{namespace}.svc.cluster.local:{}",
+                weft_api::controller::GRPC_PORT
+            ),
+            controller_identity: SpiffeId::new(
+                weft_api::identity::DEFAULT_TRUST_DOMAIN,
+                namespace,
+                weft_api::controller::SERVICE_ACCOUNT,
+            )
+            .expect("valid default identity"),
+            trust_domain: weft_api::identity::DEFAULT_TRUST_DOMAIN.into(),
+            trust_anchors_pem,
+            token_audience: weft_api::identity::TOKEN_AUDIENCE.into(),
+            token_expiration_seconds: 3600,
+            log_level: "warn,weft_proxy=info".into(),
+            resources: Resources::proxy_defaults(),
+            ready_timeout_seconds: 120,
+        }
+    }
+}
+
 impl std::fmt::Debug for MeshSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The anchors are public, but a PEM block per startup line is noise.

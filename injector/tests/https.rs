@@ -516,19 +516,16 @@ fn stops_cleanly_on_sigterm() {
     }
 }
 
-#[test]
-fn refuses_to_start_without_a_usable_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tls.crt"), "garbage").unwrap();
-    std::fs::write(dir.path().join("tls.key"), "garbage").unwrap();
-    std::fs::write(dir.path().join("ca.crt"), Pki::new().ca.pem()).unwrap();
+/// Runs the injector on `dir`'s files and expects it to fail at once,
+/// returning what it said.
+fn failed_start(dir: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_weft-injector"))
         .arg("--tls-cert")
-        .arg(dir.path().join("tls.crt"))
+        .arg(dir.join("tls.crt"))
         .arg("--tls-key")
-        .arg(dir.path().join("tls.key"))
+        .arg(dir.join("tls.key"))
         .arg("--trust-anchors-file")
-        .arg(dir.path().join("ca.crt"))
+        .arg(dir.join("ca.crt"))
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -540,21 +537,35 @@ fn refuses_to_start_without_a_usable_certificate() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn refuses_to_start_without_a_usable_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let (cert, key) = pki.serving();
+    std::fs::write(dir.path().join("tls.crt"), "garbage").unwrap();
+    std::fs::write(dir.path().join("tls.key"), &key).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), pki.ca.pem()).unwrap();
+    let stderr = failed_start(dir.path());
     assert!(
         stderr.contains("no certificate in the certificate file"),
         "{stderr}"
     );
 
+    // A key that is not the certificate's.
+    std::fs::write(dir.path().join("tls.crt"), &cert).unwrap();
+    std::fs::write(dir.path().join("tls.key"), pki.serving().1).unwrap();
+    let stderr = failed_start(dir.path());
+    assert!(
+        stderr.contains("the key does not match the certificate"),
+        "{stderr}"
+    );
+
+    std::fs::write(dir.path().join("tls.key"), &key).unwrap();
     std::fs::write(dir.path().join("ca.crt"), "not pem").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_weft-injector"))
-        .arg("--trust-anchors-file")
-        .arg(dir.path().join("ca.crt"))
-        .args(["--sidecar-mode", "classic"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed_start(dir.path());
     assert!(
         stderr.contains("no certificate in the trust anchors"),
         "{stderr}"

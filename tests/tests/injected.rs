@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Container, Pod as K8sPod};
 use serde_json::{Value, json};
 use weft_injector::inject::{self, Decision, NamespaceView, TOKEN_DIR};
-use weft_injector::settings::{MeshSettings, Resources, SidecarMode};
+use weft_injector::settings::{MeshSettings, SidecarMode};
 use weft_testbed::identity::{CaDir, ControllerOptions};
 use weft_testbed::{Mesh, Pod, http_request, require_root};
 
@@ -23,21 +23,10 @@ const APP_PORT: u16 = 8080;
 
 fn settings(controller: SocketAddr, ca: &CaDir) -> MeshSettings {
     MeshSettings {
-        proxy_image: "docker.io/weft/weft-proxy:test".into(),
-        image_pull_policy: None,
-        proxy_binary: "/usr/local/bin/weft-proxy".into(),
-        control_plane_namespace: "weft-system".into(),
         controller_addr: controller.to_string(),
-        controller_identity: "spiffe://cluster.local/ns/weft-system/sa/weft-controller"
-            .parse()
-            .unwrap(),
-        trust_domain: "cluster.local".into(),
-        trust_anchors_pem: std::fs::read_to_string(ca.anchors()).unwrap(),
-        token_audience: weft_api::identity::TOKEN_AUDIENCE.into(),
-        token_expiration_seconds: 3600,
         log_level: "info".into(),
-        resources: Resources::proxy_defaults(),
         ready_timeout_seconds: 30,
+        ..MeshSettings::defaults(std::fs::read_to_string(ca.anchors()).unwrap())
     }
 }
 

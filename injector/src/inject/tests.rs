@@ -1,25 +1,13 @@
 use serde_json::json;
 
 use super::*;
-use crate::settings::Resources;
 
-pub(crate) fn settings() -> MeshSettings {
+fn settings() -> MeshSettings {
     MeshSettings {
-        proxy_image: "weft-proxy:test".into(),
-        image_pull_policy: None,
-        proxy_binary: "/usr/local/bin/weft-proxy".into(),
-        control_plane_namespace: "weft-system".into(),
-        controller_addr: "weft-controller.weft-system.svc.cluster.local:8086".into(),
-        controller_identity: "spiffe://cluster.local/ns/weft-system/sa/weft-controller"
-            .parse()
-            .unwrap(),
-        trust_domain: "cluster.local".into(),
-        trust_anchors_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
-        token_audience: "identity.weft.io".into(),
-        token_expiration_seconds: 3600,
         log_level: "info".into(),
-        resources: Resources::proxy_defaults(),
-        ready_timeout_seconds: 120,
+        ..MeshSettings::defaults(
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use weft_injector::settings::{MeshSettings, Resources};
+use weft_injector::settings::MeshSettings;
 
 /// Settings as an installation would have them; the anchor is a fixed
 /// placeholder (the injector passes it on without reading it).
@@ -12,20 +12,9 @@ pub fn settings() -> MeshSettings {
     MeshSettings {
         proxy_image: "docker.io/weft/weft-proxy:0.1.0".into(),
         image_pull_policy: Some("IfNotPresent".into()),
-        proxy_binary: "/usr/local/bin/weft-proxy".into(),
-        control_plane_namespace: "weft-system".into(),
-        controller_addr: "weft-controller.weft-system.svc.cluster.local:8086".into(),
-        controller_identity: "spiffe://cluster.local/ns/weft-system/sa/weft-controller"
-            .parse()
-            .unwrap(),
-        trust_domain: "cluster.local".into(),
-        trust_anchors_pem: "-----BEGIN CERTIFICATE-----\nANCHOR\n-----END CERTIFICATE-----\n"
-            .into(),
-        token_audience: "identity.weft.io".into(),
-        token_expiration_seconds: 3600,
-        log_level: "warn,weft_proxy=info".into(),
-        resources: Resources::proxy_defaults(),
-        ready_timeout_seconds: 120,
+        ..MeshSettings::defaults(
+            "-----BEGIN CERTIFICATE-----\nANCHOR\n-----END CERTIFICATE-----\n".into(),
+        )
     }
 }
 
