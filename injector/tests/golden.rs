@@ -70,6 +70,13 @@ const CASES: &[Case] = &[
         workload: None,
         skip: Some("opted_out"),
     },
+    // Injected earlier with a native sidecar: left alone in either mode.
+    Case {
+        name: "already-injected",
+        namespace_enabled: true,
+        workload: None,
+        skip: Some("already_injected"),
+    },
 ];
 
 fn dir() -> PathBuf {
