@@ -5,7 +5,8 @@
 # source package with Debian's Go, run with Debian's etcd.
 #
 #   tests/kube/apiserver.sh build           # prints the binary; cached, ~5 min cold
-#   tests/kube/apiserver.sh start DIR       # etcd + API server on free loopback ports
+#   tests/kube/apiserver.sh start DIR [PID] # etcd + API server on free loopback ports;
+#                                           # with PID, stopped when that process ends
 #   . DIR/env                               # KUBECONFIG, KUBE_APISERVER_URL, pids
 #   tests/kube/apiserver.sh stop DIR
 #
@@ -95,7 +96,7 @@ free_port() {
 }
 
 start() {
-    local dir=${1:?usage: apiserver.sh start DIR}
+    local dir=${1:?usage: apiserver.sh start DIR [OWNER_PID]} owner=${2:-}
     local bin
     bin=$(build)
     mkdir -p "$dir/pki"
@@ -154,6 +155,12 @@ contexts:
   context: {cluster: weft-test, user: admin}
 current-context: weft-test
 KUBECONFIG
+    if [[ -n $owner ]]; then
+        # Test processes cannot run destructors for what they share; this
+        # watchdog stops the server when its owner is gone, however it ended.
+        setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop "$3"' \
+            watchdog "$owner" "$(realpath "$0")" "$dir" </dev/null >/dev/null 2>&1 &
+    fi
     echo "export KUBECONFIG=$dir/admin.kubeconfig KUBE_APISERVER_URL=$url ETCD_PID=$etcd_pid APISERVER_PID=$api_pid" >"$dir/env"
     echo "kube-apiserver $VERSION ready at $url; . $dir/env" >&2
 }
@@ -172,7 +179,7 @@ stop() {
 
 case ${1:-} in
     build) need; build ;;
-    start) need; start "${2:-}" ;;
+    start) need; start "${2:-}" "${3:-}" ;;
     stop) stop "${2:-}" ;;
-    *) die "usage: apiserver.sh build | start DIR | stop DIR" ;;
+    *) die "usage: apiserver.sh build | start DIR [OWNER_PID] | stop DIR" ;;
 esac

@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod cni;
 pub mod identity;
+pub mod kube_api;
 pub mod metrics;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -91,7 +92,13 @@ impl Bins {
         };
         let dir = PathBuf::from(format!("/tmp/weft-bin-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        for name in ["weft-proxy", "weft-cni", "weft-demo", "weft-controller"] {
+        for name in [
+            "weft-proxy",
+            "weft-cni",
+            "weft-demo",
+            "weft-controller",
+            "weft-injector",
+        ] {
             let from = source.join(name);
             if !from.is_file() {
                 bail!(
