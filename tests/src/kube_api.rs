@@ -70,7 +70,7 @@ pub async fn namespace(
     name: &str,
     labels: &[(&str, &str)],
 ) -> anyhow::Result<()> {
-    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    use k8s_openapi::api::core::v1::Namespace;
     use kube::api::{Api, PostParams};
     let labels: serde_json::Map<String, serde_json::Value> = labels
         .iter()
@@ -83,13 +83,24 @@ pub async fn namespace(
         .create(&PostParams::default(), &ns)
         .await
         .with_context(|| format!("create namespace {name}"))?;
+    service_account(client, name, "default").await
+}
+
+/// Creates a service account that does not mount a token by itself.
+pub async fn service_account(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::{Api, PostParams};
     let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "default"},
+        "metadata": {"name": name},
         "automountServiceAccountToken": false
     }))?;
-    Api::<ServiceAccount>::namespaced(client.clone(), name)
+    Api::<ServiceAccount>::namespaced(client.clone(), namespace)
         .create(&PostParams::default(), &sa)
         .await
-        .with_context(|| format!("create {name}/default service account"))?;
+        .with_context(|| format!("create service account {namespace}/{name}"))?;
     Ok(())
 }
