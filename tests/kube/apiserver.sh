@@ -157,8 +157,9 @@ current-context: weft-test
 KUBECONFIG
     if [[ -n $owner ]]; then
         # Test processes cannot run destructors for what they share; this
-        # watchdog stops the server when its owner is gone, however it ended.
-        setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop "$3"' \
+        # watchdog stops the server and removes its state when its owner is
+        # gone, however it ended.
+        setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop "$3"; rm -rf "$3"' \
             watchdog "$owner" "$(realpath "$0")" "$dir" </dev/null >/dev/null 2>&1 &
     fi
     echo "export KUBECONFIG=$dir/admin.kubeconfig KUBE_APISERVER_URL=$url ETCD_PID=$etcd_pid APISERVER_PID=$api_pid" >"$dir/env"
