@@ -104,3 +104,125 @@ pub async fn service_account(
         .with_context(|| format!("create service account {namespace}/{name}"))?;
     Ok(())
 }
+
+/// The documents of a YAML manifest file, in order.
+pub fn manifest(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde_json::Value::deserialize(doc).map_err(anyhow::Error::from))
+        .filter(|doc| !matches!(doc, Ok(serde_json::Value::Null)))
+        .collect()
+}
+
+/// Creates every object of `docs` as `kubectl create` would, or only asks
+/// the server to validate it (`dry_run`, as `kubectl apply --dry-run=server`).
+/// Objects that already exist are left as they are. Returns `kind/name`s.
+pub async fn create_all(
+    client: &kube::Client,
+    docs: &[serde_json::Value],
+    dry_run: bool,
+) -> anyhow::Result<Vec<String>> {
+    use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+    use kube::discovery::{Scope, pinned_kind};
+    let mut done = Vec::new();
+    for doc in docs {
+        let object: DynamicObject = serde_json::from_value(doc.clone())?;
+        let types = object
+            .types
+            .clone()
+            .context("object without apiVersion/kind")?;
+        let gvk = GroupVersionKind::try_from(&types)?;
+        let (resource, caps) = pinned_kind(client, &gvk)
+            .await
+            .with_context(|| format!("the server does not serve {types:?}"))?;
+        let name = format!(
+            "{}/{}",
+            types.kind,
+            object.metadata.name.clone().unwrap_or_default()
+        );
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Cluster => Api::all_with(client.clone(), &resource),
+            Scope::Namespaced => Api::namespaced_with(
+                client.clone(),
+                object.metadata.namespace.as_deref().unwrap_or("default"),
+                &resource,
+            ),
+        };
+        let result = if dry_run {
+            // Server-side apply, dry run: validated whether or not the
+            // object exists, as `kubectl apply --dry-run=server` does.
+            let params = PatchParams::apply("weft-tests").force().dry_run();
+            let object_name = object.metadata.name.clone().unwrap_or_default();
+            api.patch(&object_name, &params, &Patch::Apply(&object))
+                .await
+                .map(|_| ())
+        } else {
+            match api.create(&PostParams::default(), &object).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                other => other.map(|_| ()),
+            }
+        };
+        result.map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        done.push(name);
+    }
+    Ok(done)
+}
+
+impl KubeApi {
+    /// A kubeconfig that authenticates as service account `namespace/name`
+    /// with a token from TokenRequest, as a pod running as it would.
+    pub async fn kubeconfig_for(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<PathBuf> {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use kube::api::{Api, PostParams};
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: vec!["https://kubernetes.default.svc".into()],
+                expiration_seconds: Some(3600),
+                bound_object_ref: None,
+            },
+            ..Default::default()
+        };
+        let token = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+            .create_token_request(name, &PostParams::default(), &request)
+            .await?
+            .status
+            .context("no token")?
+            .token;
+        let admin = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let server = admin.clusters[0]
+            .cluster
+            .as_ref()
+            .and_then(|c| c.server.clone())
+            .context("no server in the admin kubeconfig")?;
+        let path = self.dir.join(format!("{namespace}-{name}.kubeconfig"));
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "weft-test", "cluster": {"server": server, "insecure-skip-tls-verify": true}}],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": "weft-test", "context": {"cluster": "weft-test", "user": name}}],
+            "current-context": "weft-test"
+        });
+        std::fs::write(&path, serde_json::to_vec(&config)?)?;
+        Ok(path)
+    }
+
+    /// Installs `examples/install/00-namespace.yaml` and `20-rbac.yaml` (once
+    /// per server; later calls find them there) and returns a kubeconfig
+    /// for the controller's own service account.
+    pub async fn controller_kubeconfig(&self, client: &kube::Client) -> anyhow::Result<PathBuf> {
+        let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/install");
+        for file in ["00-namespace.yaml", "20-rbac.yaml"] {
+            create_all(client, &manifest(&install.join(file))?, false).await?;
+        }
+        self.kubeconfig_for(client, "weft-system", "weft-controller")
+            .await
+    }
+}

@@ -338,7 +338,8 @@ impl Drop for HostController {
 }
 
 impl HostController {
-    fn start(api: &KubeApi, label: &str, discovery: &str) -> HostController {
+    /// Starts a controller that talks to the API as `kubeconfig` says.
+    fn start(kubeconfig: &Path, label: &str, discovery: &str) -> HostController {
         let dir = tempfile_dir::Dir(std::path::PathBuf::from(format!(
             "/tmp/weft-kube-controller-{label}-{}",
             std::process::id()
@@ -374,14 +375,14 @@ impl HostController {
         ] {
             command.push(arg.into());
         }
-        let child = Self::spawn(&command, &api.kubeconfig, &dir.0);
+        let child = Self::spawn(&command, kubeconfig, &dir.0);
         HostController {
             child,
             grpc,
             admin,
             dir,
             command,
-            kubeconfig: api.kubeconfig.clone(),
+            kubeconfig: kubeconfig.to_path_buf(),
         }
     }
 
@@ -516,7 +517,10 @@ async fn certificates_for_real_service_account_tokens_checked_by_token_review() 
             serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
         accounts.create(&PostParams::default(), &sa).await.unwrap();
     }
-    let controller = HostController::start(api, "tokens", "none");
+    // The controller runs as its own service account, with only the
+    // shipped RBAC.
+    let kubeconfig = api.controller_kubeconfig(&client).await.unwrap();
+    let controller = HostController::start(&kubeconfig, "tokens", "none");
     controller.wait_ready().await;
     let mut identity = IdentityClient::new(controller.channel().await);
 
@@ -838,7 +842,8 @@ mod discovery {
         create(&slices, slice("web-v1", &[("10.42.0.21", "v1-1", true)])).await;
         create(&slices, slice("web-v2", &[("10.42.0.31", "v2-1", true)])).await;
 
-        let mut controller = HostController::start(api, "discovery", "kubernetes");
+        let kubeconfig = api.controller_kubeconfig(&client).await.unwrap();
+        let mut controller = HostController::start(&kubeconfig, "discovery", "kubernetes");
         controller.wait_ready().await;
         let web_id = format!("spiffe://cluster.local/ns/{NS}/sa/web");
 
@@ -955,5 +960,87 @@ mod discovery {
             )
             .await;
         assert_eq!(events, 1.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_manifests_are_accepted_and_rbac_is_least_privilege() {
+    use k8s_openapi::api::core::v1::Secret;
+    require_root();
+    let api = KubeApi::shared();
+    let client = api.client().await.unwrap();
+    let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/install");
+    let mut files: Vec<_> = std::fs::read_dir(&install)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    // The namespace for real (namespaced objects need it even in a dry
+    // run), then everything as `kubectl apply --dry-run=server` would.
+    kube_api::create_all(
+        &client,
+        &kube_api::manifest(&install.join("00-namespace.yaml")).unwrap(),
+        false,
+    )
+    .await
+    .unwrap();
+    let mut accepted = Vec::new();
+    for file in &files {
+        let docs = kube_api::manifest(file).unwrap();
+        let names = kube_api::create_all(&client, &docs, true)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:#}", file.display()));
+        accepted.extend(names);
+    }
+    for expected in [
+        "Namespace/weft-system",
+        "CustomResourceDefinition/trafficsplits.split.smi-spec.io",
+        "ClusterRole/weft-controller",
+        "ClusterRoleBinding/weft-controller",
+        "ServiceAccount/weft-controller",
+        "Deployment/weft-injector",
+        "Service/weft-injector",
+        "MutatingWebhookConfiguration/weft-injector",
+    ] {
+        assert!(
+            accepted.iter().any(|a| a == expected),
+            "{expected} not in {accepted:?}"
+        );
+    }
+
+    // The controller's account reads what discovery needs and nothing more.
+    let kubeconfig = api.controller_kubeconfig(&client).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let as_controller = kube::Client::try_from(config).unwrap();
+    Api::<Pod>::all(as_controller.clone())
+        .list(&Default::default())
+        .await
+        .expect("the controller may list pods");
+    for (what, result) in [
+        (
+            "read secrets",
+            Api::<Secret>::all(as_controller.clone())
+                .list(&Default::default())
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "create pods",
+            Api::<Pod>::namespaced(as_controller.clone(), "weft-system")
+                .create(&PostParams::default(), &pod("nope", json!({})))
+                .await
+                .map(|_| ()),
+        ),
+    ] {
+        match result {
+            Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{what}: {e:?}"),
+            other => panic!("the controller may {what}: {other:?}"),
+        }
     }
 }
