@@ -201,7 +201,10 @@ impl KubeApi {
             .as_ref()
             .and_then(|c| c.server.clone())
             .context("no server in the admin kubeconfig")?;
-        let path = self.dir.join(format!("{namespace}-{name}.kubeconfig"));
+        // One file per call: tests running side by side each get their own.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("{namespace}-{name}-{n}.kubeconfig"));
         let config = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",
