@@ -23,7 +23,7 @@ echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --locked --release --workspace --lib --bins --tests -- --test-threads=6 2>&1 | tee "$log"
+cargo test --locked --release --no-fail-fast --workspace --lib --bins --tests -- --test-threads=6 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')

@@ -478,6 +478,19 @@ async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, out))
 }
 
+/// The token with its subject rewritten and the signature kept: what an
+/// attacker holding one token could try. (Flipping the signature's last
+/// character is no test: its low bits are padding that decoders ignore.)
+fn forge(token: &str, from: &str, to: &str) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "a JWT");
+    let claims = String::from_utf8(b64.decode(parts[1]).unwrap()).unwrap();
+    assert!(claims.contains(from), "{claims}");
+    let forged = b64.encode(claims.replace(from, to));
+    format!("{}.{forged}.{}", parts[0], parts[2])
+}
+
 /// A projected service-account token from the API server's TokenRequest,
 /// as kubelet mounts it into the proxy.
 async fn token_for(client: &kube::Client, ns: &str, account: &str, audience: &str) -> String {
@@ -567,8 +580,12 @@ async fn certificates_for_real_service_account_tokens_checked_by_token_review() 
             tonic::Code::Unauthenticated,
         ),
         (
-            "a forged token",
-            format!("{}x", &web_token[..web_token.len() - 1]),
+            "a token whose claims were rewritten",
+            forge(
+                &web_token,
+                "system:serviceaccount:tokens:web",
+                "system:serviceaccount:tokens:admin",
+            ),
             tonic::Code::Unauthenticated,
         ),
     ];
