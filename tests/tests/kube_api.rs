@@ -3,8 +3,9 @@
 //! MutatingWebhookConfiguration, and the controller checks real projected
 //! service-account tokens with TokenReview and watches real objects.
 
+use std::ffi::OsString;
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,43 +26,99 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// A `weft-injector` process on loopback, with a serving certificate for
-/// 127.0.0.1 from its own CA.
-struct Injector {
+/// A Weft program on the host's loopback, next to the API server, with a
+/// folder of its own (removed on drop). Its log is printed when the test
+/// fails.
+struct HostProcess {
+    name: &'static str,
+    dir: PathBuf,
+    command: Vec<OsString>,
+    kubeconfig: PathBuf,
     child: Child,
+}
+
+impl HostProcess {
+    /// A fresh folder for `name`.
+    fn folder(name: &str, label: &str) -> PathBuf {
+        let dir = PathBuf::from(format!(
+            "/tmp/weft-kube-{name}-{label}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Runs `command` (program first) with `KUBECONFIG` set, logging to
+    /// the folder.
+    fn spawn(name: &'static str, dir: PathBuf, command: Vec<OsString>, kubeconfig: &Path) -> Self {
+        let child = Self::start(&dir, name, &command, kubeconfig);
+        HostProcess {
+            name,
+            dir,
+            command,
+            kubeconfig: kubeconfig.to_path_buf(),
+            child,
+        }
+    }
+
+    fn start(dir: &Path, name: &str, command: &[OsString], kubeconfig: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{name}.log")))
+            .unwrap();
+        Command::new(&command[0])
+            .args(&command[1..])
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL, then start again with the same arguments.
+    fn restart(&mut self) {
+        self.kill();
+        self.child = Self::start(&self.dir, self.name, &self.command, &self.kubeconfig);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.name))).unwrap_or_default()
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- {} log\n{}", self.name, self.log());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn args(items: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
+    items.iter().map(|i| i.as_ref().to_os_string()).collect()
+}
+
+/// A `weft-injector` with a serving certificate for 127.0.0.1 from its
+/// own CA.
+struct Injector {
+    process: HostProcess,
     addr: SocketAddr,
     admin: SocketAddr,
     ca_pem: String,
-    dir: tempfile_dir::Dir,
-}
-
-mod tempfile_dir {
-    /// A folder removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl Drop for Injector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- weft-injector log\n{}", self.log());
-        }
-    }
 }
 
 impl Injector {
     fn start(kubeconfig: &Path) -> Injector {
-        let dir = tempfile_dir::Dir(std::path::PathBuf::from(format!(
-            "/tmp/weft-kube-injector-{}",
-            std::process::id()
-        )));
-        std::fs::create_dir_all(&dir.0).unwrap();
+        let dir = HostProcess::folder("injector", "webhook");
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -75,7 +132,7 @@ impl Injector {
             )
             .unwrap();
         let file = |name: &str, contents: &str| {
-            let path = dir.0.join(name);
+            let path = dir.join(name);
             std::fs::write(&path, contents).unwrap();
             path
         };
@@ -84,32 +141,27 @@ impl Injector {
         let anchors = file("anchors.crt", &ca.pem());
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let bins = Bins::locate().unwrap();
-        let child = Command::new(bins.path("weft-injector"))
-            .args(["--listen", &addr.to_string(), "--admin", &admin.to_string()])
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(&key)
-            .arg("--trust-anchors-file")
-            .arg(&anchors)
-            .args(["--sidecar-mode", "auto"])
-            .env("KUBECONFIG", kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.0.join("injector.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let command = args(&[
+            &Bins::locate().unwrap().path("weft-injector"),
+            &"--listen",
+            &addr.to_string(),
+            &"--admin",
+            &admin.to_string(),
+            &"--tls-cert",
+            &cert,
+            &"--tls-key",
+            &key,
+            &"--trust-anchors-file",
+            &anchors,
+            &"--sidecar-mode",
+            &"auto",
+        ]);
         Injector {
-            child,
+            process: HostProcess::spawn("weft-injector", dir, command, kubeconfig),
             addr,
             admin,
             ca_pem: ca.pem(),
-            dir,
         }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("injector.log")).unwrap_or_default()
     }
 
     async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
@@ -175,7 +227,7 @@ async fn the_api_server_calls_the_injector_through_the_shipped_webhooks() {
         assert!(
             Instant::now() < deadline,
             "injector not ready:\n{}",
-            injector.log()
+            injector.process.log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -248,27 +300,21 @@ async fn the_api_server_calls_the_injector_through_the_shipped_webhooks() {
     assert_eq!(container_names(&stored), ["weft-proxy", "app"]);
 
     // Opted out in a labelled namespace; plain and opted in elsewhere.
-    let debug = pods(meshed)
-        .create(
-            &PostParams::default(),
-            &pod("debug", json!({"weft.io/inject": "disabled"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(container_names(&debug), ["app"]);
-    let other = pods(plain)
-        .create(&PostParams::default(), &pod("other", json!({})))
-        .await
-        .unwrap();
-    assert_eq!(container_names(&other), ["app"]);
-    let opted_in = pods(plain)
-        .create(
-            &PostParams::default(),
-            &pod("opted-in", json!({"weft.io/inject": "enabled"})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(container_names(&opted_in), ["weft-proxy", "app"]);
+    let admitted = async |ns: &str, name: &str, annotations: Value| {
+        let created = pods(ns)
+            .create(&PostParams::default(), &pod(name, annotations))
+            .await
+            .unwrap();
+        container_names(&created)
+    };
+    let opt_out = json!({"weft.io/inject": "disabled"});
+    let opt_in = json!({"weft.io/inject": "enabled"});
+    assert_eq!(admitted(meshed, "debug", opt_out).await, ["app"]);
+    assert_eq!(admitted(plain, "other", json!({})).await, ["app"]);
+    assert_eq!(
+        admitted(plain, "opted-in", opt_in).await,
+        ["weft-proxy", "app"]
+    );
 
     // A bad annotation: the pod is refused with the injector's reason.
     let error = pods(meshed)
@@ -316,100 +362,51 @@ async fn the_api_server_calls_the_injector_through_the_shipped_webhooks() {
         .unwrap();
 }
 
-/// A `weft-controller` on loopback next to the API server, reading the
-/// API with the admin kubeconfig.
+/// A `weft-controller` next to the API server, with an issuer of its own.
 struct HostController {
-    child: Child,
+    process: HostProcess,
     grpc: SocketAddr,
     admin: SocketAddr,
-    dir: tempfile_dir::Dir,
-    command: Vec<std::ffi::OsString>,
-    kubeconfig: std::path::PathBuf,
-}
-
-impl Drop for HostController {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- weft-controller log\n{}", self.log());
-        }
-    }
 }
 
 impl HostController {
     /// Starts a controller that talks to the API as `kubeconfig` says.
     fn start(kubeconfig: &Path, label: &str, discovery: &str) -> HostController {
-        let dir = tempfile_dir::Dir(std::path::PathBuf::from(format!(
-            "/tmp/weft-kube-controller-{label}-{}",
-            std::process::id()
-        )));
-        let _ = std::fs::remove_dir_all(&dir.0);
-        std::fs::create_dir_all(&dir.0).unwrap();
-        let bins = Bins::locate().unwrap();
-        let issuer = dir.0.join("issuer");
+        let dir = HostProcess::folder("controller", label);
+        let bin = Bins::locate().unwrap().path("weft-controller");
+        let issuer = dir.join("issuer");
         weft_testbed::sh(
-            &bins.path("weft-controller").to_string_lossy(),
+            &bin.to_string_lossy(),
             &["bootstrap", "--out", &issuer.to_string_lossy()],
         )
         .unwrap();
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut command: Vec<std::ffi::OsString> = vec![
-            bins.path("weft-controller").into(),
-            "serve".into(),
-            "--issuer-dir".into(),
-            issuer.into(),
-        ];
-        for arg in [
-            "--listen",
+        let command = args(&[
+            &bin,
+            &"serve",
+            &"--issuer-dir",
+            &issuer,
+            &"--listen",
             &grpc.to_string(),
-            "--admin",
+            &"--admin",
             &admin.to_string(),
-            "--token-source",
-            "kubernetes",
-            "--discovery",
-            discovery,
-            "--log-level",
-            "info,weft_controller=debug",
-        ] {
-            command.push(arg.into());
-        }
-        let child = Self::spawn(&command, kubeconfig, &dir.0);
+            &"--token-source",
+            &"kubernetes",
+            &"--discovery",
+            &discovery,
+            &"--log-level",
+            &"info,weft_controller=debug",
+        ]);
         HostController {
-            child,
+            process: HostProcess::spawn("weft-controller", dir, command, kubeconfig),
             grpc,
             admin,
-            dir,
-            command,
-            kubeconfig: kubeconfig.to_path_buf(),
         }
-    }
-
-    fn spawn(command: &[std::ffi::OsString], kubeconfig: &Path, dir: &Path) -> Child {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("controller.log"))
-            .unwrap();
-        Command::new(&command[0])
-            .args(&command[1..])
-            .env("KUBECONFIG", kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    }
-
-    /// SIGKILL and start again with the same issuer and ports.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = Self::spawn(&self.command, &self.kubeconfig, &self.dir.0);
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("controller.log")).unwrap_or_default()
+        self.process.log()
     }
 
     async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
@@ -440,7 +437,7 @@ impl HostController {
     /// A gRPC channel that checks the controller's identity under its
     /// trust anchor, as proxies do.
     async fn channel(&self) -> tonic::transport::Channel {
-        let anchors = std::fs::read(self.dir.0.join("issuer/ca.crt")).unwrap();
+        let anchors = std::fs::read(self.process.dir.join("issuer/ca.crt")).unwrap();
         let anchors = weft_proxy::tls::load_anchors(&anchors).unwrap();
         let tls = weft_proxy::tls::controller_client_config(anchors).unwrap();
         let id: weft_api::identity::SpiffeId =
@@ -948,7 +945,7 @@ mod discovery {
 
         // A restarted controller lists everything again and serves the same.
         drop(by_ip);
-        controller.restart();
+        controller.process.restart();
         controller.wait_ready().await;
         let mut again = subscribe(&controller, "web.disco.svc.cluster.local:80").await;
         let resynced = next_matching(&mut again, "after restart", |u| u.known).await;
