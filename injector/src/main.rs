@@ -262,28 +262,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// first answer came, or after a few failed tries (classic then).
 async fn detect_mode(webhook: Arc<Webhook>) {
     let mut failures = 0u32;
+    // One client for the process; made again only after it failed.
+    let mut client: Option<kube::Client> = None;
     loop {
         let version = async {
-            let client = kube::Client::try_default().await?;
-            client.apiserver_version().await
+            let c = match &client {
+                Some(c) => c.clone(),
+                None => client.insert(kube::Client::try_default().await?).clone(),
+            };
+            c.apiserver_version().await
         }
         .await;
         let wait = match version {
-            Ok(info) => match settings::mode_for_version(&info.major, &info.minor) {
-                Some(mode) => {
-                    webhook.set_mode(mode);
-                    webhook.ready.store(true, Ordering::Relaxed);
-                    failures = 0;
-                    Duration::from_secs(300)
-                }
-                None => {
+            Ok(info) => {
+                let mode = settings::mode_for_version(&info.major, &info.minor).unwrap_or_else(|| {
                     tracing::warn!(major = %info.major, minor = %info.minor, "unreadable Kubernetes version; using classic sidecars");
-                    webhook.set_mode(SidecarMode::Classic);
-                    webhook.ready.store(true, Ordering::Relaxed);
-                    Duration::from_secs(300)
-                }
-            },
+                    SidecarMode::Classic
+                });
+                webhook.set_mode(mode);
+                webhook.ready.store(true, Ordering::Relaxed);
+                failures = 0;
+                Duration::from_secs(300)
+            }
             Err(error) => {
+                client = None;
                 failures += 1;
                 tracing::warn!(%error, "cannot ask the API server for its version; keeping {} sidecars", webhook.mode.load().as_str());
                 if failures >= 3 {
@@ -310,10 +312,7 @@ async fn reload(
         match cert.reload_if_changed() {
             None => {}
             Some(Ok(())) => {
-                metrics
-                    .cert_reloads
-                    .get_or_create(&weft_injector::metrics::ResultLabels { result: "success" })
-                    .inc();
+                metrics.cert_reload("success");
                 metrics.cert_expiry.set(cert.not_after() as i64);
                 tracing::info!(
                     expires_in_s = cert.remaining_secs(),
@@ -321,10 +320,7 @@ async fn reload(
                 );
             }
             Some(Err(error)) => {
-                metrics
-                    .cert_reloads
-                    .get_or_create(&weft_injector::metrics::ResultLabels { result: "failure" })
-                    .inc();
+                metrics.cert_reload("failure");
                 tracing::error!(%error, "cannot reload the serving certificate; keeping the current one");
             }
         }
@@ -349,10 +345,7 @@ async fn reload(
                     "failure"
                 }
             };
-            metrics
-                .cert_reloads
-                .get_or_create(&weft_injector::metrics::ResultLabels { result })
-                .inc();
+            metrics.cert_reload(result);
         }
     }
 }

@@ -93,6 +93,13 @@ impl Metrics {
         self.latency.observe(elapsed.as_secs_f64() * 1000.0);
     }
 
+    /// Counts a reload of the certificate or trust anchor files.
+    pub fn cert_reload(&self, result: &'static str) {
+        self.cert_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
     pub fn set_mode(&self, mode: SidecarMode) {
         for m in [SidecarMode::Native, SidecarMode::Classic] {
             self.sidecar_mode
