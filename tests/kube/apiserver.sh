@@ -4,7 +4,8 @@
 # API server): v1.20.2 built offline from Debian bookworm's `kubernetes`
 # source package with Debian's Go, run with Debian's etcd.
 #
-#   tests/kube/apiserver.sh build           # prints the binary; cached, ~5 min cold
+#   tests/kube/apiserver.sh build [CMD...]  # builds kube-apiserver (or CMDs), prints the bin dir;
+#                                           # cached, ~3 min cold for the API server
 #   tests/kube/apiserver.sh start DIR [PID] # etcd + API server on free loopback ports;
 #                                           # with PID, stopped when that process ends
 #   . DIR/env                               # KUBECONFIG, KUBE_APISERVER_URL, pids
@@ -34,12 +35,39 @@ need() {
     fi
 }
 
+# Builds the named commands (default: the API server) into $CACHE/bin and
+# prints that folder. The source tree and Go toolchain are set up once.
 build() {
-    local bin=$CACHE/bin/kube-apiserver
-    if [[ -x $bin ]]; then echo "$bin"; return; fi
+    local want=("$@")
+    ((${#want[@]})) || want=(kube-apiserver)
+    local missing=() c
+    for c in "${want[@]}"; do [[ -x $CACHE/bin/$c ]] || missing+=("$c"); done
+    if ((${#missing[@]} == 0)); then echo "$CACHE/bin"; return; fi
     local work=$CACHE/work
     mkdir -p "$work"/{apt/lists/partial,apt/cache/archives/partial,debs,root,src} "$CACHE/bin"
+    [[ -e $work/openapi-gen.done ]] || prepare_source "$work"
 
+    export GOROOT=$work/root/usr/lib/go-1.19 GOPATH=$work/gopath GOCACHE=$work/gocache \
+        GO111MODULE=off GOPROXY=off CGO_ENABLED=0 GOFLAGS=
+    export PATH=$GOROOT/bin:$PATH
+    cd "$work/gopath/src/k8s.io/kubernetes"
+    local ldflags="-s -w" p
+    for p in component-base/version client-go/pkg/version; do
+        p=k8s.io/kubernetes/vendor/k8s.io/$p
+        ldflags+=" -X $p.gitVersion=$VERSION -X $p.gitMajor=1 -X $p.gitMinor=20 -X $p.gitTreeState=archive"
+    done
+    for c in "${missing[@]}"; do
+        echo "apiserver.sh: building $c" >&2
+        nice -n 10 go build -o "$CACHE/bin/$c.tmp" -ldflags "$ldflags" "./cmd/$c" >&2
+        mv "$CACHE/bin/$c.tmp" "$CACHE/bin/$c"
+    done
+    echo "$CACHE/bin"
+}
+
+# Debian's kubernetes source, its Go, and the generated code the source
+# package lacks.
+prepare_source() {
+    local work=$1
     # Source packages come from the mirror this machine already uses; apt's
     # state for them stays under the cache.
     local mirror
@@ -66,29 +94,21 @@ build() {
 
     mkdir -p "$work/gopath/src/k8s.io"
     ln -sfn "$work/src/k8s" "$work/gopath/src/k8s.io/kubernetes"
-    export GOROOT=$work/root/usr/lib/go-1.19 GOPATH=$work/gopath GOCACHE=$work/gocache \
-        GO111MODULE=off GOPROXY=off CGO_ENABLED=0 GOFLAGS=
-    export PATH=$GOROOT/bin:$PATH
-    cd "$work/gopath/src/k8s.io/kubernetes"
-
-    # The source package lacks the generated OpenAPI definitions.
-    go build -o "$work/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen
-    local packages
-    packages=$(grep -Rl --include='*.go' '+k8s:openapi-gen=' pkg/apis vendor/k8s.io \
-        | grep -v -e code-generator -e sample-apiserver -e kube-openapi \
-        | xargs -n1 dirname | sort -u | sed 's#^#k8s.io/kubernetes/#' | paste -sd,)
-    "$work/openapi-gen" --logtostderr -i "$packages" -p k8s.io/kubernetes/pkg/generated/openapi \
-        -O zz_generated.openapi -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt \
-        -r "$work/openapi-violations.report" 2>"$work/openapi-gen.log"
-
-    local ldflags="-s -w" p
-    for p in component-base/version client-go/pkg/version; do
-        p=k8s.io/kubernetes/vendor/k8s.io/$p
-        ldflags+=" -X $p.gitVersion=$VERSION -X $p.gitMajor=1 -X $p.gitMinor=20 -X $p.gitTreeState=archive"
-    done
-    go build -o "$bin.tmp" -ldflags "$ldflags" ./cmd/kube-apiserver >&2
-    mv "$bin.tmp" "$bin"
-    echo "$bin"
+    (
+        export GOROOT=$work/root/usr/lib/go-1.19 GOPATH=$work/gopath GOCACHE=$work/gocache \
+            GO111MODULE=off GOPROXY=off CGO_ENABLED=0 GOFLAGS=
+        export PATH=$GOROOT/bin:$PATH
+        cd "$work/gopath/src/k8s.io/kubernetes"
+        go build -o "$work/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen
+        local packages
+        packages=$(grep -Rl --include='*.go' '+k8s:openapi-gen=' pkg/apis vendor/k8s.io \
+            | grep -v -e code-generator -e sample-apiserver -e kube-openapi \
+            | xargs -n1 dirname | sort -u | sed 's#^#k8s.io/kubernetes/#' | paste -sd,)
+        "$work/openapi-gen" --logtostderr -i "$packages" -p k8s.io/kubernetes/pkg/generated/openapi \
+            -O zz_generated.openapi -h vendor/k8s.io/code-generator/hack/boilerplate.go.txt \
+            -r "$work/openapi-violations.report" 2>"$work/openapi-gen.log"
+    )
+    touch "$work/openapi-gen.done"
 }
 
 free_port() {
@@ -98,7 +118,7 @@ free_port() {
 start() {
     local dir=${1:?usage: apiserver.sh start DIR [OWNER_PID]} owner=${2:-}
     local bin
-    bin=$(build)
+    bin=$(build)/kube-apiserver
     mkdir -p "$dir/pki"
     local etcd_port peer_port api_port
     etcd_port=$(free_port) peer_port=$(free_port) api_port=$(free_port)
@@ -179,7 +199,7 @@ stop() {
 }
 
 case ${1:-} in
-    build) need; build ;;
+    build) need; build "${@:2}" ;;
     start) need; start "${2:-}" "${3:-}" ;;
     stop) stop "${2:-}" ;;
     *) die "usage: apiserver.sh build | start DIR [OWNER_PID] | stop DIR" ;;

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Weft's container images, built as OCI archives from the release binaries
+# (cargo build --release --bins) with no registry and no container engine:
+#
+#   tests/kube/images.sh OUT_DIR   # writes OUT_DIR/<image>.tar, prints their paths
+#
+# The names are the ones the install manifests use
+# (docker.io/weft/<program>:<version>), so a node that imported them runs
+# the shipped manifests unchanged with imagePullPolicy IfNotPresent.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:?usage: images.sh OUT_DIR}
+mkdir -p "$out"
+version=$(awk -F'"' '/^\[workspace.package\]/ {p = 1} p && /^version *=/ {print $2; exit}' Cargo.toml)
+release=target/release
+# program:uid the image runs as (the proxy's own uid, 2103, is what the
+# redirect rules exempt; the CNI installer writes host files as root).
+for image in weft-proxy:2103 weft-controller:2102 weft-injector:2104 weft-cni:0 weft-demo:1000; do
+    program=${image%%:*} uid=${image##*:}
+    [[ -x $release/$program ]] || { echo "images.sh: build $release/$program first" >&2; exit 1; }
+    python3 tests/kube/oci-image.py --name "docker.io/weft/$program:$version" --out "$out/$program.tar" \
+        --entrypoint "/usr/bin/$program" --user "$uid:$uid" --file "$release/$program:/usr/bin/$program" >&2
+    echo "$out/$program.tar"
+done

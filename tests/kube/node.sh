@@ -1,0 +1,415 @@
+#!/usr/bin/env bash
+# A real single-node Kubernetes v1.20.2 on this machine, for the end-to-end
+# tests: etcd, kube-apiserver, controller-manager, scheduler, kube-proxy
+# (iptables mode) and a kubelet driving Debian's containerd, runc and CNI
+# plugins. Pods are real containers in real network namespaces.
+#
+#   tests/kube/node.sh build             # binaries (cached, ~8 min cold) + packages
+#   tests/kube/node.sh up                # ~30 s; writes $WEFT_NODE/admin.kubeconfig
+#   tests/kube/node.sh import IMAGE.tar  # into the node's containerd
+#   tests/kube/node.sh down              # stops it and removes what `up` made
+#   tests/kube/node.sh status
+#
+# The node is this machine's own network namespace, so only one node runs
+# at a time. Its network is private to the machine:
+# - the pod bridge `weftbr0` is 10.244.0.1/24 and is also the node's
+#   address; the API server and kubelet listen there, etcd on loopback;
+# - pods get a route to the pod subnet and to the Service range
+#   (10.96.0.0/24, via the bridge, where kube-proxy translates it), nothing
+#   else: no default route, no masquerade. A packet to anywhere else is
+#   dropped. Unused Service addresses are routed back onto the bridge, where
+#   nothing answers, never out of the machine.
+# - there is no cluster DNS; pods find Services through the environment
+#   variables the kubelet gives them.
+# CNI configuration lives where a real node keeps it, /etc/cni/net.d and
+# /opt/cni/bin (created by `up`, removed by `down` when `up` created them),
+# so Weft's CNI installer runs with its shipped manifest.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+NODE_DIR=${WEFT_NODE:-/tmp/weft-node}
+RUN=$NODE_DIR/run
+LOGS=$NODE_DIR/log
+PKI=$NODE_DIR/pki
+NODE_IP=10.244.0.1
+POD_CIDR=10.244.0.0/24
+SERVICE_CIDR=10.96.0.0/24
+BRIDGE=weftbr0
+CNI_CONF_DIR=/etc/cni/net.d
+CNI_BIN_DIR=/opt/cni/bin
+COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
+# Host paths the kubelet, containerd and CNI hard-code; `down` removes the
+# ones `up` found missing.
+HOST_PATHS=(/var/log/pods /var/log/containers /var/lib/cni /var/lib/kubelet /run/containerd
+    /usr/libexec/kubernetes "$CNI_CONF_DIR" "$CNI_BIN_DIR" /etc/cni)
+# Kernel settings the kubelet and kube-proxy change; `down` restores them.
+SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+    kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet)
+
+die() { echo "node.sh: $*" >&2; exit 1; }
+log() { echo "node.sh: $*" >&2; }
+
+packages() {
+    local missing=() pkg
+    declare -A files=([containerd]=/usr/bin/containerd [runc]=/usr/sbin/runc
+        [containernetworking-plugins]=/usr/lib/cni/bridge [etcd-server]=/usr/bin/etcd
+        [iptables]=/usr/sbin/iptables-restore [nftables]=/usr/sbin/nft [conntrack]=/usr/sbin/conntrack
+        [openssl]=/usr/bin/openssl [python3]=/usr/bin/python3 [gcc]=/usr/bin/gcc [libc6-dev]=/usr/lib/x86_64-linux-gnu/libc.a)
+    for pkg in "${!files[@]}"; do [[ -e ${files[$pkg]} ]] || missing+=("$pkg"); done
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+bin_dir() { "$HERE/apiserver.sh" build "${COMMANDS[@]}"; }
+
+build() {
+    packages
+    bin_dir >/dev/null
+    pause_image >/dev/null
+}
+
+# The sandbox ("pause") image: a static C program that waits for a signal
+# and reaps zombies, packed as an OCI archive like Weft's own images.
+pause_image() {
+    local out=${WEFT_KUBE_CACHE:-/var/cache/weft-kube}/pause.tar
+    if [[ ! -s $out ]]; then
+        local work
+        work=$(mktemp -d)
+        cat >"$work/pause.c" <<'C'
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void stop(int sig) { (void)sig; _exit(0); }
+static void reap(int sig) { (void)sig; while (waitpid(-1, NULL, WNOHANG) > 0) {} }
+int main(void) {
+    struct sigaction term = {.sa_handler = stop}, child = {.sa_handler = reap, .sa_flags = SA_NOCLDSTOP};
+    sigaction(SIGINT, &term, NULL);
+    sigaction(SIGTERM, &term, NULL);
+    sigaction(SIGCHLD, &child, NULL);
+    for (;;) pause();
+}
+C
+        gcc -static -Os -o "$work/pause" "$work/pause.c"
+        python3 "$HERE/oci-image.py" --name localhost/pause:3.2 --out "$out.tmp" \
+            --entrypoint /pause --file "$work/pause:/pause" >&2
+        mv "$out.tmp" "$out"
+        rm -rf "$work"
+    fi
+    echo "$out"
+}
+
+free_ports() {
+    python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])' "$1"
+}
+
+spawn() { # NAME COMMAND...: runs in the background, remembered by pid
+    local name=$1
+    shift
+    "$@" >"$LOGS/$name.log" 2>&1 &
+    echo $! >"$RUN/$name.pid"
+}
+
+kubeconfig() { # NAME TOKEN
+    cat >"$NODE_DIR/$1.kubeconfig" <<YAML
+apiVersion: v1
+kind: Config
+clusters:
+- name: weft-node
+  cluster: {server: "https://$NODE_IP:$API_PORT", certificate-authority: "$PKI/ca.crt"}
+users:
+- name: $1
+  user: {token: "$2"}
+contexts:
+- name: weft-node
+  context: {cluster: weft-node, user: $1}
+current-context: weft-node
+YAML
+}
+
+certificates() {
+    local node=$1
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=weft-node-ca \
+        -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
+    sign() { # NAME SUBJECT EXTENSIONS
+        openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$PKI/$1.key" -out "$PKI/$1.csr" 2>/dev/null
+        printf '%s\n' "$3" >"$PKI/$1.ext"
+        openssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+            -days 30 -extfile "$PKI/$1.ext" -out "$PKI/$1.crt" 2>/dev/null
+    }
+    sign apiserver /CN=kube-apiserver "subjectAltName=IP:$NODE_IP,IP:10.96.0.1,IP:127.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+extendedKeyUsage=serverAuth"
+    sign kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
+    sign kubelet "/CN=$node" "subjectAltName=IP:$NODE_IP,DNS:$node
+extendedKeyUsage=serverAuth"
+    openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+    token() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
+    {
+        echo "$(token),admin,admin,system:masters"
+        echo "$(token),system:kube-controller-manager,controller-manager"
+        echo "$(token),system:kube-scheduler,scheduler"
+        echo "$(token),system:kube-proxy,kube-proxy"
+        echo "$(token),system:node:$node,node,system:nodes"
+    } >"$PKI/tokens.csv"
+}
+
+token_of() { grep ",$1," "$PKI/tokens.csv" | cut -d, -f1; }
+
+up() {
+    [[ -e $RUN/etcd.pid ]] && die "a node is already up in $NODE_DIR (run: $0 down)"
+    packages
+    local bin pause node
+    bin=$(bin_dir)
+    pause=$(pause_image)
+    node=$(hostname)
+    mkdir -p "$RUN" "$LOGS" "$PKI" "$NODE_DIR"/{containerd,kubelet,cni-ipam}
+
+    # What `down` must put back exactly as it was.
+    local p
+    for p in "${HOST_PATHS[@]}"; do [[ -e $p ]] && echo "$p"; done >"$RUN/paths.before" || true
+    sysctl -n "${SYSCTLS[@]}" >"$RUN/sysctl.before"
+
+    certificates "$node"
+    read -r ETCD_PORT PEER_PORT API_PORT KUBELET_PORT KUBELET_HEALTH PROXY_HEALTH PROXY_METRICS <<<"$(free_ports 7)"
+    echo "API_PORT=$API_PORT" >"$RUN/ports"
+
+    # The bridge exists before anything listens on its address.
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$NODE_IP/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+    # Service addresses kube-proxy does not translate go back to the bridge
+    # and die there, instead of following this machine's default route.
+    ip route add "$SERVICE_CIDR" dev "$BRIDGE"
+
+    kubeconfig admin "$(token_of admin)"
+    kubeconfig controller-manager "$(token_of system:kube-controller-manager)"
+    kubeconfig scheduler "$(token_of system:kube-scheduler)"
+    kubeconfig kube-proxy "$(token_of system:kube-proxy)"
+    kubeconfig kubelet "$(token_of "system:node:$node")"
+
+    spawn etcd etcd --name weft-node --data-dir "$NODE_DIR/etcd" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
+        --initial-cluster "weft-node=http://127.0.0.1:$PEER_PORT"
+    spawn kube-apiserver "$bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+        --bind-address="$NODE_IP" --advertise-address="$NODE_IP" --secure-port="$API_PORT" \
+        --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+        --client-ca-file="$PKI/ca.crt" --service-cluster-ip-range="$SERVICE_CIDR" \
+        --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+        --service-account-issuer=https://kubernetes.default.svc --api-audiences=https://kubernetes.default.svc \
+        --token-auth-file="$PKI/tokens.csv" --authorization-mode=Node,RBAC --allow-privileged=true \
+        --kubelet-client-certificate="$PKI/kubelet-client.crt" --kubelet-client-key="$PKI/kubelet-client.key" \
+        --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=InternalIP \
+        --enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook
+    local kubectl=("$bin/kubectl" --kubeconfig "$NODE_DIR/admin.kubeconfig")
+    local i
+    for i in $(seq 120); do
+        "${kubectl[@]}" get --raw /readyz >/dev/null 2>&1 && break
+        alive kube-apiserver || die "kube-apiserver exited; see $LOGS/kube-apiserver.log"
+        sleep 0.5
+    done
+    "${kubectl[@]}" get --raw /readyz >/dev/null || die "kube-apiserver not ready; see $LOGS/kube-apiserver.log"
+
+    spawn kube-controller-manager "$bin/kube-controller-manager" \
+        --kubeconfig="$NODE_DIR/controller-manager.kubeconfig" --port=0 --secure-port=0 --leader-elect=false \
+        --use-service-account-credentials=true --service-account-private-key-file="$PKI/sa.key" \
+        --root-ca-file="$PKI/ca.crt" --cluster-signing-cert-file="$PKI/ca.crt" \
+        --cluster-signing-key-file="$PKI/ca.key" --flex-volume-plugin-dir="$NODE_DIR/kubelet/flexvolume" \
+        --controllers='*,-nodeipam,-cloud-node-lifecycle'
+    spawn kube-scheduler "$bin/kube-scheduler" --kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
+        --port=0 --secure-port=0 --leader-elect=false
+    # No conntrack tuning: these sandboxes may not write those sysctls.
+    spawn kube-proxy "$bin/kube-proxy" --kubeconfig="$NODE_DIR/kube-proxy.kubeconfig" \
+        --hostname-override="$node" --proxy-mode=iptables --cluster-cidr="$POD_CIDR" \
+        --nodeport-addresses="$NODE_IP/32" --healthz-bind-address="127.0.0.1:$PROXY_HEALTH" \
+        --metrics-bind-address="127.0.0.1:$PROXY_METRICS" --conntrack-max-per-core=0 \
+        --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0
+
+    # The node's primary CNI network: Debian's bridge and host-local plugins.
+    mkdir -p "$CNI_CONF_DIR" "$CNI_BIN_DIR"
+    for p in /usr/lib/cni/*; do [[ -e $CNI_BIN_DIR/${p##*/} ]] || ln -s "$p" "$CNI_BIN_DIR/"; done
+    cat >"$CNI_CONF_DIR/10-weft-node.conflist" <<JSON
+{
+  "cniVersion": "0.4.0",
+  "name": "weft-node",
+  "plugins": [
+    {
+      "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "isDefaultGateway": false,
+      "ipMasq": false, "hairpinMode": true,
+      "ipam": {
+        "type": "host-local", "dataDir": "$NODE_DIR/cni-ipam",
+        "ranges": [[{"subnet": "$POD_CIDR", "rangeStart": "10.244.0.10", "gateway": "$NODE_IP"}]],
+        "routes": [{"dst": "$SERVICE_CIDR"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+JSON
+
+    cat >"$NODE_DIR/containerd/config.toml" <<TOML
+version = 2
+root = "$NODE_DIR/containerd/root"
+state = "$NODE_DIR/containerd/state"
+[grpc]
+  address = "$RUN/containerd.sock"
+[ttrpc]
+  address = "$RUN/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$NODE_DIR/containerd/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/pause:3.2"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  # Sandboxes here may not lower oom_score_adj (no CAP_SYS_RESOURCE).
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "/usr/sbin/runc"
+        Root = "$NODE_DIR/containerd/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$CNI_BIN_DIR"
+    conf_dir = "$CNI_CONF_DIR"
+    max_conf_num = 1
+TOML
+    spawn containerd containerd --config "$NODE_DIR/containerd/config.toml"
+    for i in $(seq 60); do [[ -S $RUN/containerd.sock ]] && break; sleep 0.5; done
+    [[ -S $RUN/containerd.sock ]] || die "containerd did not start; see $LOGS/containerd.log"
+    import "$pause"
+
+    cat >"$NODE_DIR/kubelet/config.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $NODE_IP
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTH
+tlsCertFile: $PKI/kubelet.crt
+tlsPrivateKeyFile: $PKI/kubelet.key
+authentication: {anonymous: {enabled: false}, webhook: {enabled: true}, x509: {clientCAFile: "$PKI/ca.crt"}}
+authorization: {mode: Webhook}
+cgroupDriver: cgroupfs
+failSwapOn: false
+makeIPTablesUtilChains: false
+resolvConf: /etc/resolv.conf
+clusterDomain: cluster.local
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+imageGCHighThresholdPercent: 100
+volumePluginDir: $NODE_DIR/kubelet/flexvolume
+YAML
+    spawn kubelet "$bin/kubelet" --config="$NODE_DIR/kubelet/config.yaml" \
+        --kubeconfig="$NODE_DIR/kubelet.kubeconfig" --root-dir="$NODE_DIR/kubelet/root" \
+        --node-ip="$NODE_IP" --container-runtime=remote \
+        --container-runtime-endpoint="unix://$RUN/containerd.sock" --runtime-request-timeout=5m \
+        --pod-infra-container-image=localhost/pause:3.2
+    for i in $(seq 120); do
+        "${kubectl[@]}" get node "$node" 2>/dev/null | grep -qw Ready && break
+        alive kubelet || die "kubelet exited; see $LOGS/kubelet.log"
+        sleep 1
+    done
+    "${kubectl[@]}" get node "$node" | grep -qw Ready || die "the node is not Ready; see $LOGS/kubelet.log"
+    # The default service account appears shortly after the namespace.
+    for i in $(seq 60); do
+        "${kubectl[@]}" get serviceaccount default >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    log "node $node is Ready; export KUBECONFIG=$NODE_DIR/admin.kubeconfig (kubectl: $bin/kubectl)"
+}
+
+import() {
+    local archive=${1:?usage: node.sh import IMAGE.tar}
+    ctr --address "$RUN/containerd.sock" -n k8s.io images import --no-unpack=false "$archive" >/dev/null
+}
+
+alive() { [[ -e $RUN/$1.pid ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+stop_process() {
+    alive "$1" || { rm -f "$RUN/$1.pid"; return 0; }
+    local pid i
+    pid=$(cat "$RUN/$1.pid")
+    kill "$pid"
+    for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$RUN/$1.pid"
+}
+
+down() {
+    [[ -d $RUN ]] || { log "no node in $NODE_DIR"; return 0; }
+    local bin kubectl
+    bin=${WEFT_KUBE_CACHE:-/var/cache/weft-kube}/v1.20.2/bin
+    kubectl=("$bin/kubectl" --kubeconfig "$NODE_DIR/admin.kubeconfig" --request-timeout=10s)
+    # Pods go through the kubelet first, so CNI DEL and unmounts run.
+    if alive kubelet && alive kube-apiserver; then
+        "${kubectl[@]}" delete pods --all-namespaces --all --grace-period=2 --wait=false >/dev/null 2>&1 || true
+        local i
+        for i in $(seq 30); do
+            [[ -z $("${kubectl[@]}" get pods -A -o name 2>/dev/null) ]] && break
+            sleep 1
+        done
+    fi
+    local p
+    for p in kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_process "$p"; done
+    # kube-proxy's chains and rules, from its own cleanup.
+    [[ -x $bin/kube-proxy ]] && "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
+    local ctr=(ctr --address "$RUN/containerd.sock" -n k8s.io) c
+    if alive containerd; then
+        for c in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks kill -s SIGKILL "$c" 2>/dev/null || true; done
+        sleep 0.5
+        for c in $("${ctr[@]}" containers ls -q 2>/dev/null); do
+            "${ctr[@]}" tasks delete -f "$c" >/dev/null 2>&1 || true
+            "${ctr[@]}" containers delete "$c" >/dev/null 2>&1 || true
+        done
+        stop_process containerd
+    fi
+    # Shims of this node's containerd, known by the socket in their command line.
+    for p in /proc/[0-9]*; do
+        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "-address $RUN/containerd.sock" && kill -9 "${p#/proc/}" 2>/dev/null || true
+    done
+    # Pod namespaces containerd made (cni-*), then the bridge and its route.
+    for p in $(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}'); do ip netns delete "$p" 2>/dev/null || true; done
+    ip route del "$SERVICE_CIDR" dev "$BRIDGE" 2>/dev/null || true
+    ip link del "$BRIDGE" 2>/dev/null || true
+    awk '{print $5}' /proc/self/mountinfo | grep -E "^($NODE_DIR|/var/lib/kubelet|/run/containerd)/" | sort -r \
+        | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    for p in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
+        [[ -d $p ]] && find "$p" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    done
+    for p in "${HOST_PATHS[@]}"; do
+        grep -qxF "$p" "$RUN/paths.before" 2>/dev/null || rm -rf "$p"
+    done
+    if [[ -s $RUN/sysctl.before ]]; then
+        paste -d= <(printf '%s\n' "${SYSCTLS[@]}") "$RUN/sysctl.before" | while read -r kv; do sysctl -qw "$kv" || true; done
+    fi
+    rm -rf "$NODE_DIR"
+    log "down"
+}
+
+status() {
+    local p
+    for p in etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy containerd kubelet; do
+        if alive "$p"; then echo "$p: running ($(cat "$RUN/$p.pid"))"; else echo "$p: stopped"; fi
+    done
+}
+
+case ${1:-} in
+    build) build ;;
+    up) up ;;
+    import) import "${2:-}" ;;
+    down) down ;;
+    status) status ;;
+    *) die "usage: node.sh build | up | import IMAGE.tar | down | status" ;;
+esac
