@@ -3,8 +3,8 @@
 //! Besides the standard fields it reads (all optional, camelCase):
 //! `inboundPort`, `outboundPort`, `adminPort`, `proxyUid`,
 //! `skipInboundPorts`, `skipOutboundPorts` (numbers or `"a-b"` ranges),
-//! `skipOutboundCidrs`, `logFile`, and `kubernetes` (reserved for the
-//! per-pod lookup; when absent every pod is redirected).
+//! `skipOutboundCidrs`, `logFile`, and `kubernetes` (see
+//! [`crate::kubernetes`]; when absent every pod is redirected).
 
 use std::path::PathBuf;
 
@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use weft_api::{PROXY_UID, ports};
 
+use crate::kubernetes::KubernetesConfig;
 use crate::{CniError, SUPPORTED_VERSIONS, codes};
 
 /// One port or an inclusive range.
@@ -97,6 +98,7 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     pub redirect: RedirectConfig,
     pub log_file: Option<PathBuf>,
+    pub kubernetes: Option<KubernetesConfig>,
 }
 
 #[derive(Deserialize)]
@@ -135,7 +137,7 @@ impl NetConf {
         let cni_version = raw.cni_version.ok_or_else(|| {
             invalid(
                 "cniVersion is missing",
-                "set cniVersion to 1.0.0 or 1.1.0".into(),
+                "set cniVersion to one of 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0".into(),
             )
         })?;
         if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
@@ -196,19 +198,18 @@ impl NetConf {
                 return Err(invalid("invalid port", format!("{field} must be 1-65535")));
             }
         }
-        if raw.kubernetes.is_some() {
-            return Err(CniError::new(
-                codes::UNSUPPORTED_FIELD,
-                "the kubernetes field is not supported by this build",
-                "remove it to redirect every pod this plugin is called for",
-            ));
-        }
+        let kubernetes = raw
+            .kubernetes
+            .map(serde_json::from_value::<KubernetesConfig>)
+            .transpose()
+            .map_err(|e| invalid("invalid kubernetes object", e.to_string()))?;
         Ok(NetConf {
             cni_version,
             name,
             prev_result: raw.prev_result,
             redirect,
             log_file: raw.log_file,
+            kubernetes,
         })
     }
 }

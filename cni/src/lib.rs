@@ -1,12 +1,17 @@
-//! `weft-cni`: a CNI chain plugin (spec 1.0.0 and 1.1.0) that runs after the
+//! `weft-cni`: a CNI chain plugin (spec 0.3.0 to 1.1.0) that runs after the
 //! node's primary plugin and installs the pod's redirect rules: inbound TCP
 //! to the proxy's inbound port, outbound TCP to its outbound port, with the
 //! documented exemptions. It passes the previous result through unchanged.
 //!
 //! Rules are nftables, in a table of Weft's own (`inet weft`) inside the
 //! pod's network namespace. See `cni/README.md` for why nftables.
+//!
+//! In Kubernetes the same binary is also the node installer
+//! (`weft-cni install`, run by a DaemonSet; see [`install`]).
 
 pub mod config;
+pub mod install;
+pub mod kubernetes;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -16,9 +21,12 @@ use std::sync::OnceLock;
 use serde_json::{Value, json};
 
 use crate::config::NetConf;
+use crate::kubernetes::{PodRef, Verdict};
 
-/// CNI spec versions this plugin implements.
-pub const SUPPORTED_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
+/// CNI spec versions this plugin implements. The 0.x versions matter
+/// because many nodes' primary configs still say 0.3.1 or 0.4.0, and a
+/// chained plugin is called with its list's version.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// Error codes from the CNI spec ("Error" section).
 pub mod codes {
@@ -143,10 +151,39 @@ fn add(vars: &HashMap<String, String>, conf: &NetConf) -> Result<Option<Value>, 
             "weft-cni is a chained plugin: list it after the primary plugin in a conflist",
         )
     })?;
+    let redirect = match redirect_for(vars, conf)? {
+        Verdict::Redirect(redirect) => redirect,
+        Verdict::PassThrough(why) => {
+            log(&format!("passing through: {why}"));
+            return Ok(Some(pass_through(prev, &conf.cni_version)));
+        }
+    };
     rules::enter_netns(netns)?;
-    rules::apply(&conf.redirect)?;
+    rules::apply(&redirect)?;
     log(&format!("redirect rules installed in {netns}"));
     Ok(Some(pass_through(prev, &conf.cni_version)))
+}
+
+/// The rules this pod should have: the config's, unless Kubernetes mode
+/// says the pod is not meshed or adds its annotations.
+fn redirect_for(vars: &HashMap<String, String>, conf: &NetConf) -> Result<Verdict, CniError> {
+    let Some(k8s) = &conf.kubernetes else {
+        return Ok(Verdict::Redirect(conf.redirect.clone()));
+    };
+    let args = vars.get("CNI_ARGS").map(String::as_str).unwrap_or("");
+    let Some(pod) = PodRef::from_cni_args(args) else {
+        return Ok(Verdict::PassThrough(
+            "CNI_ARGS names no Kubernetes pod".into(),
+        ));
+    };
+    if k8s.exclude_namespaces.contains(&pod.namespace) {
+        return Ok(Verdict::PassThrough(format!(
+            "namespace {} is excluded",
+            pod.namespace
+        )));
+    }
+    let object = kubernetes::lookup(k8s, &pod)?;
+    kubernetes::verdict(&object, &conf.redirect)
 }
 
 /// The previous result, unchanged but for the version we answer in.
@@ -191,17 +228,28 @@ fn check(vars: &HashMap<String, String>, conf: &NetConf) -> Result<Option<Value>
             "CHECK needs the ADD result",
         ));
     }
+    if conf.cni_version.starts_with("0.3.") {
+        return Err(CniError::new(
+            codes::INCOMPATIBLE_VERSION,
+            "CHECK needs CNI 0.4.0 or later",
+            format!("the config says {}", conf.cni_version),
+        ));
+    }
+    let redirect = match redirect_for(vars, conf)? {
+        Verdict::Redirect(redirect) => redirect,
+        Verdict::PassThrough(_) => return Ok(None),
+    };
     rules::enter_netns(netns)?;
-    rules::verify(&conf.redirect)?;
+    rules::verify(&redirect)?;
     Ok(None)
 }
 
 fn status(conf: &NetConf) -> Result<Option<Value>, CniError> {
-    if conf.cni_version == "1.0.0" {
+    if conf.cni_version != "1.1.0" {
         return Err(CniError::new(
             codes::INCOMPATIBLE_VERSION,
             "STATUS needs CNI 1.1.0",
-            "the config says 1.0.0",
+            format!("the config says {}", conf.cni_version),
         ));
     }
     rules::nft_available()
@@ -212,11 +260,11 @@ fn status(conf: &NetConf) -> Result<Option<Value>, CniError> {
 /// The rules live inside each pod's network namespace and vanish with it,
 /// so there is no node-level state to collect; GC only validates its input.
 fn gc(conf: &NetConf) -> Result<Option<Value>, CniError> {
-    if conf.cni_version == "1.0.0" {
+    if conf.cni_version != "1.1.0" {
         return Err(CniError::new(
             codes::INCOMPATIBLE_VERSION,
             "GC needs CNI 1.1.0",
-            "the config says 1.0.0",
+            format!("the config says {}", conf.cni_version),
         ));
     }
     Ok(None)

@@ -16,7 +16,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
-use weft_api::{PROXY_CONTAINER_NAME, PROXY_GID, PROXY_UID, labels, ports};
+use weft_api::{
+    PROXY_CONTAINER_NAME, PROXY_UID, VALIDATOR_CONTAINER_NAME, VALIDATOR_UID, labels, ports,
+};
 
 use crate::pod_config::{self, AnnotationError, InjectAnnotation, ProxyConfig};
 use crate::settings::{MeshSettings, SidecarMode};
@@ -216,18 +218,27 @@ pub fn mutate(
         None => add(&mut ops, &["spec", "volumes"], Value::Array(vec![volume])),
     }
 
+    // The validator goes first of all, so nothing in the pod runs before
+    // its redirect rules are proven; in native mode the proxy comes next,
+    // so the remaining init containers already have the mesh.
     let proxy = to_value(proxy_container(settings, &config, mode));
+    let mut init_front = vec![to_value(validator_container(settings, &config))];
     match mode {
-        SidecarMode::Native => match &spec.init_containers {
-            // First, so that other init containers already have the mesh.
-            Some(_) => add(&mut ops, &["spec", "initContainers", "0"], proxy),
-            None => add(
-                &mut ops,
-                &["spec", "initContainers"],
-                Value::Array(vec![proxy]),
-            ),
-        },
+        SidecarMode::Native => init_front.push(proxy),
         SidecarMode::Classic => add(&mut ops, &["spec", "containers", "0"], proxy),
+    }
+    match &spec.init_containers {
+        Some(_) => {
+            for (index, container) in init_front.into_iter().enumerate() {
+                let index = index.to_string();
+                add(&mut ops, &["spec", "initContainers", &index], container);
+            }
+        }
+        None => add(
+            &mut ops,
+            &["spec", "initContainers"],
+            Value::Array(init_front),
+        ),
     }
     Ok(Decision::Inject {
         patch: Patch(ops),
@@ -477,22 +488,7 @@ fn proxy_container(settings: &MeshSettings, config: &ProxyConfig, mode: SidecarM
             ..Default::default()
         }]),
         resources: Some(resources),
-        security_context: Some(SecurityContext {
-            run_as_user: Some(i64::from(PROXY_UID)),
-            run_as_group: Some(i64::from(PROXY_GID)),
-            run_as_non_root: Some(true),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(hardened(PROXY_UID)),
         volume_mounts: Some(vec![VolumeMount {
             name: TOKEN_VOLUME.into(),
             mount_path: TOKEN_DIR.into(),
@@ -530,6 +526,61 @@ fn proxy_container(settings: &MeshSettings, config: &ProxyConfig, mode: SidecarM
         }
     }
     container
+}
+
+/// Non-root as `uid`, read-only root, no privilege, no capabilities.
+fn hardened(uid: u32) -> SecurityContext {
+    SecurityContext {
+        run_as_user: Some(i64::from(uid)),
+        run_as_group: Some(i64::from(uid)),
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
+}
+
+/// `weft-proxy validate` as the pod's first init container: it fails the
+/// pod fast when the pod's redirect rules are missing.
+fn validator_container(settings: &MeshSettings, config: &ProxyConfig) -> Container {
+    let mut env_vars = vec![env("WEFT_OUTBOUND_PORT", ports::OUTBOUND.to_string())];
+    for (name, value) in [
+        ("WEFT_SKIP_OUTBOUND_PORTS", &config.skip_outbound_ports),
+        ("WEFT_SKIP_OUTBOUND_CIDRS", &config.skip_outbound_cidrs),
+    ] {
+        if let Some(v) = value {
+            env_vars.push(env(name, v.clone()));
+        }
+    }
+    let small = |cpu: &str, memory: &str| {
+        Some(BTreeMap::from([
+            ("cpu".to_string(), K8sQuantity(cpu.into())),
+            ("memory".to_string(), K8sQuantity(memory.into())),
+        ]))
+    };
+    Container {
+        name: VALIDATOR_CONTAINER_NAME.into(),
+        image: Some(settings.proxy_image.clone()),
+        image_pull_policy: settings.image_pull_policy.clone(),
+        command: Some(vec![settings.proxy_binary.clone(), "validate".into()]),
+        env: Some(env_vars),
+        resources: Some(ResourceRequirements {
+            requests: small("10m", "10Mi"),
+            limits: small("100m", "32Mi"),
+            ..Default::default()
+        }),
+        security_context: Some(hardened(VALIDATOR_UID)),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

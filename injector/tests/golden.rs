@@ -143,22 +143,36 @@ fn check_injected(case: &Case, mode: SidecarMode, before: &Value, after: &Pod) {
     let old = original.spec.as_ref().unwrap();
 
     // The proxy is where the mode puts it, once; everything else is kept in order.
+    // The validator is the first init container in both modes.
+    let init = spec.init_containers.as_ref().expect("init containers");
+    let validator = &init[0];
     let (proxy, rest_init, rest_containers) = match mode {
-        SidecarMode::Native => {
-            let init = spec.init_containers.as_ref().expect("init containers");
-            (
-                &init[0],
-                names(&Some(init[1..].to_vec())),
-                names(&Some(spec.containers.clone())),
-            )
-        }
+        SidecarMode::Native => (
+            &init[1],
+            names(&Some(init[2..].to_vec())),
+            names(&Some(spec.containers.clone())),
+        ),
         SidecarMode::Classic => (
             &spec.containers[0],
-            names(&spec.init_containers),
+            names(&Some(init[1..].to_vec())),
             names(&Some(spec.containers[1..].to_vec())),
         ),
     };
     assert_eq!(proxy.name, "weft-proxy", "{}", case.name);
+    assert_eq!(validator.name, "weft-validate", "{}", case.name);
+    assert_eq!(
+        validator.command.as_deref().unwrap()[1..],
+        ["validate".to_string()],
+        "{}",
+        case.name
+    );
+    let validator_uid = validator.security_context.as_ref().unwrap().run_as_user;
+    assert_eq!(
+        validator_uid,
+        Some(2102),
+        "not the proxy's UID: {}",
+        case.name
+    );
     assert_eq!(rest_init, names(&old.init_containers), "{}", case.name);
     assert_eq!(
         rest_containers,
@@ -170,7 +184,9 @@ fn check_injected(case: &Case, mode: SidecarMode, before: &Value, after: &Pod) {
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten());
-    assert_eq!(all.filter(|c| c.name == "weft-proxy").count(), 1);
+    let all: Vec<_> = all.collect();
+    assert_eq!(all.iter().filter(|c| c.name == "weft-proxy").count(), 1);
+    assert_eq!(all.iter().filter(|c| c.name == "weft-validate").count(), 1);
 
     match mode {
         SidecarMode::Native => {
@@ -311,7 +327,20 @@ fn every_annotation_reaches_the_proxy() {
     let mut doc = pod.clone();
     json_patch::patch(&mut doc, &patch.unwrap()).unwrap();
     let after: Pod = serde_json::from_value(doc).unwrap();
-    let proxy = &after.spec.unwrap().init_containers.unwrap()[0];
+    let init = after.spec.unwrap().init_containers.unwrap();
+    let (validator, proxy) = (&init[0], &init[1]);
+    let validator_env: Vec<_> = validator
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.value.as_deref()))
+        .collect();
+    // The validator probes past exactly the exemptions the rules have.
+    assert!(validator_env.contains(&("WEFT_SKIP_OUTBOUND_PORTS", Some("5432"))));
+    assert!(validator_env.contains(&(
+        "WEFT_SKIP_OUTBOUND_CIDRS",
+        Some("169.254.169.254/32,fd00::/8")
+    )));
     let env: std::collections::BTreeMap<String, String> = proxy
         .env
         .iter()

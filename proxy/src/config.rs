@@ -430,7 +430,7 @@ fn parse_port(v: &str) -> Result<u16, String> {
 }
 
 /// Parses `10.0.0.0/8, fd00::/8`.
-fn parse_cidrs(v: &str) -> Result<Vec<ipnet::IpNet>, String> {
+pub fn parse_cidrs(v: &str) -> Result<Vec<ipnet::IpNet>, String> {
     v.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())

@@ -26,6 +26,7 @@ pub mod orig_dst;
 pub mod pool;
 pub mod tcp;
 pub mod tls;
+pub mod validate;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;

@@ -19,6 +19,6 @@ for image in weft-proxy:2103 weft-controller:2102 weft-injector:2104 weft-cni:0 
     program=${image%%:*} uid=${image##*:}
     [[ -x $release/$program ]] || { echo "images.sh: build $release/$program first" >&2; exit 1; }
     python3 tests/kube/oci-image.py --name "docker.io/weft/$program:$version" --out "$out/$program.tar" \
-        --entrypoint "/usr/bin/$program" --user "$uid:$uid" --file "$release/$program:/usr/bin/$program" >&2
+        --entrypoint "/usr/local/bin/$program" --user "$uid:$uid" --file "$release/$program:/usr/local/bin/$program" >&2
     echo "$out/$program.tar"
 done

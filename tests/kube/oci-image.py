@@ -97,7 +97,7 @@ def main():
         "architecture": "amd64",
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
-        "config": {"Entrypoint": [args.entrypoint], "Env": ["PATH=/usr/bin:/bin"],
+        "config": {"Entrypoint": [args.entrypoint], "Env": ["PATH=/usr/local/bin:/usr/bin:/bin"],
                    "WorkingDir": "/", **({"User": args.user} if args.user else {})},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar_bytes).hexdigest()]},
     }

@@ -59,6 +59,16 @@ pub const PROXY_GID: u32 = 2103;
 /// Name of the injected sidecar container.
 pub const PROXY_CONTAINER_NAME: &str = "weft-proxy";
 
+/// Name of the injected init container that checks the pod's redirect
+/// rules before anything else in the pod runs (`weft-proxy validate`).
+pub const VALIDATOR_CONTAINER_NAME: &str = "weft-validate";
+/// The validator runs as this user: any user but the proxy's, since the
+/// proxy's traffic is exempt from the rules being checked.
+pub const VALIDATOR_UID: u32 = 2102;
+/// The validator's exit status when the pod has no redirect rules. The CNI
+/// installer deletes pods whose validator exited with it.
+pub const VALIDATION_FAILED_EXIT: u8 = 95;
+
 /// Labels that users and tooling see.
 pub mod labels {
     /// Namespace label that turns on injection (`enabled`).

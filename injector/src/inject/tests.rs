@@ -175,7 +175,7 @@ fn requests_and_limits_agree() {
 
     let resources = |annotations| {
         let (doc, _) = injected(&app_pod(annotations), SidecarMode::Native);
-        doc["spec"]["initContainers"][0]["resources"].clone()
+        doc["spec"]["initContainers"][1]["resources"].clone()
     };
     // A small limit pulls the default request down with it.
     let r = resources(json!({"config.weft.io/proxy-memory-limit": "16Mi"}));
@@ -336,7 +336,7 @@ fn identity_comes_from_the_running_pod() {
         "spiffe://cluster.local/ns/$(_WEFT_POD_NS)/sa/$(_WEFT_POD_SA)"
     );
     // Kubernetes expands $(VAR) only from variables defined earlier.
-    let env = doc["spec"]["initContainers"][0]["env"].as_array().unwrap();
+    let env = doc["spec"]["initContainers"][1]["env"].as_array().unwrap();
     let at = |name: &str| env.iter().position(|e| e["name"] == name).unwrap();
     assert!(at("_WEFT_POD_NS") < at("WEFT_IDENTITY"));
     assert!(at("_WEFT_POD_SA") < at("WEFT_IDENTITY"));

@@ -1,0 +1,407 @@
+//! `weft-cni install`: the node installer the `weft-cni` DaemonSet runs.
+//!
+//! It copies the plugin into the node's CNI bin directory, writes the
+//! kubeconfig the plugin looks pods up with, and appends `weft-cni` to the
+//! node's primary CNI config list once that exists. It keeps all three
+//! right for as long as it runs (the primary CNI may rewrite its config at
+//! any time; the service-account token rotates), and undoes them when it is
+//! stopped, which is how uninstalling Weft removes the plugin from every
+//! node.
+//!
+//! It also repairs pods that started before the chain was in place: their
+//! `weft-validate` init container finds no redirect rules and fails with
+//! [`weft_api::VALIDATION_FAILED_EXIT`]; the installer deletes them so their
+//! controllers make new ones, which get the rules.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+/// The plugin's `type`, and its file name in the bin directory.
+pub const PLUGIN_TYPE: &str = "weft-cni";
+/// The kubeconfig's file name in the CNI config directory. Runtimes only
+/// read `.conf`, `.conflist` and `.json` files there, so it is ignored as
+/// a network config.
+pub const KUBECONFIG_NAME: &str = "weft-cni.kubeconfig";
+
+#[derive(Clone, Debug)]
+pub struct Installer {
+    /// The node's CNI config directory, as mounted in the installer.
+    pub conf_dir: PathBuf,
+    /// The same directory as the node sees it (written into the config).
+    pub host_conf_dir: PathBuf,
+    /// The node's CNI bin directory, as mounted in the installer.
+    pub bin_dir: PathBuf,
+    /// The plugin binary to install (normally this program).
+    pub plugin_binary: PathBuf,
+    /// Where the pod's service-account token and CA are mounted.
+    pub service_account_dir: PathBuf,
+    /// The API server as the node reaches it (`https://host:port`).
+    pub api_server: String,
+    pub exclude_namespaces: Vec<String>,
+    /// The node this installer runs on; pods on it are repaired.
+    pub node_name: Option<String>,
+}
+
+/// What one pass found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// The node has no primary CNI config yet.
+    WaitingForPrimary,
+    /// The chain is in place; `changed` says whether this pass wrote it.
+    Chained { config: PathBuf, changed: bool },
+}
+
+impl Installer {
+    fn kubeconfig_path(&self) -> PathBuf {
+        self.conf_dir.join(KUBECONFIG_NAME)
+    }
+
+    /// The entry appended to the primary list.
+    pub fn plugin_entry(&self) -> Value {
+        json!({
+            "type": PLUGIN_TYPE,
+            "kubernetes": {
+                "kubeconfig": self.host_conf_dir.join(KUBECONFIG_NAME),
+                "excludeNamespaces": self.exclude_namespaces,
+            }
+        })
+    }
+
+    /// One idempotent pass: binary, kubeconfig, chain.
+    pub fn install_once(&self) -> anyhow::Result<Pass> {
+        let binary = std::fs::read(&self.plugin_binary)
+            .with_context(|| format!("cannot read {}", self.plugin_binary.display()))?;
+        write_if_changed(&self.bin_dir.join(PLUGIN_TYPE), &binary, 0o755)?;
+        write_if_changed(&self.kubeconfig_path(), &self.kubeconfig()?, 0o600)?;
+        let Some(primary) = primary_config(&self.conf_dir)? else {
+            return Ok(Pass::WaitingForPrimary);
+        };
+        let text = std::fs::read(&primary)
+            .with_context(|| format!("cannot read {}", primary.display()))?;
+        let doc: Value = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not JSON", primary.display()))?;
+        let chained = chain(doc.clone(), self.plugin_entry())
+            .with_context(|| format!("cannot chain into {}", primary.display()))?;
+        let is_list = primary.extension().is_some_and(|e| e == "conflist");
+        if is_list && chained == doc {
+            return Ok(Pass::Chained {
+                config: primary,
+                changed: false,
+            });
+        }
+        // A single-plugin `.conf` becomes a `.conflist` of the same name;
+        // the runtime picks the first file by name, so it stays the primary.
+        let target = primary.with_extension("conflist");
+        let mut body = serde_json::to_vec_pretty(&chained)?;
+        body.push(b'\n');
+        write_if_changed(&target, &body, 0o644)?;
+        if target != primary {
+            std::fs::remove_file(&primary)
+                .with_context(|| format!("cannot remove {}", primary.display()))?;
+        }
+        Ok(Pass::Chained {
+            config: target,
+            changed: true,
+        })
+    }
+
+    /// Takes the plugin out of every config list, then removes the
+    /// kubeconfig and the binary.
+    pub fn uninstall(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let mut cleaned = Vec::new();
+        for path in config_files(&self.conf_dir)? {
+            let Ok(text) = std::fs::read(&path) else {
+                continue;
+            };
+            let Ok(doc) = serde_json::from_slice::<Value>(&text) else {
+                continue;
+            };
+            if let Some(doc) = unchain(doc) {
+                let mut body = serde_json::to_vec_pretty(&doc)?;
+                body.push(b'\n');
+                write_if_changed(&path, &body, 0o644)?;
+                cleaned.push(path);
+            }
+        }
+        for file in [self.kubeconfig_path(), self.bin_dir.join(PLUGIN_TYPE)] {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove {}", file.display()));
+                }
+            }
+        }
+        Ok(cleaned)
+    }
+
+    /// Whether the node is fully set up (the readiness check).
+    pub fn is_installed(&self) -> anyhow::Result<bool> {
+        if !self.bin_dir.join(PLUGIN_TYPE).exists() || !self.kubeconfig_path().exists() {
+            return Ok(false);
+        }
+        let Some(primary) = primary_config(&self.conf_dir)? else {
+            return Ok(false);
+        };
+        let doc: Value = serde_json::from_slice(&std::fs::read(&primary)?)?;
+        Ok(has_plugin(&doc))
+    }
+
+    fn kubeconfig(&self) -> anyhow::Result<Vec<u8>> {
+        let token = std::fs::read_to_string(self.service_account_dir.join("token"))
+            .context("cannot read the service-account token")?;
+        let ca = std::fs::read(self.service_account_dir.join("ca.crt"))
+            .context("cannot read the service-account CA")?;
+        let doc = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": {
+                "server": self.api_server,
+                "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(ca),
+            }}],
+            "users": [{"name": "weft-cni", "user": {"token": token.trim()}}],
+            "contexts": [{"name": "weft-cni", "context": {"cluster": "local", "user": "weft-cni"}}],
+            "current-context": "weft-cni",
+        });
+        let mut body = serde_json::to_vec_pretty(&doc)?;
+        body.push(b'\n');
+        Ok(body)
+    }
+
+    /// Deletes pods on this node whose validator found no redirect rules.
+    /// Returns their names.
+    pub async fn repair(&self, client: &kube::Client) -> anyhow::Result<Vec<String>> {
+        let Some(node) = &self.node_name else {
+            return Ok(Vec::new());
+        };
+        let pods = kube::Api::<Pod>::all(client.clone());
+        let params = kube::api::ListParams::default()
+            .fields(&format!("spec.nodeName={node}"))
+            .labels(weft_api::labels::CONTROL_PLANE_NS);
+        let mut repaired = Vec::new();
+        for pod in pods.list(&params).await?.items {
+            if !validation_failed(&pod) || pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+                continue;
+            };
+            kube::Api::<Pod>::namespaced(client.clone(), ns)
+                .delete(name, &Default::default())
+                .await?;
+            repaired.push(format!("{ns}/{name}"));
+        }
+        Ok(repaired)
+    }
+}
+
+/// Whether the pod's validator exited with the "no redirect rules" code.
+pub fn validation_failed(pod: &Pod) -> bool {
+    let exit = i32::from(weft_api::VALIDATION_FAILED_EXIT);
+    pod.status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|s| s.name == weft_api::VALIDATOR_CONTAINER_NAME)
+        .flat_map(|s| [s.state.as_ref(), s.last_state.as_ref()])
+        .flatten()
+        .any(|state| {
+            state
+                .terminated
+                .as_ref()
+                .is_some_and(|t| t.exit_code == exit)
+        })
+}
+
+/// Network config files in the order runtimes read them.
+fn config_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .is_some_and(|e| e == "conf" || e == "conflist" || e == "json")
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The node's primary config: the first file by name, which is the one
+/// containerd and CRI-O use.
+pub fn primary_config(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    Ok(config_files(dir)?.into_iter().next())
+}
+
+fn has_plugin(doc: &Value) -> bool {
+    doc.get("plugins")
+        .and_then(Value::as_array)
+        .is_some_and(|ps| ps.iter().any(|p| p["type"] == PLUGIN_TYPE))
+}
+
+/// The config with `entry` as its last plugin, exactly once. A single
+/// plugin config is turned into a list.
+pub fn chain(doc: Value, entry: Value) -> anyhow::Result<Value> {
+    let Value::Object(mut doc) = doc else {
+        anyhow::bail!("the config is not a JSON object");
+    };
+    let mut plugins = match doc.remove("plugins") {
+        Some(Value::Array(plugins)) => plugins,
+        Some(_) => anyhow::bail!("\"plugins\" is not a list"),
+        None => {
+            // A `.conf`: the object itself is the one plugin; cniVersion
+            // and name move up to the list.
+            if !doc.contains_key("type") {
+                anyhow::bail!("the config has neither \"plugins\" nor \"type\"");
+            }
+            let mut list = serde_json::Map::new();
+            for key in ["cniVersion", "name"] {
+                if let Some(v) = doc.get(key) {
+                    list.insert(key.into(), v.clone());
+                }
+            }
+            let plugin = Value::Object(std::mem::take(&mut doc));
+            doc = list;
+            vec![plugin]
+        }
+    };
+    plugins.retain(|p| p["type"] != PLUGIN_TYPE);
+    plugins.push(entry);
+    doc.insert("plugins".into(), Value::Array(plugins));
+    Ok(Value::Object(doc))
+}
+
+/// The config without the plugin, or `None` when it had none.
+pub fn unchain(mut doc: Value) -> Option<Value> {
+    if !has_plugin(&doc) {
+        return None;
+    }
+    doc.get_mut("plugins")
+        .and_then(Value::as_array_mut)?
+        .retain(|p| p["type"] != PLUGIN_TYPE);
+    Some(doc)
+}
+
+/// Writes through a temporary file and a rename, so the runtime never reads
+/// half a file; skips the write when the contents are already right.
+fn write_if_changed(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::read(path).is_ok_and(|old| old == contents) {
+        return Ok(false);
+    }
+    let dir = path.parent().context("no parent directory")?;
+    let name = path.file_name().context("no file name")?.to_string_lossy();
+    // A dot-name the runtime ignores while it is being written.
+    let tmp = dir.join(format!(".{name}.weft-tmp"));
+    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(true)
+}
+
+/// Runs until SIGTERM or SIGINT, then uninstalls.
+pub async fn run(installer: Installer, interval: Duration) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let client = match installer.node_name {
+        Some(_) => Some(kube::Client::try_default().await.context(
+            "cannot reach the API server to repair pods (unset NODE_NAME to skip repairs)",
+        )?),
+        None => None,
+    };
+    let mut last: Option<Pass> = None;
+    loop {
+        match installer.install_once() {
+            Ok(pass) => {
+                match &pass {
+                    Pass::WaitingForPrimary if last.as_ref() != Some(&pass) => tracing::info!(
+                        dir = %installer.conf_dir.display(),
+                        "waiting for the node's primary CNI config"
+                    ),
+                    Pass::Chained {
+                        config,
+                        changed: true,
+                    } => tracing::info!(config = %config.display(), "weft-cni chained"),
+                    _ => {}
+                }
+                if matches!(pass, Pass::Chained { .. })
+                    && let Some(client) = &client
+                {
+                    match installer.repair(client).await {
+                        Ok(pods) => {
+                            for pod in pods {
+                                tracing::info!(%pod, "deleted a pod that started without redirect rules")
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot repair pods"),
+                    }
+                }
+                last = Some(pass);
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "install pass failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let cleaned = installer.uninstall()?;
+    tracing::info!(configs = ?cleaned, "weft-cni removed from the node");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Value {
+        json!({"type": PLUGIN_TYPE, "kubernetes": {"kubeconfig": "/etc/cni/net.d/weft-cni.kubeconfig"}})
+    }
+
+    #[test]
+    fn chaining_appends_once_and_keeps_the_rest() {
+        let primary = json!({"cniVersion": "0.4.0", "name": "net", "plugins": [
+            {"type": "bridge", "bridge": "br0"}, {"type": "portmap"}]});
+        let once = chain(primary.clone(), entry()).unwrap();
+        assert_eq!(once["plugins"].as_array().unwrap().len(), 3);
+        assert_eq!(once["plugins"][2], entry());
+        assert_eq!(once["plugins"][0], primary["plugins"][0]);
+        let twice = chain(once.clone(), entry()).unwrap();
+        assert_eq!(twice, once);
+        // An old entry (different settings) is replaced, and moved last.
+        let mut stale = primary.clone();
+        stale["plugins"]
+            .as_array_mut()
+            .unwrap()
+            .insert(0, json!({"type": PLUGIN_TYPE}));
+        assert_eq!(chain(stale, entry()).unwrap(), once);
+        assert_eq!(unchain(once).unwrap(), primary);
+        assert_eq!(unchain(primary), None);
+    }
+
+    #[test]
+    fn a_single_plugin_config_becomes_a_list() {
+        let conf = json!({"cniVersion": "0.3.1", "name": "net", "type": "bridge", "bridge": "br0"});
+        let list = chain(conf.clone(), entry()).unwrap();
+        assert_eq!(list["cniVersion"], "0.3.1");
+        assert_eq!(list["name"], "net");
+        assert_eq!(list["plugins"][0], conf);
+        assert_eq!(list["plugins"][1], entry());
+    }
+
+    #[test]
+    fn configs_that_are_not_networks_are_refused() {
+        for bad in [json!([1]), json!({"plugins": 3}), json!({"name": "x"})] {
+            assert!(chain(bad, entry()).is_err());
+        }
+    }
+}
