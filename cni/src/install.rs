@@ -74,9 +74,7 @@ impl Installer {
 
     /// One idempotent pass: binary, kubeconfig, chain.
     pub fn install_once(&self) -> anyhow::Result<Pass> {
-        let binary = std::fs::read(&self.plugin_binary)
-            .with_context(|| format!("cannot read {}", self.plugin_binary.display()))?;
-        write_if_changed(&self.bin_dir.join(PLUGIN_TYPE), &binary, 0o755)?;
+        copy_if_changed(&self.plugin_binary, &self.bin_dir.join(PLUGIN_TYPE))?;
         write_if_changed(&self.kubeconfig_path(), &self.kubeconfig()?, 0o600)?;
         let Some(primary) = primary_config(&self.conf_dir)? else {
             return Ok(Pass::WaitingForPrimary);
@@ -287,6 +285,40 @@ pub fn unchain(mut doc: Value) -> Option<Value> {
         .and_then(Value::as_array_mut)?
         .retain(|p| p["type"] != PLUGIN_TYPE);
     Some(doc)
+}
+
+/// Copies the plugin binary (streamed: the installer's memory limit is
+/// smaller than some binaries) unless the node already has these bytes.
+fn copy_if_changed(from: &Path, to: &Path) -> anyhow::Result<bool> {
+    use std::io::Read;
+    let same = (|| -> std::io::Result<bool> {
+        let (a, b) = (std::fs::File::open(from)?, std::fs::File::open(to)?);
+        if a.metadata()?.len() != b.metadata()?.len() {
+            return Ok(false);
+        }
+        let (mut a, mut b) = (std::io::BufReader::new(a), std::io::BufReader::new(b));
+        let (mut x, mut y) = ([0u8; 64 * 1024], [0u8; 64 * 1024]);
+        loop {
+            let n = a.read(&mut x)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            b.read_exact(&mut y[..n])?;
+            if x[..n] != y[..n] {
+                return Ok(false);
+            }
+        }
+    })()
+    .unwrap_or(false);
+    if same {
+        return Ok(false);
+    }
+    let dir = to.parent().context("no parent directory")?;
+    let tmp = dir.join(format!(".{PLUGIN_TYPE}.weft-tmp"));
+    std::fs::copy(from, &tmp)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
+    std::fs::rename(&tmp, to).with_context(|| format!("cannot replace {}", to.display()))?;
+    Ok(true)
 }
 
 /// Writes through a temporary file and a rename, so the runtime never reads

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod ca;
 pub mod discovery;
+pub mod install;
 pub mod metrics;
 pub mod pki;
 pub mod service;

@@ -80,6 +80,29 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write the manifest of everything an install needs that is secret or
+    /// generated: the issuer Secret, the trust anchors, the injector's
+    /// serving certificate and its webhook configuration. The CA material
+    /// is made in (or reused from) `--pki`, which stays with the operator.
+    InstallSecrets {
+        /// Folder for the CA material (created when missing; keep it safe).
+        #[arg(long)]
+        pki: PathBuf,
+        /// Where to write the manifest (`-` for stdout).
+        #[arg(long, default_value = "examples/install/05-secrets.yaml")]
+        out: PathBuf,
+        /// What the API server does with pods of labelled namespaces while
+        /// no injector answers: `Fail` (refuse them) or `Ignore` (create
+        /// them without the proxy).
+        #[arg(long, default_value = "Fail")]
+        failure_policy: String,
+        #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        #[arg(long, default_value = weft_api::controller::NAMESPACE)]
+        namespace: String,
+        #[arg(long, default_value = "365d", value_parser = duration)]
+        webhook_cert_lifetime: Duration,
+    },
     /// Make a new issuer under the existing anchor (needs ca.key).
     RotateIssuer {
         #[arg(long)]
@@ -224,6 +247,36 @@ fn run(command: Command) -> anyhow::Result<()> {
                 pki::ISSUER_CERT,
                 pki::ISSUER_KEY
             );
+            Ok(())
+        }
+        Command::InstallSecrets {
+            pki: pki_dir,
+            out,
+            failure_policy,
+            trust_domain,
+            namespace,
+            webhook_cert_lifetime,
+        } => {
+            SpiffeId::new(&trust_domain, &namespace, "a")?;
+            let manifest = weft_controller::install::render(
+                &pki_dir,
+                &weft_controller::install::InstallSecrets {
+                    trust_domain,
+                    namespace,
+                    failure_policy,
+                    webhook_cert_lifetime,
+                },
+            )?;
+            if out.as_os_str() == "-" {
+                print!("{manifest}");
+            } else {
+                pki::write_atomic(&out, manifest.as_bytes(), true)?;
+                eprintln!(
+                    "wrote {} (CA material in {}; keep that folder, and do not commit the manifest)",
+                    out.display(),
+                    pki_dir.display()
+                );
+            }
             Ok(())
         }
         Command::RotateIssuer {

@@ -178,11 +178,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!("controller identity: {e}"))?;
     let controller_addr = cli.controller_addr.clone().unwrap_or_else(|| {
-        format!(
-            "weft-controller.{}.svc.{}:{}",
-            cli.namespace,
-            cli.cluster_domain,
-            weft_api::controller::GRPC_PORT
+        default_controller_addr(
+            |k| std::env::var(k).ok(),
+            &cli.namespace,
+            &cli.cluster_domain,
         )
     });
     tracing_subscriber::EnvFilter::try_new(&cli.proxy_log_level)
@@ -362,5 +361,67 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Where proxies reach the controller when `--controller-addr` is not
+/// given: the controller Service's cluster IP, which the kubelet hands
+/// this pod as `WEFT_CONTROLLER_SERVICE_HOST` (the Service is applied
+/// first), so proxies start without depending on cluster DNS; else its
+/// DNS name.
+fn default_controller_addr(
+    var: impl Fn(&str) -> Option<String>,
+    namespace: &str,
+    cluster_domain: &str,
+) -> String {
+    let port = var("WEFT_CONTROLLER_SERVICE_PORT_GRPC")
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(weft_api::controller::GRPC_PORT);
+    match var("WEFT_CONTROLLER_SERVICE_HOST").and_then(|h| h.parse::<std::net::IpAddr>().ok()) {
+        Some(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+        None => format!(
+            "weft-controller.{namespace}.svc.{cluster_domain}:{}",
+            weft_api::controller::GRPC_PORT
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_controller_addr;
+
+    #[test]
+    fn proxies_get_the_service_ip_when_the_kubelet_gave_one() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(
+            default_controller_addr(
+                env(&[
+                    ("WEFT_CONTROLLER_SERVICE_HOST", "10.96.0.40"),
+                    ("WEFT_CONTROLLER_SERVICE_PORT_GRPC", "8086")
+                ]),
+                "weft-system",
+                "cluster.local"
+            ),
+            "10.96.0.40:8086"
+        );
+        assert_eq!(
+            default_controller_addr(
+                env(&[("WEFT_CONTROLLER_SERVICE_HOST", "fd00::40")]),
+                "weft-system",
+                "cluster.local"
+            ),
+            "[fd00::40]:8086"
+        );
+        assert_eq!(
+            default_controller_addr(env(&[]), "mesh", "example.org"),
+            "weft-controller.mesh.svc.example.org:8086"
+        );
     }
 }

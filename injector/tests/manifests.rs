@@ -13,10 +13,15 @@ use serde::Deserialize;
 use weft_injector::server::{PATH_ANNOTATED_ONLY, PATH_NAMESPACE_ENABLED};
 
 fn documents() -> Vec<serde_json::Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/install/40-injector.yaml");
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| serde_json::Value::deserialize(d).unwrap())
+    let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/install");
+    ["40-injector.yaml", "templates/webhook.yaml"]
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(install.join(file)).unwrap();
+            serde_yaml_ng::Deserializer::from_str(&text)
+                .map(|d| serde_json::Value::deserialize(d).unwrap())
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 

@@ -11,14 +11,18 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:?usage: images.sh OUT_DIR}
 mkdir -p "$out"
+stripped=$(mktemp -d)
+trap 'rm -rf "$stripped"' EXIT
 version=$(awk -F'"' '/^\[workspace.package\]/ {p = 1} p && /^version *=/ {print $2; exit}' Cargo.toml)
 release=target/release
 # program:uid the image runs as (the proxy's own uid, 2103, is what the
 # redirect rules exempt; the CNI installer writes host files as root).
-for image in weft-proxy:2103 weft-controller:2102 weft-injector:2104 weft-cni:0 weft-demo:1000; do
+for image in weft-proxy:2103 weft-controller:2101 weft-injector:2104 weft-cni:0 weft-demo:1000; do
     program=${image%%:*} uid=${image##*:}
     [[ -x $release/$program ]] || { echo "images.sh: build $release/$program first" >&2; exit 1; }
+    # Release builds keep line tables for backtraces; images do not need them.
+    strip --strip-debug -o "$stripped/$program" "$release/$program"
     python3 tests/kube/oci-image.py --name "docker.io/weft/$program:$version" --out "$out/$program.tar" \
-        --entrypoint "/usr/local/bin/$program" --user "$uid:$uid" --file "$release/$program:/usr/local/bin/$program" >&2
+        --entrypoint "/usr/local/bin/$program" --user "$uid:$uid" --file "$stripped/$program:/usr/local/bin/$program" >&2
     echo "$out/$program.tar"
 done

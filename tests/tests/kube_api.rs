@@ -170,8 +170,8 @@ impl Injector {
 
     /// The shipped webhook configuration, pointed at this process.
     fn webhook_configuration(&self, name: &str) -> MutatingWebhookConfiguration {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/install/40-injector.yaml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/install/templates/webhook.yaml");
         let text = std::fs::read_to_string(path).unwrap();
         let mut config = serde_yaml_ng::Deserializer::from_str(&text)
             .map(|d| Value::deserialize(d).unwrap())
@@ -988,8 +988,22 @@ async fn install_manifests_are_accepted_and_rbac_is_least_privilege() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| !p.ends_with("05-secrets.yaml"))
         .collect();
-    files.sort();
+    // The generated part, as the documented command makes it.
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir.path().join("05-secrets.yaml");
+    let status = std::process::Command::new(Bins::locate().unwrap().path("weft-controller"))
+        .arg("install-secrets")
+        .arg("--pki")
+        .arg(secrets_dir.path().join("pki"))
+        .arg("--out")
+        .arg(&secrets)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    files.push(secrets);
+    files.sort_by_key(|p| p.file_name().unwrap().to_owned());
     // The namespace for real (namespaced objects need it even in a dry
     // run), then everything as `kubectl apply --dry-run=server` would.
     kube_api::create_all(

@@ -7,6 +7,7 @@
 pub mod banner;
 pub mod grpc;
 pub mod http;
+pub mod load;
 
 /// Generated gRPC code for `proto/demo.proto`.
 #[allow(missing_debug_implementations, clippy::all)]

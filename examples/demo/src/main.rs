@@ -1,7 +1,8 @@
 //! `weft-demo <http|grpc|banner|sink> <listen-addr> [name]`: runs one demo
-//! workload until killed. `weft-demo get <host:port> <path>` is a tiny HTTP
-//! client that prints the status and body (for tests that need a client
-//! running as a particular user).
+//! workload until SIGTERM or SIGINT. `weft-demo get <host:port> <path>` is
+//! a tiny HTTP client that prints the status and body (for tests that need
+//! a client running as a particular user); `weft-demo load <host:port> ...`
+//! a steady load that reports what answered (see `load.rs`).
 
 use anyhow::{Context, bail};
 
@@ -11,23 +12,36 @@ async fn main() -> anyhow::Result<()> {
     let (kind, addr) = match (args.first(), args.get(1)) {
         (Some(k), Some(a)) => (k.as_str(), a.as_str()),
         _ => bail!(
-            "usage: weft-demo <http|grpc|banner|sink> <listen-addr> [name] | weft-demo get <host:port> <path>"
+            "usage: weft-demo <http|grpc|banner|sink> <listen-addr> [name] | weft-demo get <host:port> <path> | weft-demo load <host:port> [--rate N] [--duration 10s]"
         ),
     };
     if kind == "get" {
         return get(addr, args.get(2).map_or("/", String::as_str)).await;
+    }
+    if kind == "load" {
+        return weft_demo::load::run(weft_demo::load::LoadArgs::parse(&args[1..])?).await;
     }
     let name = args.get(2).cloned().unwrap_or_else(|| kind.to_string());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     eprintln!("weft-demo {kind} {name} listening on {addr}");
-    match kind {
-        "http" => weft_demo::http::serve(listener, name).await,
-        "grpc" => weft_demo::grpc::serve(listener, name).await,
-        "banner" => weft_demo::banner::serve(listener, name).await,
-        "sink" => weft_demo::banner::sink(listener).await,
-        other => bail!("unknown workload {other:?}; expected http, grpc, banner or sink"),
+    let serve = async {
+        match kind {
+            "http" => weft_demo::http::serve(listener, name).await,
+            "grpc" => weft_demo::grpc::serve(listener, name).await,
+            "banner" => weft_demo::banner::serve(listener, name).await,
+            "sink" => weft_demo::banner::sink(listener).await,
+            other => bail!("unknown workload {other:?}; expected http, grpc, banner or sink"),
+        }
+    };
+    // As a container's main process it is PID 1, which gets no default
+    // signal handling: without this it would wait out the grace period.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = serve => result,
+        _ = term.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
 
