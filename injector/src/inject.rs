@@ -221,7 +221,32 @@ pub fn mutate(
     // The validator goes first of all, so nothing in the pod runs before
     // its redirect rules are proven; in native mode the proxy comes next,
     // so the remaining init containers already have the mesh.
-    let proxy = to_value(proxy_container(settings, &config, mode));
+    // A Job's pod completes only when every container has exited. Native
+    // sidecars are stopped by the kubelet; a classic one watches the app's
+    // processes (in a shared process namespace) and exits after them.
+    let runs_to_completion = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "Job");
+    let exit_with_app = mode == SidecarMode::Classic && runs_to_completion;
+    if exit_with_app {
+        if spec.share_process_namespace == Some(false) {
+            warnings.push(
+                "shareProcessNamespace is false: the proxy cannot see this Job's app finish, \
+                 so the pod will not complete"
+                    .to_string(),
+            );
+        } else {
+            add(
+                &mut ops,
+                &["spec", "shareProcessNamespace"],
+                Value::Bool(true),
+            );
+        }
+    }
+    let proxy = to_value(proxy_container(settings, &config, mode, exit_with_app));
     let mut init_front = vec![to_value(validator_container(settings, &config))];
     match mode {
         SidecarMode::Native => init_front.push(proxy),
@@ -413,7 +438,12 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn proxy_container(settings: &MeshSettings, config: &ProxyConfig, mode: SidecarMode) -> Container {
+fn proxy_container(
+    settings: &MeshSettings,
+    config: &ProxyConfig,
+    mode: SidecarMode,
+    exit_with_app: bool,
+) -> Container {
     let mut env_vars = vec![
         // The identity comes from the pod as it runs, so it is right even
         // when the service account is filled in after this webhook.
@@ -441,6 +471,9 @@ fn proxy_container(settings: &MeshSettings, config: &ProxyConfig, mode: SidecarM
         env("WEFT_LOG_LEVEL", config.log_level.clone()),
         env("WEFT_PROXY_CORES", config.cores.to_string()),
     ];
+    if exit_with_app {
+        env_vars.push(env("WEFT_EXIT_WITH_APP", "true"));
+    }
     if let Some(extra) = &config.opaque_ports {
         let mut all: std::collections::BTreeSet<u16> =
             weft_api::DEFAULT_OPAQUE_PORTS.iter().copied().collect();

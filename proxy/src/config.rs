@@ -69,6 +69,9 @@ pub struct Config {
     /// `config.weft.io/skip-*` annotations. The CNI plugin applies them;
     /// the proxy only reports them.
     pub redirect_exemptions: RedirectExemptions,
+    /// Drain and exit once the pod's app processes have ended (Jobs on
+    /// clusters without native sidecars; see `app_watch`).
+    pub exit_with_app: bool,
 }
 
 /// Traffic the pod's redirect rules leave alone.
@@ -217,6 +220,16 @@ impl Config {
                 Duration::from_secs(3),
                 parse_duration,
             )?,
+            exit_with_app: parse_or(
+                var("WEFT_EXIT_WITH_APP"),
+                "WEFT_EXIT_WITH_APP",
+                false,
+                |v| match v {
+                    "true" => Ok(true),
+                    "false" => Ok(false),
+                    _ => Err("must be true or false".into()),
+                },
+            )?,
             redirect_exemptions: RedirectExemptions {
                 inbound_ports: parse_or(
                     var("WEFT_SKIP_INBOUND_PORTS"),
@@ -284,6 +297,7 @@ impl Config {
 
 /// Variables this proxy understands.
 const KNOWN: &[&str] = &[
+    "WEFT_EXIT_WITH_APP",
     "WEFT_OUTBOUND_PORT",
     "WEFT_INBOUND_PORT",
     "WEFT_ADMIN_ADDR",

@@ -12,6 +12,7 @@
 //! traffic to meshed pods in mutual TLS.
 
 pub mod admin;
+pub mod app_watch;
 pub mod await_ready;
 pub mod balance;
 pub mod config;
@@ -227,6 +228,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     }
 
+    if config.exit_with_app {
+        tokio::spawn(app_watch::exit_with_app(
+            shutdown.clone(),
+            nix::unistd::getuid().as_raw(),
+            std::time::Duration::from_millis(500),
+        ));
+    }
     wait_for_shutdown(&shutdown).await?;
     state.ready.store(false, Ordering::Release);
     shutdown.cancel();

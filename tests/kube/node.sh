@@ -4,8 +4,10 @@
 # (iptables mode) and a kubelet driving Debian's containerd, runc and CNI
 # plugins. Pods are real containers in real network namespaces.
 #
-#   tests/kube/node.sh build             # binaries (cached, ~8 min cold) + packages
-#   tests/kube/node.sh up                # ~30 s; writes $WEFT_NODE/admin.kubeconfig
+#   tests/kube/node.sh build             # binaries (cached, ~8 min cold) + packages;
+#                                        # prints the bin dir (kubectl is there)
+#   tests/kube/node.sh up                # ~30 s; writes $WEFT_NODE/admin.kubeconfig;
+#                                        # with WEFT_NODE_OWNER=PID, down when PID ends
 #   tests/kube/node.sh import IMAGE.tar  # into the node's containerd
 #   tests/kube/node.sh down              # stops it and removes what `up` made
 #   tests/kube/node.sh status
@@ -67,7 +69,7 @@ bin_dir() { "$HERE/apiserver.sh" build "${COMMANDS[@]}"; }
 
 build() {
     packages
-    bin_dir >/dev/null
+    bin_dir
     pause_image >/dev/null
 }
 
@@ -327,6 +329,12 @@ YAML
         "${kubectl[@]}" get serviceaccount default >/dev/null 2>&1 && break
         sleep 0.5
     done
+    if [[ -n ${WEFT_NODE_OWNER:-} ]]; then
+        # Test processes cannot always run their cleanup; this watchdog
+        # brings the node down when its owner is gone, however it ended.
+        WEFT_NODE=$NODE_DIR setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" down' \
+            watchdog "$WEFT_NODE_OWNER" "$(realpath "$0")" </dev/null >/dev/null 2>&1 &
+    fi
     log "node $node is Ready; export KUBECONFIG=$NODE_DIR/admin.kubeconfig (kubectl: $bin/kubectl)"
 }
 

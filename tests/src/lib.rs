@@ -15,6 +15,7 @@ pub mod cni;
 pub mod identity;
 pub mod kube_api;
 pub mod metrics;
+pub mod node;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -345,3 +345,43 @@ fn identity_comes_from_the_running_pod() {
         "spec.serviceAccountName"
     );
 }
+
+#[test]
+fn a_jobs_classic_proxy_exits_with_the_app() {
+    let job_pod = |share: Option<bool>| {
+        let mut spec = json!({"containers": [{"name": "app", "image": "app:1"}]});
+        if let Some(share) = share {
+            spec["shareProcessNamespace"] = json!(share);
+        }
+        pod(json!({
+            "metadata": {"name": "backup-x1", "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "backup", "uid": "u1"}]},
+            "spec": spec
+        }))
+    };
+    let (doc, warnings) = injected(&job_pod(None), SidecarMode::Classic);
+    assert_eq!(doc["spec"]["shareProcessNamespace"], true);
+    assert_eq!(
+        proxy_env(&doc, "WEFT_EXIT_WITH_APP").as_deref(),
+        Some("true")
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+
+    // Native sidecars are stopped by the kubelet: nothing to add.
+    let (doc, _) = injected(&job_pod(None), SidecarMode::Native);
+    assert!(doc["spec"]["shareProcessNamespace"].is_null());
+    assert_eq!(proxy_env(&doc, "WEFT_EXIT_WITH_APP"), None);
+
+    // Not a Job: the proxy lives as long as the pod.
+    let (doc, _) = injected(&app_pod(json!({})), SidecarMode::Classic);
+    assert!(doc["spec"]["shareProcessNamespace"].is_null());
+    assert_eq!(proxy_env(&doc, "WEFT_EXIT_WITH_APP"), None);
+
+    // A pod that refuses to share is left so, with a warning.
+    let (doc, warnings) = injected(&job_pod(Some(false)), SidecarMode::Classic);
+    assert_eq!(doc["spec"]["shareProcessNamespace"], false);
+    assert!(
+        warnings.iter().any(|w| w.contains("will not complete")),
+        "{warnings:?}"
+    );
+}

@@ -1,0 +1,569 @@
+//! Day one on a real Kubernetes: a single-node v1.20 cluster on this
+//! machine (`tests/kube/node.sh`: real kubelet, containerd, runc, Debian's
+//! CNI plugins, kube-proxy), Weft installed with `kubectl apply -f
+//! examples/install/`, and the user's scenarios run against it as pods.
+//!
+//! One test owns the node: it installs, runs the independent scenarios in
+//! parallel (a namespace each), then the ones that disturb the whole mesh
+//! (a controller restart, uninstalling), and reports every failure.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use serde_json::Value;
+use weft_testbed::node::KubeNode;
+use weft_testbed::{Bins, require_root};
+
+const TRUST_DOMAIN: &str = "cluster.local";
+
+fn identity(ns: &str, sa: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{sa}")
+}
+
+/// The demo app (`examples/demo/k8s/demo.yaml`) in namespace `ns`,
+/// labelled for injection or not.
+fn demo_app(node: &KubeNode, ns: &str, meshed: bool) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(node.repo().join("examples/demo/k8s/demo.yaml"))?;
+    let mut text = text.replace("namespace: demo", &format!("namespace: {ns}"));
+    text = text.replace(
+        "kind: Namespace\nmetadata:\n  name: demo",
+        &format!(
+            "kind: Namespace\nmetadata:\n  name: {ns}{}",
+            if meshed {
+                "\n  labels: {weft.io/inject: enabled}"
+            } else {
+                ""
+            }
+        ),
+    );
+    Ok(text)
+}
+
+fn has_container(pod: &Value, field: &str, name: &str) -> bool {
+    pod["spec"][field]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["name"] == name))
+}
+
+fn is_meshed(pod: &Value) -> bool {
+    has_container(pod, "containers", "weft-proxy")
+        && has_container(pod, "initContainers", "weft-validate")
+}
+
+fn pod_name(pod: &Value) -> String {
+    pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn cluster_ip(node: &KubeNode, ns: &str, service: &str) -> anyhow::Result<String> {
+    let svc = node.json(&["-n", ns, "get", "service", service])?;
+    Ok(svc["spec"]["clusterIP"]
+        .as_str()
+        .context("no cluster IP")?
+        .to_string())
+}
+
+/// The demo's five pods: web-v1 ×2, web-v2, grpc, load.
+fn wait_demo(node: &KubeNode, ns: &str) -> anyhow::Result<Vec<Value>> {
+    let timeout = Duration::from_secs(120);
+    node.wait_ready(ns, "app=web,version=v1", 2, timeout)?;
+    node.wait_ready(ns, "app=web,version=v2", 1, timeout)?;
+    node.wait_ready(ns, "app=grpc", 1, timeout)?;
+    node.wait_ready(ns, "app=load", 1, timeout)?;
+    Ok(node
+        .pods(ns, "app")?
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect())
+}
+
+fn load_pod(node: &KubeNode, ns: &str) -> anyhow::Result<String> {
+    Ok(pod_name(
+        node.wait_ready(ns, "app=load", 1, Duration::from_secs(60))?
+            .first()
+            .context("no load pod")?,
+    ))
+}
+
+/// Scenario 1: label a namespace, restart its pods, and they are meshed.
+fn injection(node: &KubeNode) -> anyhow::Result<()> {
+    let ns = "e2e-inject";
+    node.apply(&demo_app(node, ns, false)?)?;
+    let before = wait_demo(node, ns)?;
+    ensure!(
+        before.iter().all(|p| !is_meshed(p)),
+        "pods of an unlabelled namespace were injected"
+    );
+
+    node.kubectl(&["label", "namespace", ns, "weft.io/inject=enabled"])?;
+    node.kubectl(&["-n", ns, "delete", "pods", "--all", "--wait=false"])?;
+    let started = Instant::now();
+    let pods = wait_demo(node, ns)?;
+    eprintln!(
+        "injection: {} pods back, meshed, in {:?}",
+        pods.len(),
+        started.elapsed()
+    );
+    for pod in &pods {
+        ensure!(is_meshed(pod), "{} has no proxy", pod_name(pod));
+    }
+
+    // An annotated opt-out in the labelled namespace stays unmeshed.
+    node.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: opted-out
+  namespace: {ns}
+  annotations: {{weft.io/inject: disabled}}
+spec:
+  automountServiceAccountToken: false
+  containers:
+    - {{name: app, image: docker.io/weft/weft-demo:0.1.0, imagePullPolicy: IfNotPresent, args: ["sink", "0.0.0.0:9000"]}}
+"#
+    ))?;
+    let opted_out = node.json(&["-n", ns, "get", "pod", "opted-out"])?;
+    ensure!(!is_meshed(&opted_out), "the opted-out pod was injected");
+
+    let web = cluster_ip(node, ns, "web")?;
+    let load = load_pod(node, ns)?;
+    let report = node.load(ns, &load, "load", &format!("{web}:80"), 40, 5)?;
+    eprintln!("injection: load {}", report.summary);
+    ensure!(report.failed() == 0, "failed requests: {}", report.summary);
+    ensure!(
+        report.from("web-v1") > 0 && report.from("web-v2") > 0,
+        "not balanced over the endpoints: {}",
+        report.summary
+    );
+
+    // mTLS both ways, with the service accounts' identities.
+    let client = node.pods(ns, "app=load")?;
+    let client = client
+        .iter()
+        .find(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .context("load pod")?;
+    let outbound = node.proxy_metrics(client)?.sum(
+        "request_total",
+        &[
+            ("direction", "outbound"),
+            ("tls", "true"),
+            ("server_id", &identity(ns, "web")),
+        ],
+    );
+    ensure!(
+        outbound >= report.ok() as f64,
+        "client proxy counted {outbound} mTLS requests to web, load got {} answers",
+        report.ok()
+    );
+    let mut inbound = 0.0;
+    for pod in node.pods(ns, "app=web")? {
+        inbound += node.proxy_metrics(&pod)?.sum(
+            "request_total",
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", &identity(ns, "load")),
+            ],
+        );
+    }
+    ensure!(
+        inbound >= report.ok() as f64,
+        "servers counted {inbound} mTLS requests from load"
+    );
+    Ok(())
+}
+
+fn traffic_split(ns: &str, v1: u32, v2: u32) -> String {
+    format!(
+        r#"
+apiVersion: split.smi-spec.io/v1alpha2
+kind: TrafficSplit
+metadata: {{name: web-split, namespace: {ns}}}
+spec:
+  service: web
+  backends:
+    - {{service: web-v1, weight: {v1}}}
+    - {{service: web-v2, weight: {v2}}}
+"#
+    )
+}
+
+/// Scenario 2: a TrafficSplit shifts traffic, and a change moves it within
+/// seconds without a failed request.
+fn split(node: &KubeNode) -> anyhow::Result<()> {
+    let ns = "e2e-split";
+    node.apply(&demo_app(node, ns, true)?)?;
+    let pods = wait_demo(node, ns)?;
+    ensure!(pods.iter().all(is_meshed), "not all pods meshed");
+    let web = format!("{}:80", cluster_ip(node, ns, "web")?);
+    let load = load_pod(node, ns)?;
+
+    node.apply(&traffic_split(ns, 90, 10))?;
+    // Until the proxy has the split, the apex balances 2:1 by endpoints.
+    node.wait_for("the 90/10 split in effect", Duration::from_secs(30), || {
+        let r = node.load(ns, &load, "load", &web, 50, 2)?;
+        Ok((r.from("web-v2") * 100 <= r.ok() * 20).then_some(()))
+    })?;
+    let report = node.load(ns, &load, "load", &web, 100, 6)?;
+    let share = report.from("web-v1") as f64 / report.ok() as f64;
+    eprintln!("split 90/10: web-v1 share {share:.3} ({})", report.summary);
+    ensure!(report.failed() == 0, "failed requests: {}", report.summary);
+    ensure!(
+        (share - 0.90).abs() <= 0.04,
+        "web-v1 got {share:.3} of the traffic, configured 0.90"
+    );
+
+    // 0/100 under load: all traffic moves, nothing fails.
+    let report = std::thread::scope(|s| {
+        let running = s.spawn(|| node.load(ns, &load, "load", &web, 50, 15));
+        std::thread::sleep(Duration::from_secs(4));
+        node.apply(&traffic_split(ns, 0, 100))?;
+        running.join().expect("load thread")
+    })?;
+    ensure!(
+        report.failed() == 0,
+        "failed requests while shifting: {}",
+        report.summary
+    );
+    // The seconds after which no request reached web-v1 again.
+    let last_v1 = report
+        .seconds
+        .iter()
+        .rposition(|s| s["by_backend"]["web-v1"].as_u64().unwrap_or(0) > 0)
+        .context("web-v1 never answered before the shift")?;
+    eprintln!(
+        "split 0/100: applied at second 4, last web-v1 answer in second {last_v1} ({})",
+        report.summary
+    );
+    ensure!(
+        last_v1 <= 4 + 5,
+        "traffic still reached web-v1 in second {last_v1}, 5+ s after 0/100"
+    );
+    ensure!(report.seconds.len() >= 12, "the load stopped early");
+    Ok(())
+}
+
+/// Scenario 3: a Job in a meshed namespace completes, and its pod ends.
+fn job(node: &KubeNode) -> anyhow::Result<()> {
+    let ns = "e2e-job";
+    node.apply(&demo_app(node, ns, true)?)?;
+    wait_demo(node, ns)?;
+    let web = cluster_ip(node, ns, "web")?;
+    node.apply(&format!(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: call-web, namespace: {ns}}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      serviceAccountName: load
+      containers:
+        - name: call
+          image: docker.io/weft/weft-demo:0.1.0
+          imagePullPolicy: IfNotPresent
+          args: ["get", "{web}:80", "/"]
+"#
+    ))?;
+    let started = Instant::now();
+    let pod = node.wait_for("the Job's pod to finish", Duration::from_secs(90), || {
+        let pods = node.pods(ns, "job-name=call-web")?;
+        Ok(pods
+            .into_iter()
+            .find(|p| p["status"]["phase"] == "Succeeded" || p["status"]["phase"] == "Failed"))
+    })?;
+    eprintln!(
+        "job: pod {} after {:?}",
+        pod["status"]["phase"],
+        started.elapsed()
+    );
+    ensure!(is_meshed(&pod), "the Job's pod was not injected");
+    ensure!(
+        pod["status"]["phase"] == "Succeeded",
+        "the Job's pod ended {}: {}",
+        pod["status"]["phase"],
+        pod["status"]["containerStatuses"]
+    );
+    let logs = node.kubectl(&["-n", ns, "logs", &pod_name(&pod), "-c", "call"])?;
+    ensure!(
+        logs.starts_with("200 hello from web"),
+        "the Job's call: {logs}"
+    );
+    node.wait_for("the Job to complete", Duration::from_secs(30), || {
+        let job = node.json(&["-n", ns, "get", "job", "call-web"])?;
+        Ok((job["status"]["succeeded"] == 1).then_some(()))
+    })
+}
+
+/// Scenario 4: deleting a server pod under load fails nothing the
+/// retries do not cover.
+fn drain(node: &KubeNode) -> anyhow::Result<()> {
+    let ns = "e2e-drain";
+    node.apply(&demo_app(node, ns, true)?)?;
+    wait_demo(node, ns)?;
+    node.kubectl(&[
+        "-n",
+        ns,
+        "annotate",
+        "service",
+        "web-v1",
+        "retry.weft.io/http=gateway-error,connect-failure",
+    ])?;
+    let target = format!("{}:80", cluster_ip(node, ns, "web-v1")?);
+    let load = load_pod(node, ns)?;
+    let victim = pod_name(
+        node.pods(ns, "app=web,version=v1")?
+            .first()
+            .context("no web-v1 pod")?,
+    );
+    let report = std::thread::scope(|s| {
+        let running = s.spawn(|| node.load(ns, &load, "load", &target, 50, 12));
+        std::thread::sleep(Duration::from_secs(4));
+        node.kubectl(&["-n", ns, "delete", "pod", &victim, "--wait=false"])?;
+        running.join().expect("load thread")
+    })?;
+    eprintln!("drain: deleted {victim} at second 4: {}", report.summary);
+    ensure!(report.failed() == 0, "failed requests: {}", report.summary);
+    ensure!(report.ok() >= 500, "too few answers: {}", report.summary);
+    Ok(())
+}
+
+/// Scenario 5: an unmeshed client reaches a meshed server (permissive).
+fn unmeshed_client(node: &KubeNode) -> anyhow::Result<()> {
+    let (server_ns, client_ns) = ("e2e-permissive", "e2e-plain");
+    node.apply(&demo_app(node, server_ns, true)?)?;
+    node.apply(&demo_app(node, client_ns, false)?)?;
+    let servers = wait_demo(node, server_ns)?;
+    ensure!(servers.iter().all(is_meshed), "servers not meshed");
+    let clients = wait_demo(node, client_ns)?;
+    ensure!(!clients.iter().any(is_meshed), "client meshed");
+    let web = cluster_ip(node, server_ns, "web")?;
+    let load = load_pod(node, client_ns)?;
+    let report = node.load(client_ns, &load, "load", &format!("{web}:80"), 20, 3)?;
+    eprintln!("unmeshed client: {}", report.summary);
+    ensure!(
+        report.failed() == 0 && report.ok() > 0,
+        "{}",
+        report.summary
+    );
+    let mut plaintext = 0.0;
+    for pod in node.pods(server_ns, "app=web")? {
+        plaintext += node.proxy_metrics(&pod)?.sum(
+            "request_total",
+            &[("direction", "inbound"), ("tls", "false")],
+        );
+    }
+    ensure!(
+        plaintext >= report.ok() as f64,
+        "the servers' proxies saw {plaintext} plaintext requests, the client got {} answers",
+        report.ok()
+    );
+    Ok(())
+}
+
+/// The controllers restart; discovery resyncs and a new split applies.
+fn controller_restart(node: &KubeNode) -> anyhow::Result<()> {
+    let ns = "e2e-split";
+    node.kubectl(&[
+        "-n",
+        "weft-system",
+        "delete",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=weft-controller",
+    ])?;
+    node.wait_ready(
+        "weft-system",
+        "app.kubernetes.io/name=weft-controller",
+        2,
+        Duration::from_secs(90),
+    )?;
+    node.apply(&traffic_split(ns, 50, 50))?;
+    let web = format!("{}:80", cluster_ip(node, ns, "web")?);
+    let load = load_pod(node, ns)?;
+    node.wait_for(
+        "the 50/50 split after a controller restart",
+        Duration::from_secs(30),
+        || {
+            let r = node.load(ns, &load, "load", &web, 50, 2)?;
+            ensure!(r.failed() == 0, "failed requests: {}", r.summary);
+            Ok((r.from("web-v1") > 10 && r.from("web-v2") > 10).then_some(()))
+        },
+    )
+}
+
+/// `kubectl delete -f` of the install folder removes Weft, including the
+/// plugin from the node's CNI config.
+fn uninstall(node: &KubeNode, install: &Path) -> anyhow::Result<()> {
+    node.kubectl(&[
+        "delete",
+        "-f",
+        install.to_str().unwrap(),
+        "--wait=true",
+        "--timeout=120s",
+    ])?;
+    node.wait_for(
+        "the CNI installer to clean up",
+        Duration::from_secs(30),
+        || {
+            let conf = std::fs::read_to_string("/etc/cni/net.d/10-weft-node.conflist")?;
+            Ok((!conf.contains("weft-cni")
+                && !Path::new("/opt/cni/bin/weft-cni").exists()
+                && !Path::new("/etc/cni/net.d/weft-cni.kubeconfig").exists())
+            .then_some(()))
+        },
+    )?;
+    for (kind, name) in [
+        ("mutatingwebhookconfiguration", "weft-injector"),
+        ("crd", "trafficsplits.split.smi-spec.io"),
+        ("clusterrole", "weft-controller"),
+        ("clusterrole", "weft-cni"),
+        ("namespace", "weft-system"),
+    ] {
+        node.wait_for(
+            &format!("{kind}/{name} to be gone"),
+            Duration::from_secs(60),
+            || {
+                Ok(node
+                    .kubectl(&["get", kind, name, "--ignore-not-found", "-o", "name"])?
+                    .trim()
+                    .is_empty()
+                    .then_some(()))
+            },
+        )?;
+    }
+    // New pods of a labelled namespace are left alone now.
+    node.apply(&demo_app(node, "e2e-after", true)?)?;
+    let pods = wait_demo(node, "e2e-after")?;
+    ensure!(
+        !pods.iter().any(is_meshed),
+        "a pod was injected after uninstall"
+    );
+    Ok(())
+}
+
+/// The install folder as a user has it after `weft-controller
+/// install-secrets`.
+fn install_folder(repo: &Path, out: &Path) -> anyhow::Result<PathBuf> {
+    let folder = out.join("install");
+    std::fs::create_dir_all(&folder)?;
+    for entry in std::fs::read_dir(repo.join("examples/install"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") && !path.ends_with("05-secrets.yaml") {
+            std::fs::copy(&path, folder.join(path.file_name().unwrap()))?;
+        }
+    }
+    let status = std::process::Command::new(Bins::locate()?.path("weft-controller"))
+        .arg("install-secrets")
+        .arg("--pki")
+        .arg(out.join("pki"))
+        .arg("--out")
+        .arg(folder.join("05-secrets.yaml"))
+        .status()?;
+    ensure!(status.success(), "install-secrets failed");
+    Ok(folder)
+}
+
+#[test]
+fn day_one_on_a_real_cluster() {
+    require_root();
+    let started = Instant::now();
+    let node = KubeNode::up().expect("the single-node cluster");
+    eprintln!("node up with Weft's images in {:?}", started.elapsed());
+    let work = tempfile::tempdir().unwrap();
+    let install = install_folder(node.repo(), work.path()).unwrap();
+
+    let started = Instant::now();
+    node.kubectl(&["apply", "-f", install.to_str().unwrap()])
+        .unwrap();
+    let ready = (|| -> anyhow::Result<()> {
+        for deploy in ["weft-controller", "weft-injector"] {
+            node.kubectl(&[
+                "-n",
+                "weft-system",
+                "rollout",
+                "status",
+                &format!("deploy/{deploy}"),
+                "--timeout=120s",
+            ])?;
+        }
+        node.kubectl(&[
+            "-n",
+            "weft-system",
+            "rollout",
+            "status",
+            "ds/weft-cni",
+            "--timeout=120s",
+        ])?;
+        Ok(())
+    })();
+    if let Err(e) = ready {
+        panic!(
+            "Weft did not become ready: {e:#}\n{}\nkubelet:\n{}",
+            node.kubectl(&["-n", "weft-system", "get", "pods", "-o", "wide"])
+                .unwrap_or_default(),
+            node.component_log("kubelet")
+        );
+    }
+    eprintln!("Weft installed and ready in {:?}", started.elapsed());
+
+    type Scenario = fn(&KubeNode) -> anyhow::Result<()>;
+    let parallel: [(&str, Scenario); 5] = [
+        ("injection", injection),
+        ("traffic split", split),
+        ("job", job),
+        ("drain", drain),
+        ("unmeshed client", unmeshed_client),
+    ];
+    let mut failures = Vec::new();
+    std::thread::scope(|s| {
+        let running: Vec<_> = parallel
+            .iter()
+            .map(|(name, scenario)| {
+                let node = &node;
+                (
+                    name,
+                    s.spawn(move || {
+                        let started = Instant::now();
+                        let result = scenario(node);
+                        (result, started.elapsed())
+                    }),
+                )
+            })
+            .collect();
+        for (name, handle) in running {
+            let (result, took) = handle.join().expect("scenario thread");
+            match result {
+                Ok(()) => eprintln!("PASS {name} ({took:?})"),
+                Err(e) => {
+                    eprintln!("FAIL {name} ({took:?}): {e:#}");
+                    failures.push(format!("{name}: {e:#}"));
+                }
+            }
+        }
+    });
+    for (name, result) in [
+        ("controller restart", controller_restart(&node)),
+        ("uninstall", uninstall(&node, &install)),
+    ] {
+        match result {
+            Ok(()) => eprintln!("PASS {name}"),
+            Err(e) => {
+                eprintln!("FAIL {name}: {e:#}");
+                failures.push(format!("{name}: {e:#}"));
+            }
+        }
+    }
+    if !failures.is_empty() {
+        let pods = node
+            .kubectl(&["get", "pods", "-A", "-o", "wide"])
+            .unwrap_or_default();
+        panic!("{}\n\npods:\n{pods}", failures.join("\n"));
+    }
+}
