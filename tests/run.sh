@@ -11,8 +11,8 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== build (release, shared by all tests)"
 cargo build --locked --release --bins
-echo "== kube-apiserver v1.20.2 for the Kubernetes API tests (cached outside the clone)"
-./tests/kube/apiserver.sh build
+echo "== Kubernetes v1.20.2 for the Kubernetes tests (built once, cached outside the clone)"
+./tests/kube/node.sh build
 echo "== benchmark smoke run (figures are not checked; see README)"
 ./target/release/weft-mesh bench --duration 1 >/dev/null
 echo "benchmark ran"

@@ -52,15 +52,22 @@ pub fn app_processes(proc_root: &Path, own_uid: u32) -> std::io::Result<Vec<u32>
     Ok(found)
 }
 
+/// How often `/proc` is read before the app has been seen. A short Job
+/// (one request) can start and end within a few milliseconds, and an app
+/// that is never seen is never waited for; listing a pod's handful of
+/// processes costs tens of microseconds.
+const LOOK_FOR_APP: Duration = Duration::from_millis(2);
+
 /// Cancels `shutdown` once app processes have been seen and then have all
-/// been gone for two checks in a row.
+/// been gone for two checks `interval` apart.
 pub async fn exit_with_app(shutdown: CancellationToken, own_uid: u32, interval: Duration) {
     let mut seen = false;
     let mut gone = 0;
     loop {
+        let wait = if seen { interval } else { LOOK_FOR_APP };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         match app_processes(Path::new("/proc"), own_uid) {
             Ok(apps) if apps.is_empty() => {

@@ -85,6 +85,25 @@ impl CniRunner {
         ifname: &str,
         stdin: &Value,
     ) -> anyhow::Result<PluginOutput> {
+        self.exec_with_args(
+            plugin_type,
+            command,
+            (container_id, netns, ifname),
+            "IgnoreUnknown=1",
+            stdin,
+        )
+    }
+
+    /// [`Self::exec`] with the runtime's `CNI_ARGS` (a Kubernetes runtime
+    /// names the pod there).
+    pub fn exec_with_args(
+        &self,
+        plugin_type: &str,
+        command: &str,
+        (container_id, netns, ifname): (&str, &str, &str),
+        cni_args: &str,
+        stdin: &Value,
+    ) -> anyhow::Result<PluginOutput> {
         let bin = self.find(plugin_type)?;
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.node_netns])
@@ -95,7 +114,7 @@ impl CniRunner {
             .env("CNI_CONTAINERID", container_id)
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", ifname)
-            .env("CNI_ARGS", "IgnoreUnknown=1")
+            .env("CNI_ARGS", cni_args)
             .env("CNI_PATH", self.cni_path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

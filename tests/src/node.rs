@@ -51,7 +51,7 @@ impl KubeNode {
         // A node left by a run that was killed.
         run(&["down"], false)?;
         let bin_dir = run(&["build"], false)?;
-        run(&["up"], true)?;
+        run(&["up"], std::env::var_os("WEFT_KEEP_NODE").is_none())?;
         let images = repo.join("target/weft-images");
         let out = Command::new("bash")
             .arg(repo.join("tests/kube/images.sh"))
@@ -251,6 +251,14 @@ impl KubeNode {
 
 impl Drop for KubeNode {
     fn drop(&mut self) {
+        // For a look at a failure: `WEFT_KEEP_NODE=1 cargo test ...`.
+        if std::env::var_os("WEFT_KEEP_NODE").is_some() {
+            eprintln!(
+                "node kept: KUBECONFIG={} (tests/kube/node.sh down to remove)",
+                self.kubeconfig.display()
+            );
+            return;
+        }
         let _ = Command::new("bash")
             .arg(self.repo.join("tests/kube/node.sh"))
             .arg("down")

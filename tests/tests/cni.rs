@@ -544,3 +544,54 @@ async fn skip_ports_cidrs_and_the_proxy_uid_are_honoured() {
         before
     );
 }
+
+#[test]
+fn kubernetes_mode_retries_while_the_api_is_away_and_passes_other_pods_through() {
+    let mesh = Mesh::new("cnik8s").unwrap();
+    let (netns, prev, _guard) = bridged_pod(&mesh, "k8s");
+    // An API server that is not there: loopback of the node, closed port.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("weft-cni.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        r#"{"apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": true}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x"}"#,
+    )
+    .unwrap();
+    let conf = weft_conf(
+        "0.4.0",
+        Some(&prev),
+        json!({"kubernetes": {"kubeconfig": kubeconfig, "timeoutMs": 2000}}),
+    );
+    let add = |args: &str| {
+        mesh.cni
+            .exec_with_args("weft-cni", "ADD", ("c1", &netns, "eth0"), args, &conf)
+            .unwrap()
+    };
+
+    // A pod it cannot look up: "try again later", and no rules yet.
+    let out = add("IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web-1");
+    assert!(!out.success);
+    let err = out.json().unwrap();
+    assert_eq!(err["code"], 11, "{err}");
+    assert!(err["msg"].as_str().unwrap().contains("demo/web-1"), "{err}");
+    assert_eq!(weft_tables(&netns), 0);
+
+    // kube-system is never looked up, and a call that names no pod is not
+    // a Kubernetes pod: both pass through untouched.
+    for args in [
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-1",
+        "IgnoreUnknown=1",
+    ] {
+        let out = add(args);
+        assert!(out.success, "{args}: {} {}", out.stdout, out.stderr);
+        let mut expected = prev.clone();
+        expected["cniVersion"] = json!("0.4.0");
+        assert_eq!(out.json().unwrap(), expected);
+        assert!(out.stderr.contains("passing through"), "{}", out.stderr);
+        assert_eq!(weft_tables(&netns), 0, "{args}");
+    }
+}
