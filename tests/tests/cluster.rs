@@ -51,6 +51,16 @@ fn is_meshed(pod: &Value) -> bool {
         && has_container(pod, "initContainers", "weft-validate")
 }
 
+/// The meshed, running pods of `selector` (pods on their way out may
+/// already have lost their network).
+fn meshed_pods(node: &KubeNode, ns: &str, selector: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(node
+        .pods(ns, selector)?
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && is_meshed(p))
+        .collect())
+}
+
 fn pod_name(pod: &Value) -> String {
     pod["metadata"]["name"]
         .as_str()
@@ -141,11 +151,8 @@ spec:
     );
 
     // mTLS both ways, with the service accounts' identities.
-    let client = node.pods(ns, "app=load")?;
-    let client = client
-        .iter()
-        .find(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .context("load pod")?;
+    let client = meshed_pods(node, ns, "app=load")?;
+    let client = client.first().context("load pod")?;
     let outbound = node.proxy_metrics(client)?.sum(
         "request_total",
         &[
@@ -160,7 +167,7 @@ spec:
         report.ok()
     );
     let mut inbound = 0.0;
-    for pod in node.pods(ns, "app=web")? {
+    for pod in meshed_pods(node, ns, "app=web")? {
         inbound += node.proxy_metrics(&pod)?.sum(
             "request_total",
             &[
@@ -353,7 +360,7 @@ fn unmeshed_client(node: &KubeNode) -> anyhow::Result<()> {
         report.summary
     );
     let mut plaintext = 0.0;
-    for pod in node.pods(server_ns, "app=web")? {
+    for pod in meshed_pods(node, server_ns, "app=web")? {
         plaintext += node.proxy_metrics(&pod)?.sum(
             "request_total",
             &[("direction", "inbound"), ("tls", "false")],

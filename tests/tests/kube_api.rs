@@ -1030,6 +1030,13 @@ async fn install_manifests_are_accepted_and_rbac_is_least_privilege() {
         "Deployment/weft-injector",
         "Service/weft-injector",
         "MutatingWebhookConfiguration/weft-injector",
+        "Deployment/weft-controller",
+        "Service/weft-controller",
+        "DaemonSet/weft-cni",
+        "ClusterRole/weft-cni",
+        "Secret/weft-identity-issuer",
+        "Secret/weft-injector-tls",
+        "ConfigMap/weft-trust-anchors",
     ] {
         assert!(
             accepted.iter().any(|a| a == expected),
