@@ -141,19 +141,11 @@ fn webhook_ca(pki_dir: &Path) -> anyhow::Result<(String, Issuer<'static, KeyPair
     let (cert_path, key_path) = (pki_dir.join(WEBHOOK_CA_CERT), pki_dir.join(WEBHOOK_CA_KEY));
     if !cert_path.exists() {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "weft-injector-ca");
-        params.distinguished_name = dn;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(5);
-        params.not_after = now + time::Duration::days(3650);
-        params.serial_number = Some(pki::random_serial());
+        let params = pki::ca_params(
+            "weft-injector-ca",
+            Duration::from_secs(3650 * 86400),
+            Some(0),
+        );
         let cert = params.self_signed(&key)?;
         pki::write_atomic(&key_path, key.serialize_pem().as_bytes(), true)?;
         pki::write_atomic(&cert_path, cert.pem().as_bytes(), false)?;

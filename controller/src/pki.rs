@@ -42,7 +42,8 @@ impl IssuerPaths {
     }
 }
 
-fn ca_params(common_name: &str, lifetime: Duration, path_len: Option<u8>) -> CertificateParams {
+/// A CA certificate's parameters: backdated five minutes, a random serial.
+pub fn ca_params(common_name: &str, lifetime: Duration, path_len: Option<u8>) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
