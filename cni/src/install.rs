@@ -437,3 +437,135 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod node_tests {
+    use super::*;
+
+    /// A node's folders and a pod's service-account mount, in a temp dir.
+    fn node() -> (tempfile::TempDir, Installer) {
+        let root = tempfile::tempdir().unwrap();
+        let p = |s: &str| root.path().join(s);
+        for d in ["net.d", "bin", "sa"] {
+            std::fs::create_dir_all(p(d)).unwrap();
+        }
+        std::fs::write(p("sa/token"), "token-1\n").unwrap();
+        std::fs::write(p("sa/ca.crt"), "CA").unwrap();
+        std::fs::write(p("plugin"), vec![7u8; 300_000]).unwrap();
+        let installer = Installer {
+            conf_dir: p("net.d"),
+            host_conf_dir: "/etc/cni/net.d".into(),
+            bin_dir: p("bin"),
+            plugin_binary: p("plugin"),
+            service_account_dir: p("sa"),
+            api_server: "https://10.96.0.1:443".into(),
+            exclude_namespaces: vec!["kube-system".into()],
+            node_name: None,
+        };
+        (root, installer)
+    }
+
+    #[test]
+    fn waits_for_the_primary_then_chains_and_keeps_it_chained() {
+        let (_root, installer) = node();
+        assert_eq!(installer.install_once().unwrap(), Pass::WaitingForPrimary);
+        // Binary and kubeconfig are in place while waiting.
+        assert_eq!(
+            std::fs::read(installer.bin_dir.join(PLUGIN_TYPE)).unwrap(),
+            vec![7u8; 300_000]
+        );
+        let kubeconfig: Value = serde_json::from_slice(
+            &std::fs::read(installer.conf_dir.join(KUBECONFIG_NAME)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kubeconfig["users"][0]["user"]["token"], "token-1");
+        assert_eq!(
+            kubeconfig["clusters"][0]["cluster"]["server"],
+            "https://10.96.0.1:443"
+        );
+        assert!(!installer.is_installed().unwrap());
+
+        let primary = installer.conf_dir.join("10-bridge.conflist");
+        let original =
+            json!({"cniVersion": "0.4.0", "name": "net", "plugins": [{"type": "bridge"}]});
+        std::fs::write(&primary, original.to_string()).unwrap();
+        assert_eq!(
+            installer.install_once().unwrap(),
+            Pass::Chained {
+                config: primary.clone(),
+                changed: true
+            }
+        );
+        assert!(installer.is_installed().unwrap());
+        assert_eq!(
+            installer.install_once().unwrap(),
+            Pass::Chained {
+                config: primary.clone(),
+                changed: false
+            }
+        );
+
+        // The primary CNI rewrites its config: the next pass chains again.
+        std::fs::write(&primary, original.to_string()).unwrap();
+        assert!(!installer.is_installed().unwrap());
+        assert!(matches!(
+            installer.install_once().unwrap(),
+            Pass::Chained { changed: true, .. }
+        ));
+        // A rotated token reaches the kubeconfig.
+        std::fs::write(installer.service_account_dir.join("token"), "token-2").unwrap();
+        installer.install_once().unwrap();
+        let kubeconfig = std::fs::read_to_string(installer.conf_dir.join(KUBECONFIG_NAME)).unwrap();
+        assert!(kubeconfig.contains("token-2"));
+
+        // Uninstall leaves the primary as it was, and nothing of ours.
+        assert_eq!(
+            installer.uninstall().unwrap(),
+            std::slice::from_ref(&primary)
+        );
+        let left: Value = serde_json::from_slice(&std::fs::read(&primary).unwrap()).unwrap();
+        assert_eq!(left, original);
+        assert!(!installer.bin_dir.join(PLUGIN_TYPE).exists());
+        assert!(!installer.conf_dir.join(KUBECONFIG_NAME).exists());
+        // Nothing left behind by the atomic writes either.
+        let names: Vec<_> = std::fs::read_dir(&installer.conf_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["10-bridge.conflist"]);
+    }
+
+    #[test]
+    fn a_single_plugin_conf_becomes_the_primary_list() {
+        let (_root, installer) = node();
+        let conf = installer.conf_dir.join("10-flannel.conf");
+        std::fs::write(
+            &conf,
+            r#"{"cniVersion": "0.3.1", "name": "cbr0", "type": "flannel"}"#,
+        )
+        .unwrap();
+        let pass = installer.install_once().unwrap();
+        let list = installer.conf_dir.join("10-flannel.conflist");
+        assert_eq!(
+            pass,
+            Pass::Chained {
+                config: list.clone(),
+                changed: true
+            }
+        );
+        assert!(!conf.exists());
+        let doc: Value = serde_json::from_slice(&std::fs::read(&list).unwrap()).unwrap();
+        assert_eq!(doc["plugins"][0]["type"], "flannel");
+        assert_eq!(doc["plugins"][1]["type"], PLUGIN_TYPE);
+    }
+
+    #[test]
+    fn a_broken_primary_is_reported_not_overwritten() {
+        let (_root, installer) = node();
+        let primary = installer.conf_dir.join("10-x.conflist");
+        std::fs::write(&primary, "{ not json").unwrap();
+        let e = installer.install_once().unwrap_err();
+        assert!(format!("{e:#}").contains("10-x.conflist"), "{e:#}");
+        assert_eq!(std::fs::read_to_string(&primary).unwrap(), "{ not json");
+    }
+}

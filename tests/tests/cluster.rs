@@ -405,6 +405,138 @@ fn controller_restart(node: &KubeNode) -> anyhow::Result<()> {
     )
 }
 
+const PRIMARY_CNI_CONFIG: &str = "/etc/cni/net.d/10-weft-node.conflist";
+
+fn chained() -> anyhow::Result<bool> {
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(PRIMARY_CNI_CONFIG)?)?;
+    Ok(doc["plugins"]
+        .as_array()
+        .is_some_and(|ps| ps.iter().any(|p| p["type"] == "weft-cni")))
+}
+
+/// The race CNI plugins are known for: a meshed pod that starts before the
+/// plugin is on its node. It must never run its app; once the installer is
+/// back, the pod is replaced by one with rules. And a primary CNI that
+/// rewrites its config does not lose the chain.
+fn late_cni(node: &KubeNode) -> anyhow::Result<()> {
+    let ns = "e2e-late";
+    // Taking the installer off the node removes the plugin from it.
+    node.kubectl(&[
+        "-n",
+        "weft-system",
+        "patch",
+        "daemonset",
+        "weft-cni",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"nodeSelector":{"weft.io/no-such-node":"x"}}}}}"#,
+    ])?;
+    node.wait_for(
+        "the plugin to leave the node",
+        Duration::from_secs(60),
+        || Ok((!chained()?).then_some(())),
+    )?;
+    node.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}, labels: {{weft.io/inject: enabled}}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: early, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: early}}}}
+  template:
+    metadata:
+      labels: {{app: early}}
+      annotations: {{config.weft.io/proxy-cpu-request: 10m}}
+    spec:
+      automountServiceAccountToken: false
+      containers:
+        - name: web
+          image: docker.io/weft/weft-demo:0.1.0
+          imagePullPolicy: IfNotPresent
+          args: ["http", "0.0.0.0:8080", "early"]
+          readinessProbe: {{httpGet: {{path: /, port: 8080}}, periodSeconds: 1}}
+"#
+    ))?;
+    let validator_failed = |pod: &Value| {
+        pod["status"]["initContainerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["name"] == "weft-validate")
+            .any(|s| {
+                s["state"]["terminated"]["exitCode"] == 95
+                    || s["lastState"]["terminated"]["exitCode"] == 95
+            })
+    };
+    let stuck = node.wait_for(
+        "the validator to stop a pod without rules",
+        Duration::from_secs(60),
+        || {
+            Ok(node
+                .pods(ns, "app=early")?
+                .into_iter()
+                .find(|p| validator_failed(p)))
+        },
+    )?;
+    let app_started = stuck["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|s| !s["state"]["running"].is_null() || !s["lastState"]["terminated"].is_null());
+    ensure!(
+        !app_started,
+        "a container ran in a pod without redirect rules"
+    );
+    let log = node.kubectl(&["-n", ns, "logs", &pod_name(&stuck), "-c", "weft-validate"])?;
+    eprintln!("late cni: {} stopped: {}", pod_name(&stuck), log.trim());
+    ensure!(log.contains("no redirect rules"), "validator said: {log}");
+
+    // The installer returns: it chains, and replaces the stuck pod.
+    node.kubectl(&[
+        "-n",
+        "weft-system",
+        "patch",
+        "daemonset",
+        "weft-cni",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/template/spec/nodeSelector"}]"#,
+    ])?;
+    let started = Instant::now();
+    let replaced = node.wait_ready(ns, "app=early", 1, Duration::from_secs(90))?;
+    ensure!(
+        pod_name(&replaced[0]) != pod_name(&stuck) && is_meshed(&replaced[0]),
+        "the stuck pod was not replaced by a meshed one"
+    );
+    eprintln!(
+        "late cni: replaced by {} and ready {:?} after the installer returned",
+        pod_name(&replaced[0]),
+        started.elapsed()
+    );
+
+    // The primary CNI rewrites its config without us.
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(PRIMARY_CNI_CONFIG)?)?;
+    doc["plugins"]
+        .as_array_mut()
+        .context("plugins")?
+        .retain(|p| p["type"] != "weft-cni");
+    std::fs::write(PRIMARY_CNI_CONFIG, serde_json::to_string_pretty(&doc)?)?;
+    let started = Instant::now();
+    node.wait_for("the chain to be restored", Duration::from_secs(20), || {
+        Ok(chained()?.then_some(()))
+    })?;
+    eprintln!(
+        "late cni: chain restored {:?} after a rewrite",
+        started.elapsed()
+    );
+    Ok(())
+}
+
 /// `kubectl delete -f` of the install folder removes Weft, including the
 /// plugin from the node's CNI config.
 fn uninstall(node: &KubeNode, install: &Path) -> anyhow::Result<()> {
@@ -555,10 +687,15 @@ fn day_one_on_a_real_cluster() {
             }
         }
     });
-    for (name, result) in [
-        ("controller restart", controller_restart(&node)),
-        ("uninstall", uninstall(&node, &install)),
-    ] {
+    // One at a time: each disturbs the whole mesh.
+    type Sequential<'a> = Box<dyn Fn() -> anyhow::Result<()> + 'a>;
+    let sequential: [(&str, Sequential); 3] = [
+        ("controller restart", Box::new(|| controller_restart(&node))),
+        ("late cni", Box::new(|| late_cni(&node))),
+        ("uninstall", Box::new(|| uninstall(&node, &install))),
+    ];
+    for (name, scenario) in sequential {
+        let result = scenario();
         match result {
             Ok(()) => eprintln!("PASS {name}"),
             Err(e) => {
