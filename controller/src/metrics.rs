@@ -1,6 +1,9 @@
 //! The controller's Prometheus metrics.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -37,13 +40,34 @@ pub struct InvalidLabels {
     pub reason: String,
 }
 
-/// Counts a subscription while it lives.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SplitLabels {
+    pub namespace: String,
+    pub split: String,
+    pub apex: String,
+    pub backend: String,
+}
+
+/// Counts a subscription, and its proxy as connected, while it lives.
 #[derive(Debug)]
-pub struct SubscriptionGuard(Gauge);
+pub struct SubscriptionGuard {
+    metrics: Arc<Metrics>,
+    peer: Option<SocketAddr>,
+}
 
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
-        self.0.dec();
+        self.metrics.discovery_subscriptions.dec();
+        if let Some(peer) = self.peer {
+            let mut peers = self.metrics.peers.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = peers.get_mut(&peer) {
+                *n -= 1;
+                if *n == 0 {
+                    peers.remove(&peer);
+                }
+            }
+            self.metrics.connected_proxies.set(peers.len() as i64);
+        }
     }
 }
 
@@ -63,6 +87,10 @@ pub struct Metrics {
     pub discovery_updates: Counter,
     pub discovery_update_latency: Histogram,
     pub discovery_changes: Counter,
+    pub connected_proxies: Gauge,
+    /// Open subscriptions per proxy connection.
+    peers: Mutex<HashMap<SocketAddr, usize>>,
+    pub split_weights: Family<SplitLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Metrics {
@@ -84,6 +112,9 @@ impl Metrics {
                 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0,
             ]),
             discovery_changes: Counter::default(),
+            connected_proxies: Gauge::default(),
+            peers: Mutex::default(),
+            split_weights: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -151,6 +182,17 @@ impl Metrics {
             "Changes to the objects discovery serves (each wakes the subscriptions)",
             m.discovery_changes.clone(),
         );
+        registry.register(
+            "discovery_connected_proxies",
+            "Proxies with at least one destination subscription open",
+            m.connected_proxies.clone(),
+        );
+        registry.register(
+            "traffic_split_backend_weight",
+            "Share of a TrafficSplit's traffic configured for each backend (0 to 1)",
+            m.split_weights.clone(),
+        );
+        registry.register_collector(Box::new(weft_api::process::ProcessCollector));
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -198,9 +240,44 @@ impl Metrics {
         self.discovery_refused.inc();
     }
 
-    pub fn discovery_subscription(&self) -> SubscriptionGuard {
+    pub fn discovery_subscription(self: &Arc<Self>, peer: Option<SocketAddr>) -> SubscriptionGuard {
         self.discovery_subscriptions.inc();
-        SubscriptionGuard(self.discovery_subscriptions.clone())
+        if let Some(peer) = peer {
+            let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+            *peers.entry(peer).or_default() += 1;
+            self.connected_proxies.set(peers.len() as i64);
+        }
+        SubscriptionGuard {
+            metrics: self.clone(),
+            peer,
+        }
+    }
+
+    /// Replaces the exported split weights with `splits`:
+    /// `(namespace, split, apex, [(backend, weight)])`.
+    pub fn set_split_weights<'a>(
+        &self,
+        splits: impl Iterator<Item = (&'a str, &'a str, &'a str, &'a [(String, u64)])>,
+    ) {
+        self.split_weights.clear();
+        for (namespace, split, apex, backends) in splits {
+            let total: u64 = backends.iter().map(|(_, w)| w).sum();
+            for (backend, weight) in backends {
+                let share = if total == 0 {
+                    0.0
+                } else {
+                    *weight as f64 / total as f64
+                };
+                self.split_weights
+                    .get_or_create(&SplitLabels {
+                        namespace: namespace.to_string(),
+                        split: split.to_string(),
+                        apex: apex.to_string(),
+                        backend: backend.clone(),
+                    })
+                    .set(share);
+            }
+        }
     }
 
     pub fn discovery_update(&self, latency: std::time::Duration) {

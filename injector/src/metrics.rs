@@ -82,6 +82,7 @@ impl Metrics {
             "1 for the sidecar mode pods are injected with now (native or classic)",
             m.sidecar_mode.clone(),
         );
+        registry.register_collector(Box::new(weft_api::process::ProcessCollector));
         Arc::new(Metrics { registry, ..m })
     }
 

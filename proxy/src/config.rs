@@ -72,6 +72,12 @@ pub struct Config {
     /// Drain and exit once the pod's app processes have ended (Jobs on
     /// clusters without native sidecars; see `app_watch`).
     pub exit_with_app: bool,
+    /// OTLP/gRPC collector for request spans (`http://host:4317`); with
+    /// none, the proxy does no tracing work at all.
+    pub trace_collector: Option<http::Uri>,
+    /// Share of new traces sampled (requests arriving with a sampled or
+    /// unsampled `traceparent` follow it).
+    pub trace_sample_ratio: f64,
 }
 
 /// Traffic the pod's redirect rules leave alone.
@@ -220,6 +226,29 @@ impl Config {
                 Duration::from_secs(3),
                 parse_duration,
             )?,
+            trace_collector: parse_or(
+                var("WEFT_TRACE_COLLECTOR"),
+                "WEFT_TRACE_COLLECTOR",
+                None,
+                |v| {
+                    let uri: http::Uri = v.trim().parse().map_err(|e| format!("{e}"))?;
+                    match (uri.scheme_str(), uri.authority()) {
+                        (Some("http" | "https"), Some(_)) => Ok(Some(uri)),
+                        _ => Err(
+                            "must be an http:// or https:// URL of an OTLP/gRPC collector".into(),
+                        ),
+                    }
+                },
+            )?,
+            trace_sample_ratio: parse_or(
+                var("WEFT_TRACE_SAMPLE_RATIO"),
+                "WEFT_TRACE_SAMPLE_RATIO",
+                1.0,
+                |v| match v.trim().parse::<f64>() {
+                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                    _ => Err("must be a number from 0 to 1".into()),
+                },
+            )?,
             exit_with_app: parse_or(
                 var("WEFT_EXIT_WITH_APP"),
                 "WEFT_EXIT_WITH_APP",
@@ -297,6 +326,8 @@ impl Config {
 
 /// Variables this proxy understands.
 const KNOWN: &[&str] = &[
+    "WEFT_TRACE_COLLECTOR",
+    "WEFT_TRACE_SAMPLE_RATIO",
     "WEFT_EXIT_WITH_APP",
     "WEFT_OUTBOUND_PORT",
     "WEFT_INBOUND_PORT",

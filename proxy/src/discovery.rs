@@ -23,7 +23,7 @@ use weft_api::proto::destination::{DestinationUpdate, GetDestination};
 
 use crate::balance::{BreakerEvent, EndpointState, RetryBudget};
 use crate::mesh::MeshPeer;
-use crate::metrics::Metrics;
+use crate::metrics::{Dst, DstLabels, Metrics, ServiceLabels};
 use crate::tcp::Target;
 
 /// Backoff between attempts to reach the controller.
@@ -99,6 +99,11 @@ pub struct BackendSet {
 pub struct Routes {
     /// `name.namespace`, or empty for a pod address.
     pub service: Arc<String>,
+    /// The same, as metric labels.
+    pub service_labels: ServiceLabels,
+    /// `name.namespace.svc.<cluster-domain>:port`, the `authority` label
+    /// of requests to it; `None` for a pod address.
+    pub authority: Option<Arc<String>>,
     pub policy: Policy,
     pub backends: Vec<BackendSet>,
     /// Skip protocol detection.
@@ -141,11 +146,11 @@ impl Routes {
         match event {
             BreakerEvent::Ejected(backoff) => {
                 tracing::info!(service = %self.service, endpoint = %endpoint.target.addr, ?backoff, "endpoint ejected after consecutive failures");
-                metrics.breaker(&self.service, "open");
+                metrics.breaker(&self.service_labels, "open");
             }
             BreakerEvent::Recovered => {
                 tracing::info!(service = %self.service, endpoint = %endpoint.target.addr, "endpoint back in the balancer");
-                metrics.breaker(&self.service, "closed");
+                metrics.breaker(&self.service_labels, "closed");
             }
             BreakerEvent::None => {}
         }
@@ -329,11 +334,24 @@ fn apply(dest: &Destination, update: DestinationUpdate) {
     let mut backends = Vec::with_capacity(update.backends.len());
     for backend in update.backends {
         let mut endpoints = Vec::with_capacity(backend.endpoints.len());
+        let backend_name = Arc::new(
+            backend
+                .service
+                .split_once('.')
+                .map_or(backend.service.as_str(), |(name, _)| name)
+                .to_string(),
+        );
         for e in backend.endpoints {
-            let Some(target) = target_of(&e.address, &e.identity) else {
+            let Some(mut target) = target_of(&e.address, &e.identity) else {
                 tracing::warn!(addr = %dest.addr, endpoint = %e.address, identity = %e.identity, "ignoring an unusable endpoint");
                 continue;
             };
+            target.dst = Dst(Some(Arc::new(DstLabels {
+                namespace: Arc::new(e.namespace),
+                service: backend_name.clone(),
+                workload: Arc::new(e.workload),
+                pod: Arc::new(e.pod),
+            })));
             let state = match previous.get(&target) {
                 Some(state) => Arc::clone(state),
                 None => Arc::new(EndpointState::new(target)),
@@ -347,7 +365,9 @@ fn apply(dest: &Destination, update: DestinationUpdate) {
         });
     }
     let routes = Routes {
+        service_labels: ServiceLabels::of(&update.service),
         service: Arc::new(update.service),
+        authority: (!update.authority.is_empty()).then(|| Arc::new(update.authority)),
         policy: Policy {
             retry_on: RetryOn::parse(&policy.retry_on),
             retry_limit: policy.retry_limit,
@@ -375,7 +395,11 @@ fn target_of(address: &str, identity: &str) -> Option<Target> {
         let id: SpiffeId = identity.parse().ok()?;
         Some(Arc::new(MeshPeer::new(id).ok()?))
     };
-    Some(Target { addr, mesh })
+    Some(Target {
+        addr,
+        mesh,
+        dst: Dst::default(),
+    })
 }
 
 /// Unsubscribes from destinations nobody has used for a while.
@@ -429,6 +453,8 @@ mod tests {
     fn weighted(weights: &[(u64, usize)]) -> Routes {
         Routes {
             service: Arc::default(),
+            service_labels: ServiceLabels::default(),
+            authority: None,
             policy: Policy::default(),
             opaque: false,
             backends: weights

@@ -27,10 +27,11 @@ use crate::detect::Protocol;
 use crate::discovery::{Destination, Routes};
 use crate::io::PrefixedIo;
 use crate::metrics::{
-    Direction, DirectionLabels, Metrics, RequestLabels, ResponseLabels, ServiceLabels, TlsLabels,
+    Direction, DirectionLabels, Metrics, PeerLabels, RequestLabels, ResponseLabels,
 };
 use crate::pool::{BoxBody, BoxError, Pool, UpstreamError, Version};
 use crate::tcp::{ConnectError, Connector, Target};
+use crate::trace::{RequestSpan, Tracer};
 
 /// Header added to responses the proxy itself generates, naming the cause.
 pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
@@ -42,12 +43,14 @@ pub struct HttpContext {
     pub metrics: Arc<Metrics>,
     pub pool: Arc<Pool>,
     pub direction: Direction,
+    /// Set when an OTLP collector is configured; `None` costs nothing.
+    pub tracer: Option<Arc<Tracer>>,
     /// This direction's error counter, resolved once instead of per request.
     http_errors: Counter,
 }
 
 impl HttpContext {
-    pub fn new(config: Arc<Config>, connector: Connector) -> Self {
+    pub fn new(config: Arc<Config>, connector: Connector, tracer: Option<Arc<Tracer>>) -> Self {
         let metrics = connector.metrics.clone();
         let direction = connector.direction;
         let labels = DirectionLabels {
@@ -60,6 +63,7 @@ impl HttpContext {
             config,
             metrics,
             direction,
+            tracer,
         }
     }
 }
@@ -74,16 +78,16 @@ pub enum Route {
 }
 
 /// Serves one detected HTTP connection until it ends or the proxy drains.
-/// `buf` holds the bytes protocol detection already read; `tls` labels
-/// the requests' metrics with the mesh hop they crossed (for a balanced
-/// route, each request's endpoint says instead).
+/// `buf` holds the bytes protocol detection already read; `remote` labels
+/// the requests' metrics with the hop they crossed (for a balanced route,
+/// each request's endpoint says instead).
 pub async fn serve<I>(
     ctx: Arc<HttpContext>,
     mut io: I,
     mut buf: BytesMut,
     protocol: Protocol,
     route: Route,
-    tls: TlsLabels,
+    remote: PeerLabels,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -93,24 +97,15 @@ pub async fn serve<I>(
     } else {
         Version::Http1
     };
-    if version == Version::Http1 && !read_first_head(&ctx, &mut io, &mut buf, &tls).await {
+    if version == Version::Http1 && !read_first_head(&ctx, &mut io, &mut buf, &remote).await {
         return;
     }
     let io = TokioIo::new(PrefixedIo::new(buf, io));
-    let requests = ctx
-        .metrics
-        .request
-        .get_or_create(&RequestLabels {
-            direction: ctx.direction.as_str(),
-            tls: tls.clone(),
-        })
-        .clone();
     let forwarder = Forwarder {
         ctx: ctx.clone(),
         route,
         version,
-        tls: Arc::new(tls),
-        requests,
+        remote,
     };
     let service = hyper::service::service_fn(move |req| forwarder.clone().call(req));
     let result = match version {
@@ -162,7 +157,7 @@ async fn read_first_head<I>(
     ctx: &HttpContext,
     io: &mut I,
     buf: &mut BytesMut,
-    tls: &TlsLabels,
+    remote: &PeerLabels,
 ) -> bool
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -175,7 +170,20 @@ where
             Ok(Err(_)) => return false,
             Err(_) => {
                 ctx.http_errors.inc();
-                record_response(ctx, tls, StatusCode::REQUEST_TIMEOUT, None);
+                ResponseMeter {
+                    metrics: ctx.metrics.clone(),
+                    labels: ResponseLabels {
+                        direction: ctx.direction.as_str(),
+                        authority: ctx.metrics.authorities.label(None),
+                        remote: remote.clone(),
+                        status_code: StatusCode::REQUEST_TIMEOUT.as_u16(),
+                        grpc_status: None,
+                        classification: "success",
+                    },
+                    latency_ms: None,
+                    span: None,
+                }
+                .finish(None, false);
                 let _ = io
                     .write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
                     .await;
@@ -191,29 +199,111 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-fn record_response(
-    ctx: &HttpContext,
-    tls: &TlsLabels,
-    status: StatusCode,
-    started: Option<Instant>,
-) {
-    let labels = ResponseLabels {
-        direction: ctx.direction.as_str(),
-        tls: tls.clone(),
-        status_code: status.as_u16(),
-        classification: if status.is_server_error() {
-            "failure"
-        } else {
-            "success"
-        },
-    };
-    ctx.metrics.response.get_or_create(&labels).inc();
-    if let Some(started) = started {
-        ctx.metrics
-            .response_latency_ms
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64() * 1000.0);
+/// Counts a response once it is over: at once for plain HTTP, or when a
+/// gRPC body ends (its status is in the trailers) or a traced response's
+/// body ends (the span covers the whole exchange).
+#[derive(Debug)]
+struct ResponseMeter {
+    metrics: Arc<Metrics>,
+    labels: ResponseLabels,
+    /// Time to response headers.
+    latency_ms: Option<f64>,
+    span: Option<RequestSpan>,
+}
+
+impl ResponseMeter {
+    /// `broken`: the body failed midway.
+    fn finish(mut self, grpc_status: Option<u16>, broken: bool) {
+        self.labels.grpc_status = grpc_status;
+        if broken || grpc_status.is_some_and(|code| code != 0) {
+            self.labels.classification = "failure";
+        }
+        self.metrics.response.get_or_create(&self.labels).inc();
+        if let Some(ms) = self.latency_ms {
+            self.metrics
+                .response_latency_ms
+                .get_or_create(&self.labels)
+                .observe(ms);
+        }
+        if let Some(span) = self.span.take() {
+            span.end(
+                self.labels.status_code,
+                grpc_status,
+                self.labels.classification == "failure",
+            );
+        }
     }
+}
+
+/// A response body that reports to its meter when it ends, fails or is
+/// dropped by the client.
+struct MeteredBody {
+    inner: BoxBody,
+    meter: Option<ResponseMeter>,
+}
+
+impl MeteredBody {
+    fn finish(&mut self, grpc_status: Option<u16>, broken: bool) {
+        if let Some(meter) = self.meter.take() {
+            meter.finish(grpc_status, broken);
+        }
+    }
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.finish(grpc_status(trailers), false);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => this.finish(None, true),
+            std::task::Poll::Ready(None) => this.finish(None, false),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        self.finish(None, false);
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute form), else Host.
+fn request_authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
 }
 
 #[derive(Clone, Debug)]
@@ -222,9 +312,8 @@ struct Forwarder {
     route: Route,
     /// The client's HTTP version on this connection.
     version: Version,
-    tls: Arc<TlsLabels>,
-    /// This connection's request counter, resolved once.
-    requests: Counter,
+    /// The hop a fixed route's requests cross.
+    remote: PeerLabels,
 }
 
 /// Request bodies up to this size are kept so the request can be retried;
@@ -271,31 +360,44 @@ impl Forwarder {
     async fn call(self, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
         let started = Instant::now();
         let ctx = &self.ctx;
-        if let Route::Fixed(_) = self.route {
-            self.requests.inc();
-        }
+        let mut req = req;
+        let routes = match &self.route {
+            Route::Balanced(dest) => dest.routes(),
+            Route::Fixed(_) => None,
+        };
+        let authority = routes
+            .as_ref()
+            .and_then(|r| r.authority.clone())
+            .unwrap_or_else(|| ctx.metrics.authorities.label(request_authority(&req)));
+        let span = ctx
+            .tracer
+            .as_ref()
+            .map(|tracer| tracer.start(&mut req, ctx.direction, &authority));
         let upgrade = wants_upgrade(&req);
-        let (response, tls) = if upgrade || req.method() == Method::CONNECT {
-            match (self.pick_target(), &self.route) {
-                (Some(target), _) => {
-                    let tls = target.tls_labels();
-                    (self.forward_upgrade(req, upgrade, &target).await, Some(tls))
-                }
-                (None, Route::Balanced(dest)) => (Ok(no_endpoints(dest)), None),
-                (None, Route::Fixed(target)) => (
-                    Ok(proxy_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("no route to {}", target.addr),
-                    )),
-                    None,
-                ),
-            }
+        let (response, remote) = if upgrade || req.method() == Method::CONNECT {
+            let target = self.pick_target();
+            let remote = target
+                .as_ref()
+                .map_or_else(PeerLabels::plain, |t| t.peer_labels());
+            self.count_request(&authority, remote.clone());
+            let response = match (target, &self.route) {
+                (Some(target), _) => self.forward_upgrade(req, upgrade, &target).await,
+                (None, Route::Balanced(dest)) => Ok(no_endpoints(dest)),
+                (None, Route::Fixed(target)) => Ok(proxy_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("no route to {}", target.addr),
+                )),
+            };
+            (response, remote)
         } else {
             match &self.route {
-                Route::Fixed(target) => (self.forward_fixed(req, target).await, None),
+                Route::Fixed(target) => {
+                    self.count_request(&authority, self.remote.clone());
+                    (self.forward_fixed(req, target).await, self.remote.clone())
+                }
                 Route::Balanced(dest) => {
-                    let (response, tls) = self.forward_balanced(req, dest).await;
-                    (Ok(response), tls)
+                    let (response, remote) = self.forward_balanced(req, dest, &authority).await;
+                    (Ok(response), remote)
                 }
             }
         };
@@ -303,9 +405,37 @@ impl Forwarder {
             tracing::info!(direction = %ctx.direction, %error, "upstream request failed");
             error_response(&error)
         });
-        let tls = tls.map(Arc::new).unwrap_or_else(|| self.tls.clone());
-        record_response(ctx, &tls, response.status(), Some(started));
-        Ok(response)
+        let status = response.status();
+        let trailers_only = grpc_status(response.headers());
+        let streams_grpc = trailers_only.is_none() && is_grpc(response.headers());
+        let meter = ResponseMeter {
+            metrics: ctx.metrics.clone(),
+            labels: ResponseLabels {
+                direction: ctx.direction.as_str(),
+                authority,
+                remote,
+                status_code: status.as_u16(),
+                grpc_status: None,
+                classification: if status.is_server_error() {
+                    "failure"
+                } else {
+                    "success"
+                },
+            },
+            latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
+            span,
+        };
+        if !streams_grpc && meter.span.is_none() {
+            meter.finish(trailers_only, false);
+            return Ok(response);
+        }
+        Ok(response.map(|inner| {
+            MeteredBody {
+                inner,
+                meter: Some(meter),
+            }
+            .boxed()
+        }))
     }
 
     /// The one target for a request that cannot be balanced per request
@@ -372,23 +502,26 @@ impl Forwarder {
         &self,
         req: Request<Incoming>,
         dest: &Arc<Destination>,
-    ) -> (Response<BoxBody>, Option<TlsLabels>) {
+        authority: &Arc<String>,
+    ) -> (Response<BoxBody>, PeerLabels) {
         let Some(routes) = dest.routes() else {
             // Not (or no longer) in discovery: forward to the original
             // address, as for an unknown destination.
-            self.count_request(TlsLabels::plain());
+            self.count_request(authority, PeerLabels::plain());
             let target = Target::plain(dest.addr);
             let resp = self.forward_fixed(req, &target).await;
-            return (resp.unwrap_or_else(|e| error_response(&e)), None);
+            return (
+                resp.unwrap_or_else(|e| error_response(&e)),
+                PeerLabels::plain(),
+            );
         };
         // The first endpoint is chosen now, so the request is counted on
         // arrival under the hop it takes.
         let first = routes.pick_endpoint(None);
-        self.count_request(
-            first
-                .as_ref()
-                .map_or_else(TlsLabels::plain, |e| e.target.tls_labels()),
-        );
+        let first_remote = first
+            .as_ref()
+            .map_or_else(PeerLabels::plain, |e| e.target.peer_labels());
+        self.count_request(authority, first_remote.clone());
         let attempts = self.attempts(req, dest, &routes, first);
         match routes.policy.timeout {
             None => attempts.await,
@@ -401,20 +534,21 @@ impl Forwarder {
                             StatusCode::GATEWAY_TIMEOUT,
                             format!("request to {} timed out after {timeout:?}", routes.service),
                         ),
-                        None,
+                        first_remote,
                     )
                 }
             },
         }
     }
 
-    fn count_request(&self, tls: TlsLabels) {
+    fn count_request(&self, authority: &Arc<String>, remote: PeerLabels) {
         self.ctx
             .metrics
             .request
             .get_or_create(&RequestLabels {
                 direction: self.ctx.direction.as_str(),
-                tls,
+                authority: authority.clone(),
+                remote,
             })
             .inc();
     }
@@ -425,7 +559,7 @@ impl Forwarder {
         dest: &Arc<Destination>,
         routes: &Routes,
         mut first: Option<Arc<EndpointState>>,
-    ) -> (Response<BoxBody>, Option<TlsLabels>) {
+    ) -> (Response<BoxBody>, PeerLabels) {
         let policy = &routes.policy;
         let (parts, body) = req.into_parts();
         let retries_on = !policy.retry_on.is_empty() && policy.retry_limit > 0;
@@ -446,7 +580,7 @@ impl Forwarder {
                             StatusCode::BAD_REQUEST,
                             format!("reading the request body: {error}"),
                         ),
-                        None,
+                        PeerLabels::plain(),
                     );
                 }
             }
@@ -464,9 +598,7 @@ impl Forwarder {
                 | Method::DELETE
         );
         let metrics = &self.ctx.metrics;
-        let service_labels = ServiceLabels {
-            dst_service: routes.service.clone(),
-        };
+        let service_labels = &routes.service_labels;
         dest.budget.deposit();
         let mut avoid: Option<Arc<EndpointState>> = None;
         let mut attempt = 0;
@@ -475,10 +607,10 @@ impl Forwarder {
                 .take()
                 .or_else(|| routes.pick_endpoint(avoid.as_deref()));
             let Some(endpoint) = picked else {
-                return (no_endpoints(dest), None);
+                return (no_endpoints(dest), PeerLabels::plain());
             };
             let Some(attempt_body) = body.take() else {
-                return (no_endpoints(dest), None);
+                return (no_endpoints(dest), PeerLabels::plain());
             };
             let mut req = Request::new(attempt_body);
             *req.method_mut() = parts.method.clone();
@@ -512,7 +644,7 @@ impl Forwarder {
             };
             if retryable && attempt < policy.retry_limit && body.can_replay() {
                 if dest.budget.try_withdraw() {
-                    metrics.retries.get_or_create(&service_labels).inc();
+                    metrics.retries.get_or_create(service_labels).inc();
                     tracing::debug!(service = %routes.service, endpoint = %endpoint.target.addr, attempt, "retrying");
                     attempt += 1;
                     avoid = Some(endpoint);
@@ -520,15 +652,15 @@ impl Forwarder {
                 }
                 metrics
                     .retry_budget_exhausted
-                    .get_or_create(&service_labels)
+                    .get_or_create(service_labels)
                     .inc();
             }
-            let tls = endpoint.target.tls_labels();
+            let remote = endpoint.target.peer_labels();
             return match outcome {
-                Attempt::Response(resp) => (resp, Some(tls)),
+                Attempt::Response(resp) => (resp, remote),
                 Attempt::Failed(error) => {
                     tracing::info!(service = %routes.service, endpoint = %endpoint.target.addr, %error, "upstream request failed");
-                    (error_response(&error), Some(tls))
+                    (error_response(&error), remote)
                 }
             };
         }

@@ -27,6 +27,7 @@ pub mod orig_dst;
 pub mod pool;
 pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod validate;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -44,7 +45,7 @@ use crate::discovery::Resolver;
 use crate::http::{HttpContext, Route};
 use crate::mesh::{Endpoints, MeshClient};
 use crate::metrics::{
-    ConnectionGuard, DetectLabels, Direction, DirectionLabels, Metrics, TlsLabels,
+    ConnectionGuard, DetectLabels, Direction, DirectionLabels, Metrics, PeerLabels,
 };
 use crate::tcp::{Connector, Target};
 use crate::tls::CertStore;
@@ -52,6 +53,8 @@ use crate::tls::CertStore;
 /// Fatal startup errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("tracing: {0}")]
+    Tracing(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -145,6 +148,20 @@ pub async fn run(config: Config) -> Result<(), Error> {
         _ => None,
     };
 
+    let tracer = match &config.trace_collector {
+        None => None,
+        Some(collector) => {
+            let tracer = trace::Tracer::new(
+                collector,
+                config.trace_sample_ratio,
+                config.identity.as_ref().map(|i| &i.identity),
+            )
+            .map_err(Error::Tracing)?;
+            tracing::info!(%collector, ratio = config.trace_sample_ratio, "exporting request spans");
+            Some(tracer)
+        }
+    };
+
     let admin_listener = bind(config.admin_addr, false)?;
     let state = Arc::new(admin::AdminState {
         metrics: metrics.clone(),
@@ -190,7 +207,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let ctx = Arc::new(Listener {
             config: config.clone(),
             metrics: metrics.clone(),
-            http: Arc::new(HttpContext::new(config.clone(), connector)),
+            http: Arc::new(HttpContext::new(config.clone(), connector, tracer.clone())),
             direction,
             shutdown: shutdown.clone(),
             endpoints: endpoints.clone(),
@@ -249,6 +266,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
             left = tracker.len(),
             "grace period over; closing remaining connections"
         ),
+    }
+    if let Some(tracer) = tracer {
+        // Flushing blocks until the exporter is done; keep it off the
+        // runtime's workers, which the exporter's channel runs on.
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
     }
     Ok(())
 }
@@ -314,6 +336,7 @@ async fn route_for(ctx: &Listener, orig_dst: SocketAddr) -> (Route, bool) {
                 return fixed(Target {
                     addr: orig_dst,
                     mesh: Some(peer),
+                    dst: Default::default(),
                 });
             }
             let Some(resolver) = &ctx.resolver else {
@@ -366,7 +389,7 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
     let (route, opaque_hint) = route_for(&ctx, orig_dst).await;
     // The accepted side of this connection is never mesh TLS: outbound it
     // is the app, inbound an unmeshed client.
-    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", TlsLabels::plain());
+    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", PeerLabels::plain());
     let mut io = tcp::counting(&ctx.metrics, stream, guard.labels());
     let mut buf = BytesMut::with_capacity(1024);
     let (protocol, outcome) = if opaque_hint || ctx.config.opaque_ports.contains(&orig_dst.port()) {
@@ -400,8 +423,8 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let tls = match &route {
-                Route::Fixed(target) => target.tls_labels(),
-                Route::Balanced(_) => TlsLabels::plain(),
+                Route::Fixed(target) => target.peer_labels(),
+                Route::Balanced(_) => PeerLabels::plain(),
             };
             http::serve(
                 ctx.http.clone(),
@@ -447,8 +470,8 @@ async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr)
             return;
         }
     };
-    let tls_labels = TlsLabels::client(Arc::new(client.to_string()));
-    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", tls_labels.clone());
+    let peer_labels = PeerLabels::client(Arc::new(client.to_string()));
+    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", peer_labels.clone());
     let labels = guard.labels().clone();
     tls.get_mut().0.set_counters(
         ctx.metrics.tcp_read_bytes.get_or_create(&labels).clone(),
@@ -469,7 +492,7 @@ async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr)
                 BytesMut::new(),
                 protocol,
                 Route::Fixed(Arc::new(target)),
-                tls_labels,
+                peer_labels,
                 ctx.shutdown.clone(),
             )
             .await

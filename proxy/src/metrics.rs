@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -39,39 +39,77 @@ impl std::fmt::Display for Direction {
     }
 }
 
-/// Whether the hop is mesh mTLS, and who the other proxy is: the client's
-/// identity on inbound connections, the server's on outbound ones.
+/// The destination of an outbound hop, as discovery described its
+/// endpoint: `dst_namespace`, `dst_service`, `dst_workload`, `dst_pod`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DstLabels {
+    pub namespace: Arc<String>,
+    pub service: Arc<String>,
+    pub workload: Arc<String>,
+    pub pod: Arc<String>,
+}
+
+/// Absent for hops discovery said nothing about (inbound, unknown
+/// destinations), so those series carry no `dst_*` labels at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Dst(pub Option<Arc<DstLabels>>);
+
+impl EncodeLabelSet for Dst {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let Some(dst) = &self.0 else {
+            return Ok(());
+        };
+        [
+            ("dst_namespace", dst.namespace.as_str()),
+            ("dst_service", dst.service.as_str()),
+            ("dst_workload", dst.workload.as_str()),
+            ("dst_pod", dst.pod.as_str()),
+        ]
+        .encode(encoder)
+    }
+}
+
+/// Who is at the other end of a hop: whether it is mesh mTLS and the other
+/// proxy's identity (the client's on inbound connections, the server's on
+/// outbound ones), and on outbound hops what discovery said the endpoint
+/// is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct TlsLabels {
+pub struct PeerLabels {
     /// `"true"` for mesh mTLS, `"false"` otherwise.
     pub tls: &'static str,
     pub client_id: Option<Arc<String>>,
     pub server_id: Option<Arc<String>>,
+    #[prometheus(flatten)]
+    pub dst: Dst,
 }
 
-impl TlsLabels {
+impl PeerLabels {
     pub fn plain() -> Self {
-        TlsLabels {
+        PeerLabels {
             tls: "false",
-            client_id: None,
-            server_id: None,
+            ..Default::default()
         }
     }
 
     pub fn client(id: Arc<String>) -> Self {
-        TlsLabels {
+        PeerLabels {
             tls: "true",
             client_id: Some(id),
-            server_id: None,
+            ..Default::default()
         }
     }
 
     pub fn server(id: Arc<String>) -> Self {
-        TlsLabels {
+        PeerLabels {
             tls: "true",
-            client_id: None,
             server_id: Some(id),
+            ..Default::default()
         }
+    }
+
+    pub fn with_dst(mut self, dst: Dst) -> Self {
+        self.dst = dst;
+        self
     }
 }
 
@@ -82,7 +120,7 @@ pub struct TcpLabels {
     pub direction: &'static str,
     pub peer: &'static str,
     #[prometheus(flatten)]
-    pub tls: TlsLabels,
+    pub remote: PeerLabels,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -90,7 +128,7 @@ pub struct TcpCloseLabels {
     pub direction: &'static str,
     pub peer: &'static str,
     #[prometheus(flatten)]
-    pub tls: TlsLabels,
+    pub remote: PeerLabels,
     /// Empty for a clean close, else the OS error name (`ECONNRESET`, ...).
     pub errno: String,
 }
@@ -98,8 +136,80 @@ pub struct TcpCloseLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: &'static str,
+    pub authority: Arc<String>,
     #[prometheus(flatten)]
-    pub tls: TlsLabels,
+    pub remote: PeerLabels,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub direction: &'static str,
+    pub authority: Arc<String>,
+    #[prometheus(flatten)]
+    pub remote: PeerLabels,
+    pub status_code: u16,
+    /// The `grpc-status` a gRPC response ended with; absent otherwise.
+    pub grpc_status: Option<u16>,
+    /// `failure` for a 5xx, a non-zero `grpc-status`, or no response at
+    /// all; else `success`.
+    pub classification: &'static str,
+}
+
+/// Authorities seen in requests, as label values. The set is capped, so a
+/// client inventing Host headers cannot grow the metrics without bound;
+/// past the cap, new authorities are counted as `other`. Destinations
+/// discovery knows use the service's canonical name instead (bounded by
+/// the services there are), see [`crate::discovery::Routes::authority`].
+#[derive(Debug)]
+pub struct Authorities {
+    seen: std::sync::RwLock<std::collections::HashMap<String, Arc<String>>>,
+    other: Arc<String>,
+    none: Arc<String>,
+}
+
+/// Distinct request authorities a proxy labels before using `other`.
+pub const MAX_AUTHORITIES: usize = 100;
+
+impl Default for Authorities {
+    fn default() -> Self {
+        Authorities {
+            seen: Default::default(),
+            other: Arc::new("other".to_string()),
+            none: Arc::default(),
+        }
+    }
+}
+
+impl Authorities {
+    /// The label for a request's authority (lower-cased); empty if it
+    /// had none.
+    pub fn label(&self, authority: Option<&str>) -> Arc<String> {
+        let Some(authority) = authority.filter(|a| !a.is_empty()) else {
+            return self.none.clone();
+        };
+        let lower;
+        let authority = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = authority.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            authority
+        };
+        if let Some(label) = self
+            .seen
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(authority)
+        {
+            return label.clone();
+        }
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= MAX_AUTHORITIES {
+            return self.other.clone();
+        }
+        seen.entry(authority.to_string())
+            .or_insert_with(|| Arc::new(authority.to_string()))
+            .clone()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -129,26 +239,28 @@ pub struct DetectLabels {
     pub protocol: &'static str,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ResponseLabels {
-    pub direction: &'static str,
-    #[prometheus(flatten)]
-    pub tls: TlsLabels,
-    pub status_code: u16,
-    /// `success` or `failure` (5xx, or no response at all).
-    pub classification: &'static str,
+/// The destination service of a route (both empty for a pod address).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub dst_namespace: Arc<String>,
+    pub dst_service: Arc<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ServiceLabels {
-    /// `name.namespace` of the destination service (empty for a pod
-    /// address).
-    pub dst_service: Arc<String>,
+impl ServiceLabels {
+    /// From discovery's `name.namespace`.
+    pub fn of(service: &str) -> Self {
+        let (name, namespace) = service.split_once('.').unwrap_or((service, ""));
+        ServiceLabels {
+            dst_namespace: Arc::new(namespace.to_string()),
+            dst_service: Arc::new(name.to_string()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct BreakerLabels {
-    pub dst_service: Arc<String>,
+    #[prometheus(flatten)]
+    pub service: ServiceLabels,
     /// `open` (ejected) or `closed` (back in the balancer).
     pub state: &'static str,
 }
@@ -178,6 +290,7 @@ pub struct Metrics {
     pub retries: Family<ServiceLabels, Counter>,
     pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
     pub breaker_transitions: Family<BreakerLabels, Counter>,
+    pub authorities: Authorities,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -229,6 +342,7 @@ impl Metrics {
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
             breaker_transitions: Family::default(),
+            authorities: Authorities::default(),
             registry: Registry::default(),
         };
         // prometheus-client appends `_total` to counters.
@@ -321,6 +435,7 @@ impl Metrics {
             "Endpoints ejected (open) after consecutive failures, or readmitted (closed)",
             m.breaker_transitions.clone(),
         );
+        registry.register_collector(Box::new(weft_api::process::ProcessCollector));
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -361,10 +476,10 @@ impl Metrics {
         self.destination_reconnects.inc();
     }
 
-    pub fn breaker(&self, service: &Arc<String>, state: &'static str) {
+    pub fn breaker(&self, service: &ServiceLabels, state: &'static str) {
         self.breaker_transitions
             .get_or_create(&BreakerLabels {
-                dst_service: service.clone(),
+                service: service.clone(),
                 state,
             })
             .inc();
@@ -394,12 +509,12 @@ impl ConnectionGuard {
         metrics: &Arc<Metrics>,
         direction: Direction,
         peer: &'static str,
-        tls: TlsLabels,
+        remote: PeerLabels,
     ) -> Self {
         let labels = TcpLabels {
             direction: direction.as_str(),
             peer,
-            tls,
+            remote,
         };
         metrics.tcp_open.get_or_create(&labels).inc();
         metrics.tcp_open_connections.get_or_create(&labels).inc();
@@ -435,7 +550,7 @@ impl Drop for ConnectionGuard {
             .get_or_create(&TcpCloseLabels {
                 direction: self.labels.direction,
                 peer: self.labels.peer,
-                tls: self.labels.tls.clone(),
+                remote: self.labels.remote.clone(),
                 errno: std::mem::take(&mut self.errno),
             })
             .inc();

@@ -15,7 +15,7 @@ use crate::balance::EndpointState;
 use crate::discovery::Destination;
 use crate::io::CountingIo;
 use crate::mesh::{MeshClient, MeshPeer};
-use crate::metrics::{ConnectionGuard, Direction, Metrics, TcpLabels, TlsLabels};
+use crate::metrics::{ConnectionGuard, Direction, Dst, Metrics, PeerLabels, TcpLabels};
 
 /// Why an upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -49,19 +49,26 @@ pub struct Target {
     /// must prove. The connection then goes to that proxy's inbound port
     /// over mTLS.
     pub mesh: Option<Arc<MeshPeer>>,
+    /// What discovery said the endpoint is (outbound only).
+    pub dst: Dst,
 }
 
 impl Target {
     pub fn plain(addr: SocketAddr) -> Self {
-        Target { addr, mesh: None }
+        Target {
+            addr,
+            mesh: None,
+            dst: Dst::default(),
+        }
     }
 
     /// Labels for metrics about this hop.
-    pub fn tls_labels(&self) -> TlsLabels {
-        match &self.mesh {
-            Some(peer) => TlsLabels::server(peer.label.clone()),
-            None => TlsLabels::plain(),
-        }
+    pub fn peer_labels(&self) -> PeerLabels {
+        let labels = match &self.mesh {
+            Some(peer) => PeerLabels::server(peer.label.clone()),
+            None => PeerLabels::plain(),
+        };
+        labels.with_dst(self.dst.clone())
     }
 }
 
@@ -94,7 +101,9 @@ impl Connector {
         let (peer, mesh) = match (&target.mesh, &self.mesh) {
             (Some(peer), Some(mesh)) => (peer, mesh),
             _ => {
-                let (io, guard) = self.tcp(target.addr, TlsLabels::plain(), deadline).await?;
+                let (io, guard) = self
+                    .tcp(target.addr, target.peer_labels(), deadline)
+                    .await?;
                 return Ok((Upstream::Plain(io), guard));
             }
         };
@@ -106,7 +115,7 @@ impl Connector {
             self.metrics.mtls_refused(self.direction, "no_certificate");
             return Err(ConnectError::NoCertificate { addr });
         }
-        let (io, mut guard) = self.tcp(addr, target.tls_labels(), deadline).await?;
+        let (io, mut guard) = self.tcp(addr, target.peer_labels(), deadline).await?;
         let tls_error = |source| ConnectError::Tls {
             addr,
             identity: peer.identity.to_string(),
@@ -142,7 +151,7 @@ impl Connector {
     async fn tcp(
         &self,
         addr: SocketAddr,
-        tls: TlsLabels,
+        remote: PeerLabels,
         deadline: tokio::time::Instant,
     ) -> Result<(CountingIo<TcpStream>, ConnectionGuard), ConnectError> {
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
@@ -157,7 +166,7 @@ impl Connector {
         };
         // Small request/response exchanges must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let guard = ConnectionGuard::open(&self.metrics, self.direction, "dst", tls);
+        let guard = ConnectionGuard::open(&self.metrics, self.direction, "dst", remote);
         let io = counting(&self.metrics, stream, guard.labels());
         Ok((io, guard))
     }

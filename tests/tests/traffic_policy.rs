@@ -168,11 +168,20 @@ async fn a_failing_endpoint_is_ejected_and_retries_hide_it() {
     let ejections = client_metric(
         &c,
         "circuit_breaker_transitions_total",
-        &[("dst_service", "web.demo"), ("state", "open")],
+        &[
+            ("dst_namespace", "demo"),
+            ("dst_service", "web"),
+            ("state", "open"),
+        ],
     )
     .await;
     assert!(ejections >= 1.0, "the failing endpoint was never ejected");
-    let retries = client_metric(&c, "retries_total", &[("dst_service", "web.demo")]).await;
+    let retries = client_metric(
+        &c,
+        "retries_total",
+        &[("dst_namespace", "demo"), ("dst_service", "web")],
+    )
+    .await;
     assert!(retries >= 1.0, "failures were never retried");
     // Ejected, the failing endpoint sees only probation requests: far
     // fewer than its third.
@@ -263,10 +272,13 @@ async fn retries_never_exceed_the_budget() {
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(tally.ok, 0);
     let scrape = c.client.metrics().await.unwrap();
-    let retries = scrape.sum("retries_total", &[("dst_service", "web.demo")]);
+    let retries = scrape.sum(
+        "retries_total",
+        &[("dst_namespace", "demo"), ("dst_service", "web")],
+    );
     let exhausted = scrape.sum(
         "retry_budget_exhausted_total",
-        &[("dst_service", "web.demo")],
+        &[("dst_namespace", "demo"), ("dst_service", "web")],
     );
     let requests = tally.total() as f64;
     // 20 % of requests, plus a floor of 10 per second counted over each

@@ -9,6 +9,7 @@ pub mod duration;
 pub mod identity;
 pub mod mesh;
 pub mod port_list;
+pub mod process;
 pub mod split;
 
 /// The proxy–controller gRPC protocol, generated from `proto/`.

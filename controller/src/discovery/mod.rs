@@ -369,6 +369,18 @@ impl Store {
 
     fn bump(&self) {
         self.metrics.discovery_changes.inc();
+        {
+            let objects = self.read();
+            self.metrics
+                .set_split_weights(objects.splits.iter().map(|((ns, name), split)| {
+                    (
+                        ns.as_str(),
+                        name.as_str(),
+                        split.apex.as_str(),
+                        split.backends.as_slice(),
+                    )
+                }));
+        }
         self.version.send_replace(Instant::now());
     }
 

@@ -52,6 +52,7 @@ impl Store {
         let resolver = Resolver {
             objects: &objects,
             trust_domain: &self.trust_domain,
+            cluster_domain: &self.cluster_domain,
         };
         match authority {
             Authority::Addr(addr) => {
@@ -90,6 +91,7 @@ fn service_name(host: &str, context_namespace: &str, cluster_domain: &str) -> Op
 struct Resolver<'a> {
     objects: &'a Objects,
     trust_domain: &'a str,
+    cluster_domain: &'a str,
 }
 
 impl Resolver<'_> {
@@ -139,6 +141,7 @@ impl Resolver<'_> {
             policy: Some(svc.policy.clone()),
             backends,
             opaque,
+            authority: format!("{}.{}.svc.{}:{port}", key.1, key.0, self.cluster_domain),
         }
     }
 
@@ -248,6 +251,7 @@ impl Resolver<'_> {
                 endpoints: vec![endpoint],
             }],
             opaque,
+            authority: String::new(),
         }
     }
 }

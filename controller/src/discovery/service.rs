@@ -30,6 +30,10 @@ impl Destination for DestinationService {
         &self,
         request: Request<GetDestination>,
     ) -> Result<Response<Self::GetStream>, Status> {
+        // One channel per proxy: its address tells proxies apart.
+        let peer = request
+            .remote_addr()
+            .or_else(|| request.extensions().get::<std::net::SocketAddr>().copied());
         let req = request.into_inner();
         let authority = Authority::parse(&req.authority).map_err(|e| {
             self.metrics.discovery_refused();
@@ -44,7 +48,7 @@ impl Destination for DestinationService {
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            let _subscription = metrics.discovery_subscription();
+            let _subscription = metrics.discovery_subscription(peer);
             let mut version = store.subscribe();
             let mut last: Option<DestinationUpdate> = None;
             loop {
