@@ -20,6 +20,7 @@ declare -A wanted=(
     [curl]=/usr/bin/curl
     [procps]=/usr/bin/pgrep
     [tcpdump]=/usr/bin/tcpdump
+    [prometheus]=/usr/bin/prometheus
 )
 missing=()
 for pkg in "${!wanted[@]}"; do
@@ -32,9 +33,12 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # haproxy's package starts a system instance where systemd runs; the
     # benchmark starts its own.
-    if command -v systemctl >/dev/null && systemctl is-active --quiet haproxy 2>/dev/null; then
-        systemctl stop haproxy || true
-    fi
+    # So does prometheus's; the mesh on one machine starts its own.
+    for unit in haproxy prometheus; do
+        if command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
+            systemctl stop "$unit" || true
+        fi
+    done
 fi
 
 if ! command -v cargo >/dev/null; then

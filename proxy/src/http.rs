@@ -376,9 +376,13 @@ impl Forwarder {
         let upgrade = wants_upgrade(&req);
         let (response, remote) = if upgrade || req.method() == Method::CONNECT {
             let target = self.pick_target();
-            let remote = target
-                .as_ref()
-                .map_or_else(PeerLabels::plain, |t| t.peer_labels());
+            // A fixed route's hop is the connection's; a balanced one's is
+            // the endpoint picked.
+            let remote = match (&self.route, &target) {
+                (Route::Fixed(_), _) => self.remote.clone(),
+                (Route::Balanced(_), Some(t)) => t.peer_labels(),
+                (Route::Balanced(_), None) => PeerLabels::plain(),
+            };
             self.count_request(&authority, remote.clone());
             let response = match (target, &self.route) {
                 (Some(target), _) => self.forward_upgrade(req, upgrade, &target).await,

@@ -12,10 +12,13 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod demo;
 pub mod identity;
 pub mod kube_api;
 pub mod metrics;
 pub mod node;
+pub mod otlp;
+pub mod prometheus;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

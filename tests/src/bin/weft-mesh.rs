@@ -1,9 +1,12 @@
 //! `weft-mesh`: the mesh on one machine.
 //!
-//! - `weft-mesh demo [--keep]`: builds a node with a client pod and a web
-//!   pod, sends HTTP/1.1, gRPC, WebSocket and server-speaks-first TCP
-//!   traffic between them, and shows each proxy's metrics proving it
-//!   carried that traffic. `--keep` leaves it running until Ctrl-C.
+//! - `weft-mesh demo [--keep] [--prometheus]`: builds a node with a client
+//!   pod and two versions of a web workload behind a TrafficSplit, sends
+//!   HTTP/1.1, gRPC, WebSocket and server-speaks-first TCP traffic through
+//!   the split, and shows the proxies' metrics proving they carried it.
+//!   `--keep` leaves it running (with steady traffic) until Ctrl-C;
+//!   `--prometheus` also starts Prometheus on the node, reachable at
+//!   `127.0.0.1:9090`.
 //! - `weft-mesh bench [--duration SECS]`: wrk through two Weft proxies,
 //!   directly, and through an HAProxy pair, in the same run.
 //!
@@ -30,7 +33,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let run = async {
         match command {
-            "demo" => demo(flag("--keep")).await,
+            "demo" => demo(flag("--keep"), flag("--prometheus")).await,
             "bench" => {
                 let secs = value("--duration")
                     .map(|d| d.parse::<u64>())
@@ -53,56 +56,45 @@ fn heading(text: &str) {
     println!("\n== {text} ==");
 }
 
-async fn demo(keep: bool) -> anyhow::Result<()> {
-    let mesh = Mesh::new("demo")?;
+async fn demo(keep: bool, prometheus: bool) -> anyhow::Result<()> {
+    use weft_testbed::demo::{self, Demo, DemoOptions};
     heading("mesh on one machine");
-    let web = mesh.add_pod("web", None)?;
-    let client = mesh.add_pod("client", None)?;
+    let d = Demo::start("demo", DemoOptions::default()).await?;
+    let mesh = &d.mesh;
     println!(
         "node  netns {} (bridge weft0, no route out)",
         mesh.node_netns
     );
-    for pod in [&web, &client] {
-        println!("pod   {:<7} netns {}  ip {}", pod.name, pod.netns, pod.ip);
+    for (pod, workload, _) in &d.proxies {
+        println!(
+            "pod   {:<7} netns {}  ip {}  workload {workload}",
+            pod.name, pod.netns, pod.ip
+        );
     }
-    mesh.spawn_demo(&web, "http", 8080, "web").await?;
-    mesh.spawn_demo(&web, "grpc", 50051, "web").await?;
-    mesh.spawn_demo(&web, "banner", 3306, "web").await?;
-    let ca = mesh.make_ca("ca")?;
-    let controller = mesh
-        .start_controller(&ca, weft_testbed::identity::ControllerOptions::default())
-        .await?;
     println!(
-        "ctl   weft-controller on the node at {} (trust anchor and issuer from `weft-controller bootstrap`)",
-        controller.addr()
-    );
-    let web_env = mesh.identity_env(&controller, &web, "demo", "web")?;
-    let mut client_env = mesh.identity_env(&controller, &client, "demo", "client")?;
-    client_env.push((
-        "WEFT_MESH_ENDPOINTS".into(),
-        format!("{}={}", web.ip, spiffe_id("demo", "web")),
-    ));
-    mesh.spawn_proxy(
-        &web,
-        ProxyOptions {
-            env: web_env,
-            ..Default::default()
-        },
-    )
-    .await?;
-    mesh.spawn_proxy(
-        &client,
-        ProxyOptions {
-            env: client_env,
-            ..Default::default()
-        },
-    )
-    .await?;
-    println!(
-        "apps  web: HTTP :8080, gRPC :50051, server-speaks-first TCP :3306; both pods run weft-proxy as UID 2103"
+        "ctl   weft-controller on the node at {}: certificates, and discovery from files",
+        d.controller.addr()
     );
     println!(
-        "ids   client proxy is {}, web proxy is {}; each got its certificate from the controller",
+        "svc   web {} (apex), web-v1 {}, web-v2 {}: HTTP :{} -> :{}, gRPC :{}, server-speaks-first TCP :{}",
+        demo::WEB_IP,
+        demo::WEB_V1_IP,
+        demo::WEB_V2_IP,
+        demo::HTTP_PORT,
+        demo::HTTP_TARGET_PORT,
+        demo::GRPC_PORT,
+        demo::TCP_PORT
+    );
+    println!(
+        "split TrafficSplit web-rollout: web -> {}",
+        demo::SPLIT
+            .iter()
+            .map(|(s, w)| format!("{s} {w}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "ids   client proxy is {}, web proxies are {}; each got its certificate from the controller",
         spiffe_id("demo", "client"),
         spiffe_id("demo", "web")
     );
@@ -114,7 +106,7 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
             &[
                 "netns",
                 "exec",
-                &client.netns,
+                &d.client.netns,
                 "nft",
                 "list",
                 "table",
@@ -124,91 +116,88 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
         )?
     );
 
-    heading("traffic from client to web (the apps know nothing of the proxies)");
-    let http = SocketAddr::from((web.ip, 8080));
-    let mut ok = 0;
+    heading("traffic from client to the web service (the apps know nothing of the proxies)");
+    let client = &d.client;
+    let http = d.http_addr();
+    let (mut ok, mut v1, mut v2) = (0, 0, 0);
     for _ in 0..10 {
-        let (status, body) = http_request(&client, http, "GET", "/").await?;
-        if status == 200 && body == "hello from web\n" {
+        let (status, body) = http_request(client, http, "GET", "/").await?;
+        if status == 200 {
             ok += 1;
-        }
-    }
-    println!("HTTP/1.1   GET http://{http}/  x10: {ok}/10 answered 200 \"hello from web\"");
-    let grpc = grpc_demo(&client, SocketAddr::from((web.ip, 50051))).await?;
-    println!("gRPC/HTTP2 Say + Repeat(5): {grpc}");
-    let ws = websocket_demo(&client, http).await?;
-    println!("WebSocket  /ws echo: {ws}");
-    let banner = banner_demo(&client, SocketAddr::from((web.ip, 3306))).await?;
-    println!("TCP        :3306 (opaque, server speaks first): {banner}");
-
-    heading("what each proxy counted (tls=\"true\": mutual TLS between the proxies)");
-    let client_id = spiffe_id("demo", "client");
-    let web_id = spiffe_id("demo", "web");
-    for (pod, direction, peer_label, peer_id) in [
-        (&client, "outbound", "server_id", web_id.as_str()),
-        (&web, "inbound", "client_id", client_id.as_str()),
-    ] {
-        let m = pod.metrics().await?;
-        println!("{} proxy ({direction}):", pod.name);
-        for (metric, labels) in [
-            (
-                "request_total",
-                vec![
-                    ("direction", direction),
-                    ("tls", "true"),
-                    (peer_label, peer_id),
-                ],
-            ),
-            (
-                "response_total",
-                vec![
-                    ("direction", direction),
-                    ("tls", "true"),
-                    ("classification", "success"),
-                ],
-            ),
-            (
-                "tcp_open_total",
-                vec![
-                    ("direction", direction),
-                    (
-                        "peer",
-                        if direction == "outbound" {
-                            "dst"
-                        } else {
-                            "src"
-                        },
-                    ),
-                    ("tls", "true"),
-                ],
-            ),
-            (
-                "protocol_detect_total",
-                vec![("direction", direction), ("protocol", "http1")],
-            ),
-            (
-                "protocol_detect_total",
-                vec![("direction", direction), ("protocol", "http2")],
-            ),
-            (
-                "protocol_detect_total",
-                vec![("direction", direction), ("protocol", "opaque_port")],
-            ),
-            ("identity_cert_refresh_total", vec![("result", "success")]),
-        ] {
-            // Mesh connections name their protocol in the mesh header, so
-            // the inbound side detects nothing.
-            if direction == "inbound" && metric == "protocol_detect_total" {
-                continue;
+            match body.as_str() {
+                "hello from web-v1\n" => v1 += 1,
+                "hello from web-v2\n" => v2 += 1,
+                _ => {}
             }
-            let shown: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-            println!(
-                "  {metric}{{{}}} {}",
-                shown.join(","),
-                m.sum(metric, &labels) + 0.0
-            );
         }
     }
+    println!(
+        "HTTP/1.1   GET http://{http}/  x10: {ok}/10 answered 200 (web-v1 {v1}, web-v2 {v2}; the split is 80/20)"
+    );
+    let grpc = grpc_demo(client, d.grpc_addr()).await?;
+    println!("gRPC/HTTP2 Say + Repeat(5): {grpc}");
+    let ws = websocket_demo(client, http).await?;
+    println!("WebSocket  /ws echo: {ws}");
+    let banner = banner_demo(client, d.tcp_addr()).await?;
+    println!("TCP        :{} (opaque, server speaks first): {banner}", demo::TCP_PORT);
+
+    heading("what the proxies counted (tls=\"true\": mutual TLS between the proxies)");
+    let m = client.metrics().await?;
+    let outbound = |name: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![("direction", "outbound"), ("tls", "true")];
+        labels.extend_from_slice(extra);
+        m.sum(name, &labels) + 0.0
+    };
+    println!("client proxy (outbound):");
+    for backend in ["web-v1", "web-v2"] {
+        println!(
+            "  request_total{{direction=\"outbound\",authority=\"web.demo.svc.cluster.local:80\",tls=\"true\",dst_service=\"{backend}\"}} {}",
+            outbound(
+                "request_total",
+                &[
+                    ("authority", "web.demo.svc.cluster.local:80"),
+                    ("dst_service", backend)
+                ]
+            )
+        );
+    }
+    println!(
+        "  request_total{{direction=\"outbound\",tls=\"true\",server_id=\"{}\"}} {}",
+        spiffe_id("demo", "web"),
+        outbound("request_total", &[("server_id", &spiffe_id("demo", "web"))])
+    );
+    println!(
+        "  response_total{{direction=\"outbound\",tls=\"true\",grpc_status=\"0\"}} {}",
+        outbound("response_total", &[("grpc_status", "0")])
+    );
+    println!(
+        "  tcp_open_total{{direction=\"outbound\",peer=\"dst\",tls=\"true\",dst_service=\"web-v1\"}} {}",
+        outbound("tcp_open_total", &[("peer", "dst"), ("dst_service", "web-v1")])
+    );
+    for protocol in ["http1", "http2", "opaque_port"] {
+        println!(
+            "  protocol_detect_total{{direction=\"outbound\",protocol=\"{protocol}\"}} {}",
+            m.sum(
+                "protocol_detect_total",
+                &[("direction", "outbound"), ("protocol", protocol)]
+            ) + 0.0
+        );
+    }
+    let client_id = spiffe_id("demo", "client");
+    let mut inbound = 0.0;
+    for pod in [&d.web_v1, &d.web_v2] {
+        inbound += pod.metrics().await?.sum(
+            "request_total",
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", &client_id),
+            ],
+        );
+    }
+    println!(
+        "web proxies (inbound): request_total{{direction=\"inbound\",tls=\"true\",client_id=\"{client_id}\"}} {inbound}"
+    );
     println!(
         "\nfull metrics: ip netns exec {} curl -s localhost:6191/metrics",
         client.netns
@@ -216,7 +205,27 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     if ok != 10 || !grpc.starts_with("ok") || !ws.starts_with("ok") || !banner.starts_with("ok") {
         bail!("some traffic failed; logs are in {}", mesh.dir.display());
     }
+    let _prometheus = if prometheus {
+        let p = d.start_prometheus().await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", demo::PROMETHEUS_ADDR.port()))
+            .await
+            .context("127.0.0.1:9090 is taken; is another Prometheus running?")?;
+        tokio::spawn(forward_into(listener, mesh.node(), demo::PROMETHEUS_ADDR));
+        heading("Prometheus");
+        println!(
+            "Debian's prometheus runs on the node with examples/prometheus/local.yml, scraping the three proxies and the controller every 5 s"
+        );
+        println!("open http://127.0.0.1:9090 (forwarded into the node)");
+        println!(
+            "Grafana: add a Prometheus data source with URL http://127.0.0.1:9090, then import examples/grafana/*.json"
+        );
+        Some(p)
+    } else {
+        None
+    };
     if keep {
+        // Steady traffic, so that rates and dashboards have something to show.
+        tokio::spawn(background_load(d.client.clone(), http, d.grpc_addr()));
         println!(
             "\nrunning; try: ip netns exec {} curl -s http://{http}/ ; Ctrl-C to tear down",
             client.netns
@@ -225,6 +234,32 @@ async fn demo(keep: bool) -> anyhow::Result<()> {
     }
     heading("tearing down (namespaces, bridge, processes)");
     Ok(())
+}
+
+/// A few HTTP and gRPC requests a second from the client pod.
+async fn background_load(client: Pod, http: SocketAddr, grpc: SocketAddr) {
+    loop {
+        for _ in 0..4 {
+            let _ = http_request(&client, http, "GET", "/").await;
+        }
+        let _ = grpc_demo(&client, grpc).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Forwards connections from a host listener to `addr` inside `netns`.
+async fn forward_into(listener: tokio::net::TcpListener, netns: Pod, addr: SocketAddr) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        let netns = netns.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = netns.connect(addr).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
 }
 
 async fn grpc_demo(client: &Pod, addr: SocketAddr) -> anyhow::Result<String> {
