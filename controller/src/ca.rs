@@ -43,6 +43,14 @@ pub enum CsrRefusal {
 }
 
 impl CsrRefusal {
+    /// Every value [`Self::reason`] can take.
+    pub const REASONS: [&'static str; 4] = [
+        "malformed_csr",
+        "unsupported_key",
+        "csr_san_mismatch",
+        "trust_domain",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             CsrRefusal::Malformed(_) => "malformed_csr",

@@ -71,6 +71,9 @@ impl Drop for SubscriptionGuard {
     }
 }
 
+/// Refusals the identity service makes before the token and CSR checks.
+pub const REQUEST_REFUSAL_REASONS: [&str; 2] = ["malformed_identity", "identity_mismatch"];
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -193,6 +196,18 @@ impl Metrics {
             m.split_weights.clone(),
         );
         registry.register_collector(Box::new(weft_api::process::ProcessCollector));
+        // Known label values start at zero, so dashboards show "none yet"
+        // rather than "no data".
+        for reason in REQUEST_REFUSAL_REASONS
+            .into_iter()
+            .chain(crate::token::TokenRefusal::REASONS)
+            .chain(crate::ca::CsrRefusal::REASONS)
+        {
+            let _ = m.refused.get_or_create(&ReasonLabels { reason });
+        }
+        for result in ["success", "failure"] {
+            let _ = m.issuer_reloads.get_or_create(&ResultLabels { result });
+        }
         Arc::new(Metrics { registry, ..m })
     }
 

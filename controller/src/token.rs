@@ -41,6 +41,15 @@ pub enum TokenRefusal {
 }
 
 impl TokenRefusal {
+    /// Every value [`Self::reason`] can take.
+    pub const REASONS: [&'static str; 5] = [
+        "malformed_token",
+        "expired_token",
+        "wrong_audience",
+        "unknown_token",
+        "token_review_unavailable",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             TokenRefusal::Malformed(_) => "malformed_token",
@@ -237,6 +246,19 @@ pub fn review_outcome(
 mod tests {
     use super::*;
     use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
+
+    #[test]
+    fn every_reason_is_listed() {
+        for refusal in [
+            TokenRefusal::Malformed(String::new()),
+            TokenRefusal::Expired,
+            TokenRefusal::WrongAudience(String::new()),
+            TokenRefusal::Unknown(String::new()),
+            TokenRefusal::Unavailable(String::new()),
+        ] {
+            assert!(TokenRefusal::REASONS.contains(&refusal.reason()));
+        }
+    }
 
     fn keys() -> (String, String) {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();

@@ -23,7 +23,7 @@ use weft_api::proto::destination::{DestinationUpdate, GetDestination};
 
 use crate::balance::{BreakerEvent, EndpointState, RetryBudget};
 use crate::mesh::MeshPeer;
-use crate::metrics::{Dst, DstLabels, Metrics, ServiceLabels};
+use crate::metrics::{Dst, DstLabels, Metrics, RouteLabels};
 use crate::tcp::Target;
 
 /// Backoff between attempts to reach the controller.
@@ -99,11 +99,11 @@ pub struct BackendSet {
 pub struct Routes {
     /// `name.namespace`, or empty for a pod address.
     pub service: Arc<String>,
-    /// The same, as metric labels.
-    pub service_labels: ServiceLabels,
     /// `name.namespace.svc.<cluster-domain>:port`, the `authority` label
     /// of requests to it; `None` for a pod address.
     pub authority: Option<Arc<String>>,
+    /// Labels of the route's own metrics (retries, breaker).
+    pub route_labels: RouteLabels,
     pub policy: Policy,
     pub backends: Vec<BackendSet>,
     /// Skip protocol detection.
@@ -146,11 +146,11 @@ impl Routes {
         match event {
             BreakerEvent::Ejected(backoff) => {
                 tracing::info!(service = %self.service, endpoint = %endpoint.target.addr, ?backoff, "endpoint ejected after consecutive failures");
-                metrics.breaker(&self.service_labels, "open");
+                metrics.breaker(&self.route_labels, "open");
             }
             BreakerEvent::Recovered => {
                 tracing::info!(service = %self.service, endpoint = %endpoint.target.addr, "endpoint back in the balancer");
-                metrics.breaker(&self.service_labels, "closed");
+                metrics.breaker(&self.route_labels, "closed");
             }
             BreakerEvent::None => {}
         }
@@ -365,7 +365,9 @@ fn apply(dest: &Destination, update: DestinationUpdate) {
         });
     }
     let routes = Routes {
-        service_labels: ServiceLabels::of(&update.service),
+        route_labels: RouteLabels {
+            authority: Arc::new(update.authority.clone()),
+        },
         service: Arc::new(update.service),
         authority: (!update.authority.is_empty()).then(|| Arc::new(update.authority)),
         policy: Policy {
@@ -453,8 +455,8 @@ mod tests {
     fn weighted(weights: &[(u64, usize)]) -> Routes {
         Routes {
             service: Arc::default(),
-            service_labels: ServiceLabels::default(),
             authority: None,
+            route_labels: RouteLabels::default(),
             policy: Policy::default(),
             opaque: false,
             backends: weights

@@ -602,7 +602,7 @@ impl Forwarder {
                 | Method::DELETE
         );
         let metrics = &self.ctx.metrics;
-        let service_labels = &routes.service_labels;
+        let route_labels = &routes.route_labels;
         dest.budget.deposit();
         let mut avoid: Option<Arc<EndpointState>> = None;
         let mut attempt = 0;
@@ -648,7 +648,7 @@ impl Forwarder {
             };
             if retryable && attempt < policy.retry_limit && body.can_replay() {
                 if dest.budget.try_withdraw() {
-                    metrics.retries.get_or_create(service_labels).inc();
+                    metrics.retries.get_or_create(route_labels).inc();
                     tracing::debug!(service = %routes.service, endpoint = %endpoint.target.addr, attempt, "retrying");
                     attempt += 1;
                     avoid = Some(endpoint);
@@ -656,7 +656,7 @@ impl Forwarder {
                 }
                 metrics
                     .retry_budget_exhausted
-                    .get_or_create(service_labels)
+                    .get_or_create(route_labels)
                     .inc();
             }
             let remote = endpoint.target.peer_labels();

@@ -148,3 +148,25 @@ pub async fn accept(
     let header = Header::decode(&header).map_err(|e| AcceptError::Header(e.to_string()))?;
     Ok((stream, identity, header))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_reason_is_a_known_series() {
+        for error in [
+            AcceptError::Handshake(std::io::Error::other("x")),
+            AcceptError::HandshakeTimeout,
+            AcceptError::Alpn,
+            AcceptError::NoIdentity,
+            AcceptError::Header("x".into()),
+        ] {
+            assert!(
+                crate::metrics::MTLS_REFUSAL_REASONS.contains(&error.reason()),
+                "{}",
+                error.reason()
+            );
+        }
+    }
+}

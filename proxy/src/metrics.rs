@@ -239,31 +239,32 @@ pub struct DetectLabels {
     pub protocol: &'static str,
 }
 
-/// The destination service of a route (both empty for a pod address).
+/// A route: the canonical authority of the service it serves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, EncodeLabelSet)]
-pub struct ServiceLabels {
-    pub dst_namespace: Arc<String>,
-    pub dst_service: Arc<String>,
-}
-
-impl ServiceLabels {
-    /// From discovery's `name.namespace`.
-    pub fn of(service: &str) -> Self {
-        let (name, namespace) = service.split_once('.').unwrap_or((service, ""));
-        ServiceLabels {
-            dst_namespace: Arc::new(namespace.to_string()),
-            dst_service: Arc::new(name.to_string()),
-        }
-    }
+pub struct RouteLabels {
+    pub authority: Arc<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct BreakerLabels {
-    #[prometheus(flatten)]
-    pub service: ServiceLabels,
+    pub authority: Arc<String>,
     /// `open` (ejected) or `closed` (back in the balancer).
     pub state: &'static str,
 }
+
+/// Values of `protocol_detect_total{protocol}`.
+pub const DETECT_OUTCOMES: [&str; 5] = ["http1", "http2", "tls", "opaque", "opaque_port"];
+/// Values of `mtls_refused_total{reason}`.
+pub const MTLS_REFUSAL_REASONS: [&str; 6] = [
+    "plaintext",
+    "tls_handshake",
+    "alpn",
+    "no_identity",
+    "mesh_header",
+    "no_certificate",
+];
+/// Values of `destination_lookups_total{result}`.
+pub const DESTINATION_LOOKUP_RESULTS: [&str; 3] = ["known", "unknown", "timeout"];
 
 /// Every metric the proxy exports, registered once.
 #[derive(Debug)]
@@ -287,8 +288,8 @@ pub struct Metrics {
     pub destination_lookups: Family<RefreshLabels, Counter>,
     pub destination_updates: Counter,
     pub destination_reconnects: Counter,
-    pub retries: Family<ServiceLabels, Counter>,
-    pub retry_budget_exhausted: Family<ServiceLabels, Counter>,
+    pub retries: Family<RouteLabels, Counter>,
+    pub retry_budget_exhausted: Family<RouteLabels, Counter>,
     pub breaker_transitions: Family<BreakerLabels, Counter>,
     pub authorities: Authorities,
 }
@@ -436,7 +437,43 @@ impl Metrics {
             m.breaker_transitions.clone(),
         );
         registry.register_collector(Box::new(weft_api::process::ProcessCollector));
+        m.initialise_known_series();
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Creates every series whose labels are known in advance at zero, so
+    /// that dashboards and alerts see "none yet" rather than "no data".
+    fn initialise_known_series(&self) {
+        for direction in [Direction::Inbound, Direction::Outbound] {
+            let direction = direction.as_str();
+            let _ = self
+                .detect_timeout
+                .get_or_create(&DirectionLabels { direction });
+            let _ = self
+                .http_errors
+                .get_or_create(&DirectionLabels { direction });
+            for protocol in DETECT_OUTCOMES {
+                let _ = self.detect.get_or_create(&DetectLabels {
+                    direction,
+                    protocol,
+                });
+            }
+            for reason in MTLS_REFUSAL_REASONS {
+                let _ = self
+                    .mtls_refused
+                    .get_or_create(&RefusedLabels { direction, reason });
+            }
+        }
+        for result in ["success", "failure"] {
+            let _ = self
+                .identity_refresh
+                .get_or_create(&RefreshLabels { result });
+        }
+        for result in DESTINATION_LOOKUP_RESULTS {
+            let _ = self
+                .destination_lookups
+                .get_or_create(&RefreshLabels { result });
+        }
     }
 
     pub fn identity_refreshed(&self, not_after: SystemTime) {
@@ -476,10 +513,10 @@ impl Metrics {
         self.destination_reconnects.inc();
     }
 
-    pub fn breaker(&self, service: &ServiceLabels, state: &'static str) {
+    pub fn breaker(&self, route: &RouteLabels, state: &'static str) {
         self.breaker_transitions
             .get_or_create(&BreakerLabels {
-                service: service.clone(),
+                authority: route.authority.clone(),
                 state,
             })
             .inc();
@@ -558,5 +595,75 @@ impl Drop for ConnectionGuard {
             .tcp_connection_duration_ms
             .get_or_create(&self.labels)
             .observe(self.opened.elapsed().as_secs_f64() * 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_are_capped() {
+        let authorities = Authorities::default();
+        assert_eq!(*authorities.label(Some("Web.Demo:80")), "web.demo:80");
+        assert_eq!(*authorities.label(None), "");
+        for i in 1..MAX_AUTHORITIES {
+            authorities.label(Some(&format!("host-{i}:80")));
+        }
+        assert_eq!(*authorities.label(Some("one-too-many:80")), "other");
+        // Ones already seen keep their own label.
+        assert_eq!(*authorities.label(Some("web.demo:80")), "web.demo:80");
+    }
+
+    #[test]
+    fn dst_labels_appear_only_when_discovery_named_the_endpoint() {
+        let metrics = Metrics::new();
+        let dst = Dst(Some(Arc::new(DstLabels {
+            namespace: Arc::new("demo".into()),
+            service: Arc::new("web-v1".into()),
+            workload: Arc::new("web-v1".into()),
+            pod: Arc::new("web-v1-abc".into()),
+        })));
+        let authority = Arc::new("web.demo.svc.cluster.local:80".to_string());
+        metrics
+            .request
+            .get_or_create(&RequestLabels {
+                direction: "outbound",
+                authority: authority.clone(),
+                remote: PeerLabels::server(Arc::new("spiffe://td/ns/demo/sa/web".into()))
+                    .with_dst(dst),
+            })
+            .inc();
+        metrics
+            .request
+            .get_or_create(&RequestLabels {
+                direction: "inbound",
+                authority,
+                remote: PeerLabels::plain(),
+            })
+            .inc();
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"request_total{direction="outbound",authority="web.demo.svc.cluster.local:80",tls="true",client_id="",server_id="spiffe://td/ns/demo/sa/web",dst_namespace="demo",dst_service="web-v1",dst_workload="web-v1",dst_pod="web-v1-abc"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"request_total{direction="inbound",authority="web.demo.svc.cluster.local:80",tls="false",client_id="",server_id=""} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn known_series_start_at_zero() {
+        let text = Metrics::new().encode();
+        for series in [
+            r#"protocol_detect_timeout_total{direction="inbound"} 0"#,
+            r#"protocol_detect_total{direction="outbound",protocol="opaque_port"} 0"#,
+            r#"mtls_refused_total{direction="inbound",reason="no_identity"} 0"#,
+            r#"identity_cert_refresh_total{result="failure"} 0"#,
+            "process_resident_memory_bytes ",
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
     }
 }

@@ -30,8 +30,7 @@ pub const PROMETHEUS_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 
 /// The shipped Prometheus configuration for the mesh on one machine.
-pub const LOCAL_PROMETHEUS_CONFIG: &str =
-    include_str!("../../examples/prometheus/local.yml");
+pub const LOCAL_PROMETHEUS_CONFIG: &str = include_str!("../../examples/prometheus/local.yml");
 
 #[derive(Debug, Clone, Default)]
 pub struct DemoOptions {
@@ -116,10 +115,7 @@ impl Demo {
             })
             .collect();
         let control_plane = [FileTarget {
-            address: SocketAddr::from((
-                Ipv4Addr::LOCALHOST,
-                self.controller.options.admin_port,
-            )),
+            address: SocketAddr::from((Ipv4Addr::LOCALHOST, self.controller.options.admin_port)),
             labels: vec![
                 ("component".into(), "weft-controller".into()),
                 ("namespace".into(), "weft-system".into()),

@@ -55,11 +55,7 @@ impl TraceService for Store {
                 .find(|kv| kv.key == "service.name")
                 .map(|kv| value_text(kv.value.as_ref().and_then(|v| v.value.as_ref())))
                 .unwrap_or_default();
-            for span in resource_spans
-                .scope_spans
-                .into_iter()
-                .flat_map(|s| s.spans)
-            {
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
                 spans.push(ReceivedSpan {
                     service: service.clone(),
                     name: span.name,
@@ -122,7 +118,11 @@ impl OtlpReceiver {
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.spans
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until some received span satisfies `found`.

@@ -59,7 +59,10 @@ impl Prometheus {
             None => Command::new(PROMETHEUS_BIN),
         };
         cmd.arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn")
             .stdin(Stdio::null())
@@ -82,7 +85,10 @@ impl Prometheus {
                 bail!("prometheus exited ({status}):\n{}", prometheus.log_tail());
             }
             if Instant::now() > deadline {
-                bail!("prometheus not ready after 30 s:\n{}", prometheus.log_tail());
+                bail!(
+                    "prometheus not ready after 30 s:\n{}",
+                    prometheus.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

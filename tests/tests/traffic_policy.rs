@@ -169,8 +169,7 @@ async fn a_failing_endpoint_is_ejected_and_retries_hide_it() {
         &c,
         "circuit_breaker_transitions_total",
         &[
-            ("dst_namespace", "demo"),
-            ("dst_service", "web"),
+            ("authority", "web.demo.svc.cluster.local:80"),
             ("state", "open"),
         ],
     )
@@ -179,7 +178,7 @@ async fn a_failing_endpoint_is_ejected_and_retries_hide_it() {
     let retries = client_metric(
         &c,
         "retries_total",
-        &[("dst_namespace", "demo"), ("dst_service", "web")],
+        &[("authority", "web.demo.svc.cluster.local:80")],
     )
     .await;
     assert!(retries >= 1.0, "failures were never retried");
@@ -274,11 +273,11 @@ async fn retries_never_exceed_the_budget() {
     let scrape = c.client.metrics().await.unwrap();
     let retries = scrape.sum(
         "retries_total",
-        &[("dst_namespace", "demo"), ("dst_service", "web")],
+        &[("authority", "web.demo.svc.cluster.local:80")],
     );
     let exhausted = scrape.sum(
         "retry_budget_exhausted_total",
-        &[("dst_namespace", "demo"), ("dst_service", "web")],
+        &[("authority", "web.demo.svc.cluster.local:80")],
     );
     let requests = tally.total() as f64;
     // 20 % of requests, plus a floor of 10 per second counted over each

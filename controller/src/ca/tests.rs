@@ -205,3 +205,18 @@ fn refuses_to_start_with_mismatched_files() {
     // And bootstrap will not silently replace an anchor.
     assert!(bootstrap(dir.path()).is_err());
 }
+
+#[test]
+fn every_refusal_reason_is_listed() {
+    for refusal in [
+        CsrRefusal::Malformed(String::new()),
+        CsrRefusal::UnsupportedKey,
+        CsrRefusal::SanMismatch {
+            expected: String::new(),
+            found: String::new(),
+        },
+        CsrRefusal::TrustDomain(String::new()),
+    ] {
+        assert!(CsrRefusal::REASONS.contains(&refusal.reason()));
+    }
+}

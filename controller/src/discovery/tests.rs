@@ -146,6 +146,8 @@ fn a_split_apex_resolves_to_its_weighted_backends() {
     let update = resolve(&store, "10.96.0.10:80");
     assert!(update.known);
     assert_eq!(update.service, "web.demo");
+    // The metric label: canonical, whatever name or address was dialled.
+    assert_eq!(update.authority, "web.demo.svc.cluster.local:80");
     assert_eq!(
         summary(&update),
         vec![
@@ -208,6 +210,7 @@ fn a_pod_address_resolves_to_that_pod() {
     let store = store();
     let update = resolve(&store, "10.42.0.5:8080");
     assert!(update.known);
+    assert_eq!(update.authority, "");
     assert_eq!(
         summary(&update),
         vec![(

@@ -139,7 +139,10 @@ async fn demo(keep: bool, prometheus: bool) -> anyhow::Result<()> {
     let ws = websocket_demo(client, http).await?;
     println!("WebSocket  /ws echo: {ws}");
     let banner = banner_demo(client, d.tcp_addr()).await?;
-    println!("TCP        :{} (opaque, server speaks first): {banner}", demo::TCP_PORT);
+    println!(
+        "TCP        :{} (opaque, server speaks first): {banner}",
+        demo::TCP_PORT
+    );
 
     heading("what the proxies counted (tls=\"true\": mutual TLS between the proxies)");
     let m = client.metrics().await?;
@@ -172,7 +175,10 @@ async fn demo(keep: bool, prometheus: bool) -> anyhow::Result<()> {
     );
     println!(
         "  tcp_open_total{{direction=\"outbound\",peer=\"dst\",tls=\"true\",dst_service=\"web-v1\"}} {}",
-        outbound("tcp_open_total", &[("peer", "dst"), ("dst_service", "web-v1")])
+        outbound(
+            "tcp_open_total",
+            &[("peer", "dst"), ("dst_service", "web-v1")]
+        )
     );
     for protocol in ["http1", "http2", "opaque_port"] {
         println!(
