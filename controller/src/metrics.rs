@@ -42,7 +42,9 @@ pub struct InvalidLabels {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct SplitLabels {
-    pub namespace: String,
+    /// The split's namespace (its apex's and backends'); not `namespace`,
+    /// which scrape configurations give the controller pod itself.
+    pub dst_namespace: String,
     pub split: String,
     pub apex: String,
     pub backend: String,
@@ -285,7 +287,7 @@ impl Metrics {
                 };
                 self.split_weights
                     .get_or_create(&SplitLabels {
-                        namespace: namespace.to_string(),
+                        dst_namespace: namespace.to_string(),
                         split: split.to_string(),
                         apex: apex.to_string(),
                         backend: backend.clone(),

@@ -286,7 +286,7 @@ async fn follow(
                     match message {
                         Ok(Some(update)) => {
                             backoff = MIN_BACKOFF;
-                            apply(&dest, update);
+                            apply(&dest, update, &metrics);
                             metrics.destination_update();
                         }
                         Ok(None) => {
@@ -315,7 +315,7 @@ async fn follow(
 }
 
 /// Installs an update, keeping the state of endpoints that stay.
-fn apply(dest: &Destination, update: DestinationUpdate) {
+fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
     if !update.known {
         if dest.routes.swap(None).is_some() {
             tracing::info!(addr = %dest.addr, "destination no longer in discovery");
@@ -385,6 +385,7 @@ fn apply(dest: &Destination, update: DestinationUpdate) {
         backends = ?routes.backends.iter().map(|b| (b.service.as_str(), b.weight, b.endpoints.len())).collect::<Vec<_>>(),
         "destination updated"
     );
+    metrics.route_known(&routes.route_labels);
     dest.routes.store(Some(Arc::new(routes)));
     dest.answered.send_replace(true);
 }

@@ -476,6 +476,22 @@ impl Metrics {
         }
     }
 
+    /// Starts a service's route metrics at zero, so that "no retries yet"
+    /// shows as zero.
+    pub fn route_known(&self, route: &RouteLabels) {
+        if route.authority.is_empty() {
+            return;
+        }
+        let _ = self.retries.get_or_create(route);
+        let _ = self.retry_budget_exhausted.get_or_create(route);
+        for state in ["open", "closed"] {
+            let _ = self.breaker_transitions.get_or_create(&BreakerLabels {
+                authority: route.authority.clone(),
+                state,
+            });
+        }
+    }
+
     pub fn identity_refreshed(&self, not_after: SystemTime) {
         let secs = not_after.duration_since(UNIX_EPOCH).unwrap_or_default();
         self.identity_expiry.set(secs.as_secs() as i64);

@@ -5,6 +5,7 @@
 //! `web-v1` and `web-v2`. Every pod runs a real proxy with an identity.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 
 use serde_json::{Value, json};
 
@@ -53,7 +54,11 @@ pub struct Demo {
 impl Demo {
     /// Builds the node, pods, apps, controller and proxies.
     pub async fn start(label: &str, options: DemoOptions) -> anyhow::Result<Self> {
-        let mesh = Mesh::new(label)?;
+        Self::on(Mesh::new(label)?, options).await
+    }
+
+    /// The same on a node the caller made (to run something there first).
+    pub async fn on(mesh: Mesh, options: DemoOptions) -> anyhow::Result<Self> {
         let web_v1 = mesh.add_pod("web-v1", None)?;
         let web_v2 = mesh.add_pod("web-v2", None)?;
         let client = mesh.add_pod("client", None)?;
@@ -67,6 +72,7 @@ impl Demo {
         let controller = mesh
             .start_controller(&ca, ControllerOptions::default())
             .await?;
+        start_injector(&mesh, &ca.anchors(), controller.addr())?;
         let mut proxies = Vec::new();
         for (pod, sa, workload) in [
             (&web_v1, "web", "web-v1"),
@@ -114,14 +120,18 @@ impl Demo {
                 ],
             })
             .collect();
-        let control_plane = [FileTarget {
-            address: SocketAddr::from((Ipv4Addr::LOCALHOST, self.controller.options.admin_port)),
+        let control_plane = [
+            (self.controller.options.admin_port, "weft-controller"),
+            (INJECTOR_ADMIN_PORT, "weft-injector"),
+        ]
+        .map(|(port, component)| FileTarget {
+            address: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             labels: vec![
-                ("component".into(), "weft-controller".into()),
+                ("component".into(), component.into()),
                 ("namespace".into(), "weft-system".into()),
-                ("pod".into(), "weft-controller".into()),
+                ("pod".into(), component.into()),
             ],
-        }];
+        });
         Prometheus::write_targets(&dir, "weft-proxy", &proxies)?;
         Prometheus::write_targets(&dir, "weft-control-plane", &control_plane)?;
         Prometheus::start(
@@ -146,6 +156,113 @@ impl Demo {
     }
 }
 
+/// The injector's ports on the node (webhook, admin).
+pub const INJECTOR_PORT: u16 = 8443;
+pub const INJECTOR_ADMIN_PORT: u16 = 9995;
+
+/// Runs `weft-injector` on the node with a serving certificate for
+/// 127.0.0.1 from its own CA (`injector-ca.crt` in the mesh folder), as
+/// the API server would call it.
+fn start_injector(mesh: &Mesh, anchors: &Path, controller: SocketAddr) -> anyhow::Result<()> {
+    let dir = mesh.dir.join("injector");
+    std::fs::create_dir_all(&dir)?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "weft demo webhook CA");
+    let ca = ca_params.self_signed(&ca_key)?;
+    let key = rcgen::KeyPair::generate()?;
+    let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    // Subject and issuer must differ, or clients take the leaf for a
+    // self-signed certificate.
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "weft-injector");
+    let leaf = leaf_params.signed_by(&key, &rcgen::Issuer::from_ca_cert_der(ca.der(), &ca_key)?)?;
+    std::fs::write(dir.join("tls.crt"), leaf.pem())?;
+    std::fs::write(dir.join("tls.key"), key.serialize_pem())?;
+    std::fs::write(dir.join("ca.crt"), ca.pem())?;
+    let arg = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    mesh.spawn(
+        &mesh.node(),
+        "injector",
+        &mesh.bins.path("weft-injector"),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{INJECTOR_PORT}"),
+            "--admin",
+            &format!("127.0.0.1:{INJECTOR_ADMIN_PORT}"),
+            "--tls-cert",
+            &arg("tls.crt"),
+            "--tls-key",
+            &arg("tls.key"),
+            "--trust-anchors-file",
+            &anchors.to_string_lossy(),
+            "--controller-addr",
+            &controller.to_string(),
+            "--sidecar-mode",
+            "classic",
+        ],
+        &[],
+    )?;
+    Ok(())
+}
+
+impl Demo {
+    /// Sends the injector an AdmissionReview for a new pod in the demo
+    /// namespace, as the API server does when a Deployment scales up, and
+    /// returns whether it answered with a patch.
+    pub fn admit_pod(&self, name: &str) -> anyhow::Result<bool> {
+        let dir = self.mesh.dir.join("injector");
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": format!("demo-{name}"),
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": NAMESPACE,
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": {
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": "web"}},
+                    "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "weft-demo"}]},
+                },
+            },
+        });
+        let body = dir.join(format!("review-{name}.json"));
+        std::fs::write(&body, review.to_string())?;
+        let answer = crate::sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.mesh.node_netns,
+                "curl",
+                "-sS",
+                "--fail",
+                "--retry",
+                "20",
+                "--retry-connrefused",
+                "--retry-delay",
+                "0",
+                "--cacert",
+                &dir.join("ca.crt").to_string_lossy(),
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &format!("@{}", body.display()),
+                &format!("https://127.0.0.1:{INJECTOR_PORT}/inject"),
+            ],
+        )?;
+        let answer: Value = serde_json::from_str(&answer)?;
+        Ok(answer["response"]["allowed"] == true && answer["response"]["patch"].is_string())
+    }
+}
+
 /// Services, EndpointSlices, Pods and the TrafficSplit, as the
 /// controller's file source reads them.
 fn discovery_objects(client: &Pod, web_v1: &Pod, web_v2: &Pod) -> String {
@@ -165,9 +282,15 @@ fn discovery_objects(client: &Pod, web_v1: &Pod, web_v2: &Pod) -> String {
         ("web-v1", WEB_V1_IP, vec![web_v1]),
         ("web-v2", WEB_V2_IP, vec![web_v2]),
     ] {
+        // The apex retries failed idempotent requests (twice at most).
+        let annotations = if service == "web" {
+            json!({"retry.weft.io/http": "5xx"})
+        } else {
+            json!({})
+        };
         docs.push(json!({
             "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": service, "namespace": NAMESPACE},
+            "metadata": {"name": service, "namespace": NAMESPACE, "annotations": annotations},
             "spec": {"clusterIP": ip.to_string(), "ports": ports},
         }));
         docs.push(json!({

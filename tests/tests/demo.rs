@@ -44,7 +44,7 @@ fn demo_shows_traffic_and_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("10/10 answered 200"), "{stdout}");
-    // All of it crossed as mTLS between the two workload identities.
+    // All of it crossed the split as mTLS between the workload identities.
     assert!(
         stdout.contains(
             "request_total{direction=\"outbound\",tls=\"true\",server_id=\"spiffe://cluster.local/ns/demo/sa/web\"} 13"
@@ -55,6 +55,10 @@ fn demo_shows_traffic_and_cleans_up() {
         stdout.contains(
             "request_total{direction=\"inbound\",tls=\"true\",client_id=\"spiffe://cluster.local/ns/demo/sa/client\"} 13"
         ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("response_total{direction=\"outbound\",tls=\"true\",grpc_status=\"0\"} 2"),
         "{stdout}"
     );
     assert!(stdout.contains("redirect to :6140"), "{stdout}");

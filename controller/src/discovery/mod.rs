@@ -340,8 +340,9 @@ impl Store {
                 .collect();
             for kind in kinds {
                 for key in current.keys(*kind) {
-                    if !wanted.contains(&(*kind, key.clone())) {
-                        changed |= current.remove(*kind, &key);
+                    if !wanted.contains(&(*kind, key.clone())) && current.remove(*kind, &key) {
+                        self.metrics.discovery_event(kind.as_str(), "delete");
+                        changed = true;
                     }
                 }
             }
@@ -355,6 +356,7 @@ impl Store {
                 }
                 let problems = current.upsert(object);
                 self.report(kind, &key, &problems);
+                self.metrics.discovery_event(kind.as_str(), "apply");
                 changed = true;
             }
             for kind in kinds {

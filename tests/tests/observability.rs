@@ -1,0 +1,549 @@
+//! What users see in Prometheus and Grafana, checked against a real
+//! Prometheus scraping the mesh on one machine while the demo workloads
+//! send HTTP, gRPC and TCP through a TrafficSplit: the counts are the
+//! requests sent, latency histograms hold them, every query of every
+//! shipped dashboard returns data, and request spans reach an OTLP
+//! receiver with each server proxy's span the child of its client proxy's.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use weft_testbed::demo::{self, Demo, DemoOptions};
+use weft_testbed::otlp::OtlpReceiver;
+use weft_testbed::prometheus::Prometheus;
+use weft_testbed::{Mesh, Pod, http_request};
+
+const HTTP_REQUESTS: u64 = 100;
+const GRPC_REQUESTS: u64 = 20;
+const TCP_CONNECTIONS: u64 = 5;
+/// Requests for `/status/503`: retried, then answered 503.
+const FAILING_REQUESTS: u64 = 8;
+
+/// A trace the "app" starts, to see the proxies continue it.
+const APP_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const APP_SPAN_ID: &str = "00f067aa0ba902b7";
+
+fn dashboards_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/grafana")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prometheus_sees_the_mesh_as_the_dashboards_show_it() {
+    weft_testbed::require_root();
+    let mesh = Mesh::new("observe").expect("mesh");
+    // The receiver listens on the node before the proxies start, so their
+    // exporters find it at once.
+    let otlp = OtlpReceiver::start(&mesh.node(), SocketAddr::from(([0, 0, 0, 0], 4317)))
+        .await
+        .expect("OTLP receiver");
+    let demo = Demo::on(
+        mesh,
+        DemoOptions {
+            trace_collector: Some(format!(
+                "http://{}:4317",
+                weft_testbed::identity::NODE_GATEWAY
+            )),
+        },
+    )
+    .await
+    .expect("demo");
+    let prometheus = demo.start_prometheus().await.expect("prometheus");
+    assert!(demo.admit_pod("web-v1-new").expect("admission review"));
+
+    send_traffic(&demo).await;
+    let expected = expected_counts(&demo).await;
+    check_counts(&prometheus, &expected).await;
+    // rate() needs two samples of a series in its window: wait until the
+    // series the last traffic made have been scraped that often.
+    for metric in [
+        "response_total",
+        "response_latency_ms_bucket",
+        "retry_budget_exhausted_total",
+        "circuit_breaker_transitions_total",
+        "injector_admissions_total",
+    ] {
+        prometheus
+            .wait_value(
+                &format!("min(count_over_time({metric}[1m]))"),
+                Duration::from_secs(60),
+                |v| v >= 2.0,
+            )
+            .await
+            .expect("second scrape");
+    }
+    check_dashboards(&prometheus).await;
+    check_traces(&otlp).await;
+}
+
+/// HTTP through the split (one request carrying the app's own
+/// `traceparent`), gRPC, opaque TCP, then failing requests that are
+/// retried and trip the circuit breaker.
+async fn send_traffic(demo: &Demo) {
+    let client = &demo.client;
+    for _ in 0..HTTP_REQUESTS - 1 {
+        let (status, _) = http_request(client, demo.http_addr(), "GET", "/")
+            .await
+            .expect("HTTP request");
+        assert_eq!(status, 200);
+    }
+    let (status, _) = traced_request(client, demo.http_addr()).await;
+    assert_eq!(status, 200);
+
+    use weft_demo::proto::EchoRequest;
+    use weft_demo::proto::echo_client::EchoClient;
+    let pod = client.clone();
+    let addr = demo.grpc_addr();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let pod = pod.clone();
+            async move { pod.connect(addr).await.map(hyper_util::rt::TokioIo::new) }
+        }))
+        .await
+        .expect("gRPC channel");
+    let mut grpc = EchoClient::new(channel);
+    for i in 0..GRPC_REQUESTS {
+        grpc.say(EchoRequest {
+            message: format!("hi {i}"),
+            count: 0,
+        })
+        .await
+        .expect("gRPC Say");
+    }
+
+    // Through the split, then one to each backend's own service, so both
+    // versions have closed connections to show.
+    let backends =
+        [demo::WEB_V1_IP, demo::WEB_V2_IP].map(|ip| SocketAddr::from((ip, demo::TCP_PORT)));
+    let targets =
+        std::iter::repeat_n(demo.tcp_addr(), TCP_CONNECTIONS as usize - 2).chain(backends);
+    for addr in targets {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let stream = client.connect(addr).await.expect("TCP");
+        let (read, mut write) = stream.into_split();
+        let greeting = BufReader::new(read).lines().next_line().await.unwrap();
+        assert!(greeting.is_some_and(|g| g.starts_with("220 web-v")));
+        write.write_all(b"QUIT\r\n").await.unwrap();
+    }
+
+    for _ in 0..FAILING_REQUESTS {
+        let (status, _) = http_request(client, demo.http_addr(), "GET", "/status/503")
+            .await
+            .expect("HTTP request");
+        assert_eq!(status, 503);
+    }
+}
+
+/// A request as an app that traces would send it.
+async fn traced_request(client: &Pod, addr: SocketAddr) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let stream = client.connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/")
+        .header(http::header::HOST, "web.demo")
+        .header("traceparent", format!("00-{APP_TRACE_ID}-{APP_SPAN_ID}-01"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// What the proxies must report: PromQL → value.
+async fn expected_counts(demo: &Demo) -> Vec<(String, f64)> {
+    // Retries depend on the budget; read how many the client proxy made,
+    // so that the servers' count can be checked against it.
+    let client = demo.client.metrics().await.unwrap();
+    let retries = client.sum("retries_total", &[]);
+    assert!(retries > 0.0, "no retries of the failing requests");
+    let sent = (HTTP_REQUESTS + GRPC_REQUESTS + FAILING_REQUESTS) as f64;
+    let out = r#"namespace="demo",workload="client",direction="outbound""#;
+    let inbound = r#"namespace="demo",workload=~"web-v.",direction="inbound""#;
+    vec![
+        (format!("sum(request_total{{{out}}})"), sent),
+        (
+            format!(
+                r#"sum(request_total{{{out},tls="true",authority="web.demo.svc.cluster.local:80"}})"#
+            ),
+            (HTTP_REQUESTS + FAILING_REQUESTS) as f64,
+        ),
+        (
+            format!(r#"sum(response_total{{{out},status_code="200",classification="success"}})"#),
+            (HTTP_REQUESTS + GRPC_REQUESTS) as f64,
+        ),
+        (
+            format!(r#"sum(response_total{{{out},status_code="503",classification="failure"}})"#),
+            FAILING_REQUESTS as f64,
+        ),
+        (
+            format!(
+                r#"sum(response_total{{{out},grpc_status="0",authority="web.demo.svc.cluster.local:50051"}})"#
+            ),
+            GRPC_REQUESTS as f64,
+        ),
+        // Every request and retry reached a server proxy, over mTLS from
+        // the client's identity.
+        (
+            format!(
+                r#"sum(request_total{{{inbound},tls="true",client_id="spiffe://cluster.local/ns/demo/sa/client"}})"#
+            ),
+            sent + retries,
+        ),
+        // Latency buckets hold every response.
+        (
+            format!(r#"sum(response_latency_ms_bucket{{{out},le="+Inf"}})"#),
+            sent,
+        ),
+        (format!("sum(response_latency_ms_count{{{out}}})"), sent),
+        (
+            format!(r#"sum(protocol_detect_total{{{out},protocol="opaque_port"}})"#),
+            TCP_CONNECTIONS as f64,
+        ),
+        (
+            r#"sum(retries_total{namespace="demo",pod="client",authority="web.demo.svc.cluster.local:80"})"#
+                .to_string(),
+            retries,
+        ),
+        (
+            r#"sum(traffic_split_backend_weight{apex="web",backend="web-v1"})"#.into(),
+            0.8,
+        ),
+        (r#"count(up{job="weft-proxy"} == 1)"#.into(), 3.0),
+        (r#"count(up{job="weft-control-plane"} == 1)"#.into(), 2.0),
+        (
+            r#"sum(injector_admissions_total{outcome="injected"})"#.into(),
+            1.0,
+        ),
+    ]
+}
+
+async fn check_counts(prometheus: &Prometheus, expected: &[(String, f64)]) {
+    for (query, want) in expected {
+        prometheus
+            .wait_value(query, Duration::from_secs(60), |v| (v - want).abs() < 1e-9)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}; expected {want}"));
+    }
+    // Fast local requests land in the low buckets, not only in +Inf.
+    let out = r#"namespace="demo",workload="client",direction="outbound""#;
+    let within_1s = prometheus
+        .value(&format!(
+            r#"sum(response_latency_ms_bucket{{{out},le="1000.0"}})"#
+        ))
+        .await
+        .unwrap();
+    assert!(
+        within_1s >= 0.9 * (HTTP_REQUESTS + GRPC_REQUESTS) as f64,
+        "{within_1s}"
+    );
+    // The split's 80/20 shows in the backends' shares of the HTTP traffic.
+    let by_backend = |backend: &str| {
+        format!(
+            r#"sum(request_total{{{out},authority="web.demo.svc.cluster.local:80",dst_service="{backend}",dst_workload="{backend}",dst_namespace="demo"}})"#
+        )
+    };
+    let v1 = prometheus.value(&by_backend("web-v1")).await.unwrap();
+    let v2 = prometheus.value(&by_backend("web-v2")).await.unwrap();
+    let share = v1 / (v1 + v2);
+    assert!((0.6..0.95).contains(&share), "web-v1 got {v1}, web-v2 {v2}");
+    // The breaker opened on the backend that kept failing, and the budget
+    // stopped some retries.
+    for query in [
+        r#"sum(circuit_breaker_transitions_total{pod="client",authority="web.demo.svc.cluster.local:80",state="open"})"#,
+        r#"sum(tcp_read_bytes_total{pod="client",direction="outbound",peer="dst",tls="true"})"#,
+        r#"sum(process_resident_memory_bytes{job="weft-proxy"})"#,
+    ] {
+        let v = prometheus.value(query).await.unwrap();
+        assert!(v > 0.0, "{query} = {v}");
+    }
+    // Labels stay bounded: no client ports, no paths.
+    let series = prometheus.query(r#"{job="weft-proxy"}"#).await.unwrap();
+    let labels: HashSet<String> = series
+        .iter()
+        .flat_map(|s| s["metric"].as_object().unwrap().keys().cloned())
+        .collect();
+    let allowed: HashSet<&str> = [
+        "__name__",
+        "job",
+        "instance",
+        "namespace",
+        "workload",
+        "pod",
+        "direction",
+        "peer",
+        "authority",
+        "tls",
+        "client_id",
+        "server_id",
+        "dst_namespace",
+        "dst_service",
+        "dst_workload",
+        "dst_pod",
+        "status_code",
+        "grpc_status",
+        "classification",
+        "errno",
+        "le",
+        "protocol",
+        "reason",
+        "result",
+        "state",
+    ]
+    .into();
+    let unexpected: Vec<&String> = labels
+        .iter()
+        .filter(|l| !allowed.contains(l.as_str()))
+        .collect();
+    assert!(unexpected.is_empty(), "undocumented labels: {unexpected:?}");
+    let authorities = prometheus
+        .query(r#"count by (authority) (request_total{job="weft-proxy"})"#)
+        .await
+        .unwrap();
+    for a in &authorities {
+        let authority = a["metric"]["authority"].as_str().unwrap_or_default();
+        assert!(
+            !authority.contains('/'),
+            "a path leaked into authority: {authority}"
+        );
+    }
+}
+
+/// A dashboard variable: `label_values(selector, label)`.
+#[derive(Debug)]
+struct Variable {
+    name: String,
+    selector: String,
+    label: String,
+}
+
+fn variables(dashboard: &Value) -> Vec<Variable> {
+    dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["type"] == "query")
+        .map(|v| {
+            let query = v["query"].as_str().expect("variable query");
+            let inner = query
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+                .unwrap_or_else(|| panic!("unsupported variable query {query}"));
+            let (selector, label) = inner.rsplit_once(',').unwrap();
+            Variable {
+                name: v["name"].as_str().unwrap().to_string(),
+                selector: selector.trim().to_string(),
+                label: label.trim().to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Grafana's interpolation, for the variables this dashboard has (so
+/// `$1` in a regex replacement stays as it is).
+fn substitute(text: &str, values: &BTreeMap<String, String>) -> String {
+    let mut names: Vec<&String> = values.keys().collect();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    let mut out = text.to_string();
+    for name in names {
+        out = out.replace(&format!("${{{name}}}"), &values[name]);
+        out = out.replace(&format!("${name}"), &values[name]);
+    }
+    out
+}
+
+/// Every combination of variable values, each list computed the way
+/// Grafana does: the variable's query with the earlier variables filled in.
+async fn combinations(
+    prometheus: &Prometheus,
+    vars: &[Variable],
+) -> Result<Vec<BTreeMap<String, String>>, String> {
+    let mut combos = vec![BTreeMap::from([(
+        "__rate_interval".to_string(),
+        "1m".to_string(),
+    )])];
+    for var in vars {
+        let mut next = Vec::new();
+        for combo in &combos {
+            let selector = substitute(&var.selector, combo);
+            let query = format!("count by ({}) ({selector})", var.label);
+            let values = prometheus
+                .query(&query)
+                .await
+                .map_err(|e| format!("variable {}: {e:#}", var.name))?;
+            let mut values: Vec<String> = values
+                .iter()
+                .filter_map(|v| v["metric"][&var.label].as_str().map(str::to_string))
+                .filter(|v| !v.is_empty())
+                .collect();
+            values.sort();
+            if values.is_empty() {
+                return Err(format!("variable {} ({query}) has no values", var.name));
+            }
+            for value in values {
+                let mut c = combo.clone();
+                c.insert(var.name.clone(), value);
+                next.push(c);
+            }
+        }
+        combos = next;
+    }
+    Ok(combos)
+}
+
+async fn check_dashboards(prometheus: &Prometheus) {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dashboards_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 7, "{files:?}");
+    let mut uids = HashSet::new();
+    let mut failures = Vec::new();
+    let mut queries = 0;
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap())
+            .unwrap_or_else(|e| panic!("{name} is not JSON: {e}"));
+        assert!(
+            uids.insert(dashboard["uid"].as_str().unwrap().to_string()),
+            "{name}: uid reused"
+        );
+        // Structure: one datasource variable that every panel and query
+        // uses, and panel ids unique.
+        let list = dashboard["templating"]["list"].as_array().unwrap();
+        assert!(
+            list.iter().any(|v| v["type"] == "datasource"
+                && v["name"] == "datasource"
+                && v["query"] == "prometheus"),
+            "{name}: no datasource variable"
+        );
+        let panels = dashboard["panels"].as_array().unwrap();
+        let ids: HashSet<i64> = panels.iter().map(|p| p["id"].as_i64().unwrap()).collect();
+        assert_eq!(ids.len(), panels.len(), "{name}: panel ids repeat");
+        let vars = variables(&dashboard);
+        for v in list.iter().filter(|v| v["type"] == "query") {
+            assert_eq!(
+                v["datasource"]["uid"], "${datasource}",
+                "{name}: variable {}",
+                v["name"]
+            );
+        }
+        let combos = match combinations(prometheus, &vars).await {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{name}: {e}"));
+                continue;
+            }
+        };
+        for panel in panels.iter().filter(|p| p["type"] != "row") {
+            let title = panel["title"].as_str().unwrap();
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{name}: {title}"
+            );
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{name}: {title} has no query");
+            for target in targets {
+                assert_eq!(
+                    target["datasource"]["uid"], "${datasource}",
+                    "{name}: {title}"
+                );
+                let expr = target["expr"].as_str().unwrap();
+                for combo in &combos {
+                    let query = substitute(expr, combo);
+                    queries += 1;
+                    match prometheus.query(&query).await {
+                        Ok(result) if !result.is_empty() => {}
+                        Ok(_) => failures.push(format!("{name}: {title}: no data for {query}")),
+                        Err(e) => failures.push(format!("{name}: {title}: {e:#}")),
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {queries} dashboard queries failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!(
+        "{queries} dashboard queries over {} dashboards returned data",
+        files.len()
+    );
+}
+
+async fn check_traces(otlp: &OtlpReceiver) {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // Each request the client proxy sent has a span, and the server
+    // proxy's span for it is its child, in the same trace.
+    let spans = otlp
+        .wait_for(Duration::from_secs(30), |spans| {
+            let continued = spans
+                .iter()
+                .any(|s| hex(&s.trace_id) == APP_TRACE_ID && s.kind == 2);
+            let clients = spans.iter().filter(|s| s.kind == 3).count();
+            continued && clients as u64 >= HTTP_REQUESTS
+        })
+        .await
+        .expect("spans");
+    let client_spans: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == 3 && s.service == "client.demo")
+        .collect();
+    let server_spans: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == 2 && s.service == "web.demo")
+        .collect();
+    let mut linked = 0;
+    for server in &server_spans {
+        if let Some(parent) = client_spans
+            .iter()
+            .find(|c| c.span_id == server.parent_span_id)
+        {
+            assert_eq!(parent.trace_id, server.trace_id);
+            linked += 1;
+        }
+    }
+    assert!(
+        linked as u64 >= HTTP_REQUESTS,
+        "only {linked} server spans have their client proxy's span as parent"
+    );
+    // The app's own trace went on: the client proxy's span is the child
+    // of the app's span, and the server proxy's the child of that.
+    let app_client = client_spans
+        .iter()
+        .find(|s| hex(&s.trace_id) == APP_TRACE_ID)
+        .expect("client proxy span in the app's trace");
+    assert_eq!(hex(&app_client.parent_span_id), APP_SPAN_ID);
+    assert_eq!(app_client.attribute("http.request.method"), Some("GET"));
+    assert_eq!(
+        app_client.attribute("server.address"),
+        Some("web.demo.svc.cluster.local:80")
+    );
+    assert_eq!(
+        app_client.attribute("http.response.status_code"),
+        Some("200")
+    );
+    let app_server = server_spans
+        .iter()
+        .find(|s| hex(&s.trace_id) == APP_TRACE_ID)
+        .expect("server proxy span in the app's trace");
+    assert_eq!(app_server.parent_span_id, app_client.span_id);
+    // gRPC spans carry the gRPC status.
+    assert!(
+        client_spans
+            .iter()
+            .any(|s| s.attribute("rpc.grpc.status_code") == Some("0")),
+        "no gRPC span with its status"
+    );
+}
