@@ -21,6 +21,7 @@ declare -A wanted=(
     [procps]=/usr/bin/pgrep
     [tcpdump]=/usr/bin/tcpdump
     [prometheus]=/usr/bin/prometheus
+    [python3]=/usr/bin/python3
 )
 missing=()
 for pkg in "${!wanted[@]}"; do

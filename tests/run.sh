@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
+echo "== Grafana dashboards match their generator"
+python3 examples/grafana/generate.py --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== build (release, shared by all tests)"
