@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod cni;
+pub mod dashboards;
 pub mod demo;
 pub mod identity;
 pub mod kube_api;

@@ -7,10 +7,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
+use weft_testbed::dashboards;
 use weft_testbed::demo::{self, Demo, DemoOptions};
 use weft_testbed::otlp::OtlpReceiver;
 use weft_testbed::prometheus::Prometheus;
@@ -25,10 +24,6 @@ const FAILING_REQUESTS: u64 = 8;
 /// A trace the "app" starts, to see the proxies continue it.
 const APP_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const APP_SPAN_ID: &str = "00f067aa0ba902b7";
-
-fn dashboards_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/grafana")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prometheus_sees_the_mesh_as_the_dashboards_show_it() {
@@ -316,158 +311,21 @@ async fn check_counts(prometheus: &Prometheus, expected: &[(String, f64)]) {
     }
 }
 
-/// A dashboard variable: `label_values(selector, label)`.
-#[derive(Debug)]
-struct Variable {
-    name: String,
-    selector: String,
-    label: String,
-}
-
-fn variables(dashboard: &Value) -> Vec<Variable> {
-    dashboard["templating"]["list"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|v| v["type"] == "query")
-        .map(|v| {
-            let query = v["query"].as_str().expect("variable query");
-            let inner = query
-                .strip_prefix("label_values(")
-                .and_then(|q| q.strip_suffix(')'))
-                .unwrap_or_else(|| panic!("unsupported variable query {query}"));
-            let (selector, label) = inner.rsplit_once(',').unwrap();
-            Variable {
-                name: v["name"].as_str().unwrap().to_string(),
-                selector: selector.trim().to_string(),
-                label: label.trim().to_string(),
-            }
-        })
-        .collect()
-}
-
-/// Grafana's interpolation, for the variables this dashboard has (so
-/// `$1` in a regex replacement stays as it is).
-fn substitute(text: &str, values: &BTreeMap<String, String>) -> String {
-    let mut names: Vec<&String> = values.keys().collect();
-    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
-    let mut out = text.to_string();
-    for name in names {
-        out = out.replace(&format!("${{{name}}}"), &values[name]);
-        out = out.replace(&format!("${name}"), &values[name]);
-    }
-    out
-}
-
-/// Every combination of variable values, each list computed the way
-/// Grafana does: the variable's query with the earlier variables filled in.
-async fn combinations(
-    prometheus: &Prometheus,
-    vars: &[Variable],
-) -> Result<Vec<BTreeMap<String, String>>, String> {
-    let mut combos = vec![BTreeMap::from([(
-        "__rate_interval".to_string(),
-        "1m".to_string(),
-    )])];
-    for var in vars {
-        let mut next = Vec::new();
-        for combo in &combos {
-            let selector = substitute(&var.selector, combo);
-            let query = format!("count by ({}) ({selector})", var.label);
-            let values = prometheus
-                .query(&query)
-                .await
-                .map_err(|e| format!("variable {}: {e:#}", var.name))?;
-            let mut values: Vec<String> = values
-                .iter()
-                .filter_map(|v| v["metric"][&var.label].as_str().map(str::to_string))
-                .filter(|v| !v.is_empty())
-                .collect();
-            values.sort();
-            if values.is_empty() {
-                return Err(format!("variable {} ({query}) has no values", var.name));
-            }
-            for value in values {
-                let mut c = combo.clone();
-                c.insert(var.name.clone(), value);
-                next.push(c);
-            }
-        }
-        combos = next;
-    }
-    Ok(combos)
-}
-
 async fn check_dashboards(prometheus: &Prometheus) {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dashboards_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    files.sort();
-    assert_eq!(files.len(), 7, "{files:?}");
-    let mut uids = HashSet::new();
+    let dashboards = dashboards::load_all().expect("dashboards");
+    assert_eq!(dashboards.len(), 7);
     let mut failures = Vec::new();
     let mut queries = 0;
-    for file in &files {
-        let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap())
-            .unwrap_or_else(|e| panic!("{name} is not JSON: {e}"));
-        assert!(
-            uids.insert(dashboard["uid"].as_str().unwrap().to_string()),
-            "{name}: uid reused"
-        );
-        // Structure: one datasource variable that every panel and query
-        // uses, and panel ids unique.
-        let list = dashboard["templating"]["list"].as_array().unwrap();
-        assert!(
-            list.iter().any(|v| v["type"] == "datasource"
-                && v["name"] == "datasource"
-                && v["query"] == "prometheus"),
-            "{name}: no datasource variable"
-        );
-        let panels = dashboard["panels"].as_array().unwrap();
-        let ids: HashSet<i64> = panels.iter().map(|p| p["id"].as_i64().unwrap()).collect();
-        assert_eq!(ids.len(), panels.len(), "{name}: panel ids repeat");
-        let vars = variables(&dashboard);
-        for v in list.iter().filter(|v| v["type"] == "query") {
-            assert_eq!(
-                v["datasource"]["uid"], "${datasource}",
-                "{name}: variable {}",
-                v["name"]
-            );
-        }
-        let combos = match combinations(prometheus, &vars).await {
-            Ok(c) => c,
-            Err(e) => {
-                failures.push(format!("{name}: {e}"));
-                continue;
+    for dashboard in &dashboards {
+        dashboard
+            .check_structure()
+            .unwrap_or_else(|e| panic!("{e}"));
+        match dashboard.evaluate(prometheus, &BTreeMap::new()).await {
+            Ok(report) => {
+                queries += report.queries;
+                failures.extend(report.failures);
             }
-        };
-        for panel in panels.iter().filter(|p| p["type"] != "row") {
-            let title = panel["title"].as_str().unwrap();
-            assert_eq!(
-                panel["datasource"]["uid"], "${datasource}",
-                "{name}: {title}"
-            );
-            let targets = panel["targets"].as_array().unwrap();
-            assert!(!targets.is_empty(), "{name}: {title} has no query");
-            for target in targets {
-                assert_eq!(
-                    target["datasource"]["uid"], "${datasource}",
-                    "{name}: {title}"
-                );
-                let expr = target["expr"].as_str().unwrap();
-                for combo in &combos {
-                    let query = substitute(expr, combo);
-                    queries += 1;
-                    match prometheus.query(&query).await {
-                        Ok(result) if !result.is_empty() => {}
-                        Ok(_) => failures.push(format!("{name}: {title}: no data for {query}")),
-                        Err(e) => failures.push(format!("{name}: {title}: {e:#}")),
-                    }
-                }
-            }
+            Err(e) => failures.push(e),
         }
     }
     assert!(
@@ -478,7 +336,7 @@ async fn check_dashboards(prometheus: &Prometheus) {
     );
     eprintln!(
         "{queries} dashboard queries over {} dashboards returned data",
-        files.len()
+        dashboards.len()
     );
 }
 

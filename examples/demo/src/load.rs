@@ -1,8 +1,8 @@
-//! `weft-demo load`: a steady HTTP load for the demo and the cluster
-//! tests. It sends requests at a fixed rate over kept-alive connections and
-//! prints, each second and at the end, one JSON line counting answers by
-//! the body's last word (the demo servers answer "hello from <name>", so
-//! that is the backend) and failures by reason.
+//! `weft-demo load`: a steady HTTP (or, with `--grpc`, gRPC) load for the
+//! demo and the cluster tests. It sends requests at a fixed rate over
+//! kept-alive connections and prints, each second and at the end, one JSON
+//! line counting answers by backend (the demo servers answer "hello from
+//! <name>" and name themselves in gRPC replies) and failures by reason.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,10 +21,12 @@ pub struct LoadArgs {
     pub rate: u32,
     pub duration: Duration,
     pub timeout: Duration,
+    /// Unary `Echo/Say` calls instead of HTTP GETs.
+    pub grpc: bool,
 }
 
 impl LoadArgs {
-    /// `<host:port> [--path P] [--rate PER_SECOND] [--duration D] [--timeout D]`;
+    /// `<host:port> [--path P] [--rate PER_SECOND] [--duration D] [--timeout D] [--grpc]`;
     /// durations like `500ms` or `10s`.
     pub fn parse(args: &[String]) -> anyhow::Result<Self> {
         let mut it = args.iter();
@@ -35,8 +37,13 @@ impl LoadArgs {
             rate: 50,
             duration: Duration::from_secs(10),
             timeout: Duration::from_secs(5),
+            grpc: false,
         };
         while let Some(flag) = it.next() {
+            if flag == "--grpc" {
+                parsed.grpc = true;
+                continue;
+            }
             let value = it.next().with_context(|| format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--path" => parsed.path = value.clone(),
@@ -97,6 +104,14 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let uri: http::Uri = format!("http://{}{}", args.target, args.path)
         .parse()
         .context("target")?;
+    let grpc = if args.grpc {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.target))
+            .context("target")?
+            .connect_lazy();
+        Some(crate::proto::echo_client::EchoClient::new(channel))
+    } else {
+        None
+    };
     let window = Arc::new(Mutex::new(Counts::default()));
     let total = Arc::new(Mutex::new(Counts::default()));
     let started = Instant::now();
@@ -108,9 +123,20 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         ticker.tick().await;
         let (client, uri, task_window, task_total) =
             (client.clone(), uri.clone(), window.clone(), total.clone());
+        let grpc = grpc.clone();
         let timeout = args.timeout;
         tasks.spawn(async move {
             let result = tokio::time::timeout(timeout, async {
+                if let Some(mut grpc) = grpc {
+                    let reply = grpc
+                        .say(crate::proto::EchoRequest {
+                            message: "load".into(),
+                            count: 0,
+                        })
+                        .await
+                        .map_err(|status| format!("grpc {:?}", status.code()))?;
+                    return Ok(reply.into_inner().served_by);
+                }
                 let resp = client.get(uri).await.map_err(|e| format!("request: {e}"))?;
                 let status = resp.status();
                 let body = resp
@@ -166,6 +192,11 @@ mod tests {
         assert!(LoadArgs::parse(&[]).is_err());
         assert!(LoadArgs::parse(&["x:1".into(), "--rate".into(), "0".into()]).is_err());
         assert!(LoadArgs::parse(&["x:1".into(), "--frob".into(), "1".into()]).is_err());
+        assert!(
+            LoadArgs::parse(&["x:1".into(), "--grpc".into()])
+                .unwrap()
+                .grpc
+        );
     }
 
     #[test]
