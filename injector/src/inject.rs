@@ -482,6 +482,8 @@ fn proxy_container(
         env_vars.push(env("WEFT_OPAQUE_PORTS", list.join(",")));
     }
     for (name, value) in [
+        ("WEFT_TRACE_COLLECTOR", &settings.trace_collector),
+        ("WEFT_TRACE_SAMPLE_RATIO", &settings.trace_sample_ratio),
         ("WEFT_INBOUND_MTLS", &config.inbound_mtls),
         ("WEFT_SKIP_INBOUND_PORTS", &config.skip_inbound_ports),
         ("WEFT_SKIP_OUTBOUND_PORTS", &config.skip_outbound_ports),

@@ -124,6 +124,29 @@ struct Cli {
     shutdown_grace: Duration,
     #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
     log_level: String,
+    /// OTLP/gRPC collector (`http://host:4317`) that proxies send a span
+    /// per HTTP request to; unset, proxies do no tracing work.
+    #[arg(long, env = "WEFT_TRACE_COLLECTOR", value_parser = trace_collector)]
+    trace_collector: Option<String>,
+    /// Share of new traces the proxies sample (requests arriving with a
+    /// `traceparent` follow its sampling decision).
+    #[arg(long, env = "WEFT_TRACE_SAMPLE_RATIO", value_parser = sample_ratio)]
+    trace_sample_ratio: Option<f64>,
+}
+
+fn trace_collector(v: &str) -> Result<String, String> {
+    let uri: http::Uri = v.parse().map_err(|e| format!("{e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(v.to_string()),
+        _ => Err("must be an http:// or https:// URL of an OTLP/gRPC collector".into()),
+    }
+}
+
+fn sample_ratio(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err("must be a number from 0 to 1".into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -206,6 +229,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             memory_limit: Some(cli.proxy_memory_limit.clone()),
         },
         ready_timeout_seconds: cli.proxy_ready_timeout.as_secs().clamp(1, 3600) as u32,
+        trace_collector: cli.trace_collector.clone(),
+        trace_sample_ratio: cli.trace_sample_ratio.map(|r| r.to_string()),
     };
     tracing::info!(
         ?settings,

@@ -78,6 +78,10 @@ pub struct MeshSettings {
     pub resources: Resources,
     /// How long the classic mode's `postStart` hook waits for the proxy.
     pub ready_timeout_seconds: u32,
+    /// OTLP/gRPC collector every proxy sends request spans to, and the
+    /// share of new traces sampled; no tracing when unset.
+    pub trace_collector: Option<String>,
+    pub trace_sample_ratio: Option<String>,
 }
 
 impl MeshSettings {
@@ -107,6 +111,8 @@ impl MeshSettings {
             log_level: "warn,weft_proxy=info".into(),
             resources: Resources::proxy_defaults(),
             ready_timeout_seconds: 120,
+            trace_collector: None,
+            trace_sample_ratio: None,
         }
     }
 }
@@ -127,6 +133,7 @@ impl std::fmt::Debug for MeshSettings {
             .field("log_level", &self.log_level)
             .field("resources", &self.resources)
             .field("ready_timeout_seconds", &self.ready_timeout_seconds)
+            .field("trace_collector", &self.trace_collector)
             .finish_non_exhaustive()
     }
 }

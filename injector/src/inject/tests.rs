@@ -385,3 +385,30 @@ fn a_jobs_classic_proxy_exits_with_the_app() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn tracing_is_passed_on_only_when_configured() {
+    let pod = app_pod(json!({}));
+    let (doc, _) = injected(&pod, SidecarMode::Native);
+    assert_eq!(proxy_env(&doc, "WEFT_TRACE_COLLECTOR"), None);
+    let traced = MeshSettings {
+        trace_collector: Some("http://otel-collector.observability:4317".into()),
+        trace_sample_ratio: Some("0.1".into()),
+        ..settings()
+    };
+    let Decision::Inject { patch, .. } =
+        mutate(&pod, ENABLED, &traced, SidecarMode::Native).unwrap()
+    else {
+        panic!("not injected")
+    };
+    let mut doc = serde_json::to_value(&pod).unwrap();
+    json_patch::patch(&mut doc, &patch).unwrap();
+    assert_eq!(
+        proxy_env(&doc, "WEFT_TRACE_COLLECTOR").as_deref(),
+        Some("http://otel-collector.observability:4317")
+    );
+    assert_eq!(
+        proxy_env(&doc, "WEFT_TRACE_SAMPLE_RATIO").as_deref(),
+        Some("0.1")
+    );
+}

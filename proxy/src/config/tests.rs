@@ -17,6 +17,18 @@ fn defaults_follow_the_design() {
     assert_eq!(c.admin_addr.port(), 6191);
     assert!(c.opaque_ports.contains(&5432) && c.opaque_ports.contains(&25));
     assert_eq!(c.detect_timeout, Duration::from_secs(1));
+    // No collector, no tracing.
+    assert!(c.trace_collector.is_none());
+    let c = config(&[
+        ("WEFT_TRACE_COLLECTOR", "http://otel.observability:4317"),
+        ("WEFT_TRACE_SAMPLE_RATIO", "0.25"),
+    ])
+    .unwrap();
+    assert_eq!(
+        c.trace_collector.unwrap().host(),
+        Some("otel.observability")
+    );
+    assert_eq!(c.trace_sample_ratio, 0.25);
 }
 
 #[test]
@@ -37,6 +49,10 @@ fn bad_values_name_the_variable() {
         ("WEFT_ADMIN_ADDR", "localhost"),
         ("WEFT_LOG_LEVEL", "[[["),
         ("WEFT_PROXY_CORES", "0"),
+        ("WEFT_TRACE_COLLECTOR", "collector:4317"),
+        ("WEFT_TRACE_COLLECTOR", "ftp://collector:4317"),
+        ("WEFT_TRACE_SAMPLE_RATIO", "1.5"),
+        ("WEFT_TRACE_SAMPLE_RATIO", "some"),
         ("WEFT_HTTP_MAX_HEADER_BYTES", "100"),
         ("WEFT_SKIP_INBOUND_PORTS", "ssh"),
         ("WEFT_SKIP_OUTBOUND_PORTS", "9-1"),
