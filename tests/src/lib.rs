@@ -194,6 +194,22 @@ impl Pod {
         Ok(tokio::net::TcpStream::from_std(stream)?)
     }
 
+    /// A gRPC channel from inside the pod, as the pod's app would open it.
+    pub async fn grpc_channel(
+        &self,
+        addr: SocketAddr,
+    ) -> anyhow::Result<tonic::transport::Channel> {
+        let pod = self.clone();
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let pod = pod.clone();
+                    async move { pod.connect(addr).await.map(hyper_util::rt::TokioIo::new) }
+                }))
+                .await?,
+        )
+    }
+
     /// The proxy's admin address as seen from inside the pod.
     pub fn admin_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, weft_api::ports::ADMIN))

@@ -74,16 +74,8 @@ async fn meshed_traffic_is_encrypted_on_the_wire() {
         .unwrap();
     assert_eq!(status, 200);
     // gRPC (HTTP/2).
-    let client_pod = p.client.clone();
     let grpc = SocketAddr::from((p.server.ip, GRPC_PORT));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_uri| {
-            let pod = client_pod.clone();
-            async move { pod.connect(grpc).await.map(hyper_util::rt::TokioIo::new) }
-        }))
-        .await
-        .unwrap();
+    let channel = p.client.grpc_channel(grpc).await.unwrap();
     let reply = EchoClient::new(channel)
         .say(EchoRequest {
             message: SECRET.into(),

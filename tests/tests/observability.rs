@@ -89,14 +89,8 @@ async fn send_traffic(demo: &Demo) {
 
     use weft_demo::proto::EchoRequest;
     use weft_demo::proto::echo_client::EchoClient;
-    let pod = client.clone();
-    let addr = demo.grpc_addr();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let pod = pod.clone();
-            async move { pod.connect(addr).await.map(hyper_util::rt::TokioIo::new) }
-        }))
+    let channel = client
+        .grpc_channel(demo.grpc_addr())
         .await
         .expect("gRPC channel");
     let mut grpc = EchoClient::new(channel);

@@ -95,16 +95,8 @@ async fn http2_and_grpc_streaming_cross_both_proxies() {
     use weft_demo::proto::echo_client::EchoClient;
 
     let p = pair("grpc", &[]).await;
-    let client_pod = p.client.clone();
     let addr = std::net::SocketAddr::from((p.server.ip, GRPC_PORT));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_uri| {
-            let pod = client_pod.clone();
-            async move { pod.connect(addr).await.map(TokioIo::new) }
-        }))
-        .await
-        .unwrap();
+    let channel = p.client.grpc_channel(addr).await.unwrap();
     let mut client = EchoClient::new(channel);
 
     let reply = client

@@ -271,13 +271,7 @@ async fn forward_into(listener: tokio::net::TcpListener, netns: Pod, addr: Socke
 async fn grpc_demo(client: &Pod, addr: SocketAddr) -> anyhow::Result<String> {
     use weft_demo::proto::EchoRequest;
     use weft_demo::proto::echo_client::EchoClient;
-    let pod = client.clone();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let pod = pod.clone();
-            async move { pod.connect(addr).await.map(hyper_util::rt::TokioIo::new) }
-        }))
-        .await?;
+    let channel = client.grpc_channel(addr).await?;
     let mut grpc = EchoClient::new(channel);
     let reply = grpc
         .say(EchoRequest {
