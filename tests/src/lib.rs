@@ -19,6 +19,7 @@ pub mod kube_api;
 pub mod metrics;
 pub mod node;
 pub mod otlp;
+pub mod pod_sd;
 pub mod prometheus;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -91,6 +91,16 @@ impl KubeNode {
         self.kubectl_with_input(args, None)
     }
 
+    /// The kubectl program and its connection arguments, for callers that
+    /// run it themselves (asynchronously, say).
+    pub fn kubectl_command(&self) -> Vec<String> {
+        vec![
+            self.kubectl.to_string_lossy().into_owned(),
+            "--kubeconfig".into(),
+            self.kubeconfig.to_string_lossy().into_owned(),
+        ]
+    }
+
     /// `kubectl ARGS` with `input` on stdin (`apply -f -`).
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> anyhow::Result<String> {
         use std::io::Write;

@@ -256,10 +256,10 @@ fn split(node: &KubeNode) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scenario 6: Prometheus with Kubernetes service discovery and the
-/// shipped scrape configuration finds every injected proxy (and the
-/// control plane), labels each with its namespace, workload and pod, and
-/// the workload dashboard has data for each demo workload.
+/// Scenario 6: Prometheus with the shipped scrape configuration finds every
+/// injected proxy (and the control plane) among the cluster's pods, labels
+/// each with its namespace, workload and pod, and the workload dashboard
+/// has data for each demo workload.
 fn metrics(node: &KubeNode) -> anyhow::Result<()> {
     use weft_testbed::dashboards::{self, Dashboard};
     use weft_testbed::prometheus::Prometheus;
@@ -271,30 +271,24 @@ fn metrics(node: &KubeNode) -> anyhow::Result<()> {
     let web = format!("{}:80", cluster_ip(node, ns, "web")?);
     let grpc = format!("{}:9090", cluster_ip(node, ns, "grpc")?);
 
-    // The shipped configuration, as a Prometheus outside the cluster runs
-    // it: the API server through the admin kubeconfig, and a shorter scrape
-    // interval so the test need not wait long.
+    // The shipped configuration with its relabelling untouched. Debian's
+    // Prometheus has no Kubernetes discovery, so the pods come from the
+    // API server through `pod_sd` (the `role: pod` targets and meta
+    // labels), served to Prometheus's HTTP discovery.
     let shipped = std::fs::read_to_string(node.repo().join("examples/prometheus/kubernetes.yml"))?;
-    let config = shipped
-        .replace("scrape_interval: 15s", "scrape_interval: 5s")
-        .replace(
-            "      - role: pod\n",
-            &format!(
-                "      - role: pod\n        kubeconfig_file: {}\n",
-                node.kubeconfig().display()
-            ),
-        );
-    ensure!(
-        config.matches("kubeconfig_file").count() == 2,
-        "unexpected config layout"
-    );
+    let sd = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let sd_url = format!("http://{}/targets", sd.local_addr()?);
+    let (config, jobs) = weft_testbed::pod_sd::http_sd_config(&shipped, &sd_url, "5s")?;
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
+    let kubectl = node.kubectl_command();
+    runtime.spawn(serve_pod_targets(sd, kubectl, jobs));
     let prometheus = runtime.block_on(Prometheus::start(
         None,
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
@@ -408,6 +402,74 @@ fn metrics(node: &KubeNode) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// Prometheus's HTTP discovery endpoint: `GET /targets?job=J` lists the
+/// cluster's pods (through `kubectl`) as `role: pod` targets, limited to
+/// the namespaces job J's discovery names.
+async fn serve_pod_targets(
+    listener: std::net::TcpListener,
+    kubectl: Vec<String>,
+    jobs: Vec<weft_testbed::pod_sd::JobNamespaces>,
+) {
+    use http_body_util::Full;
+    listener.set_nonblocking(true).expect("nonblocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+    let (kubectl, jobs) = (std::sync::Arc::new(kubectl), std::sync::Arc::new(jobs));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (kubectl, jobs) = (kubectl.clone(), jobs.clone());
+        let service =
+            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (kubectl, jobs) = (kubectl.clone(), jobs.clone());
+                async move {
+                    let job = req
+                        .uri()
+                        .query()
+                        .and_then(|q| q.strip_prefix("job="))
+                        .unwrap_or_default()
+                        .to_string();
+                    let namespaces = jobs
+                        .iter()
+                        .find(|(name, _)| *name == job)
+                        .map(|(_, ns)| ns.clone())
+                        .unwrap_or_default();
+                    let listed = tokio::process::Command::new(&kubectl[0])
+                        .args(&kubectl[1..])
+                        .args(["get", "pods", "-A", "-o", "json"])
+                        .output()
+                        .await;
+                    let body = match listed {
+                        Ok(out) if out.status.success() => {
+                            let list: Value =
+                                serde_json::from_slice(&out.stdout).unwrap_or_default();
+                            let pods = list["items"].as_array().cloned().unwrap_or_default();
+                            weft_testbed::pod_sd::pod_targets(&pods, &namespaces).to_string()
+                        }
+                        // Prometheus keeps the last good list on an error.
+                        _ => {
+                            return Ok::<_, std::convert::Infallible>(
+                                http::Response::builder()
+                                    .status(503)
+                                    .body(Full::new(bytes::Bytes::new()))
+                                    .unwrap(),
+                            );
+                        }
+                    };
+                    Ok(http::Response::builder()
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(Full::new(bytes::Bytes::from(body)))
+                        .unwrap())
+                }
+            });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 /// Scenario 3: a Job in a meshed namespace completes, and its pod ends.
