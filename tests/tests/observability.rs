@@ -51,9 +51,11 @@ async fn prometheus_sees_the_mesh_as_the_dashboards_show_it() {
     send_traffic(&demo).await;
     let expected = expected_counts(&demo).await;
     check_counts(&prometheus, &expected).await;
-    // rate() needs two samples of a series in its window: wait until the
-    // series the last traffic made have been scraped that often.
+    // rate() needs two samples of a series in its window: wait until every
+    // target, and the series the last traffic made, have been scraped
+    // that often.
     for metric in [
+        "up",
         "response_total",
         "response_latency_ms_bucket",
         "retry_budget_exhausted_total",
