@@ -155,15 +155,6 @@ class Dashboard:
                 }
             ],
             "panels": self.panels,
-            "__inputs": [
-                {
-                    "name": "DS_PROMETHEUS",
-                    "label": "Prometheus",
-                    "type": "datasource",
-                    "pluginId": "prometheus",
-                    "pluginName": "Prometheus",
-                }
-            ],
         }
 
 
