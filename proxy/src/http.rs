@@ -400,7 +400,9 @@ impl Forwarder {
                     (self.forward_fixed(req, target).await, self.remote.clone())
                 }
                 Route::Balanced(dest) => {
-                    let (response, remote) = self.forward_balanced(req, dest, &authority).await;
+                    let (response, remote) = self
+                        .forward_balanced(req, dest, routes.clone(), &authority)
+                        .await;
                     (Ok(response), remote)
                 }
             }
@@ -506,9 +508,10 @@ impl Forwarder {
         &self,
         req: Request<Incoming>,
         dest: &Arc<Destination>,
+        routes: Option<Arc<Routes>>,
         authority: &Arc<String>,
     ) -> (Response<BoxBody>, PeerLabels) {
-        let Some(routes) = dest.routes() else {
+        let Some(routes) = routes else {
             // Not (or no longer) in discovery: forward to the original
             // address, as for an unknown destination.
             self.count_request(authority, PeerLabels::plain());

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::identity::{Controller, ControllerOptions};
-use crate::{Mesh, Pod, ProxyOptions};
+use crate::{Mesh, Pod, ProxyOptions, objects};
 
 /// The namespace everything lives in.
 pub const NAMESPACE: &str = "demo";
@@ -199,80 +199,51 @@ impl Cluster {
     /// The discovery documents for the current state.
     pub fn documents(&self) -> String {
         let state = self.state();
+        let ports = [("http", SERVICE_PORT, APP_PORT)];
         let mut docs: Vec<Value> = Vec::new();
         for svc in &state.services {
-            docs.push(json!({
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": svc.name, "namespace": NAMESPACE, "annotations": svc.annotations},
-                "spec": {
-                    "clusterIP": svc.cluster_ip.to_string(),
-                    "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": APP_PORT}],
-                    "selector": {"app": svc.name},
-                },
-            }));
-            let endpoints: Vec<Value> = state
+            docs.push(objects::service(
+                NAMESPACE,
+                &svc.name,
+                svc.cluster_ip,
+                &ports,
+                &json!(svc.annotations),
+            ));
+            let endpoints: Vec<objects::SliceEndpoint> = state
                 .servers
                 .iter()
                 .filter(|s| s.service == svc.name)
-                .map(|s| {
-                    json!({
-                        "addresses": [s.pod.ip.to_string()],
-                        "conditions": {"ready": s.ready},
-                        "targetRef": {"kind": "Pod", "name": s.name, "namespace": NAMESPACE},
-                    })
-                })
+                .map(|s| (s.name.as_str(), s.pod.ip, s.ready))
                 .collect();
-            docs.push(json!({
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {
-                    "name": format!("{}-slice", svc.name),
-                    "namespace": NAMESPACE,
-                    "labels": {"kubernetes.io/service-name": svc.name},
-                },
-                "addressType": "IPv4",
-                "ports": [{"name": "http", "port": APP_PORT, "protocol": "TCP"}],
-                "endpoints": endpoints,
-            }));
+            docs.push(objects::endpoint_slice(
+                NAMESPACE, &svc.name, &ports, &endpoints,
+            ));
         }
         for s in &state.servers {
-            docs.push(json!({
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": s.name,
-                    "namespace": NAMESPACE,
-                    "labels": {
-                        "app": s.service,
-                        weft_api::labels::CONTROL_PLANE_NS: weft_api::controller::NAMESPACE,
-                        weft_api::labels::WORKLOAD: s.service,
-                    },
-                },
-                "spec": {
-                    "serviceAccountName": SERVER_ACCOUNT,
-                    "containers": [{"name": "app"}, {"name": weft_api::PROXY_CONTAINER_NAME}],
-                },
-                "status": {"podIP": s.pod.ip.to_string()},
-            }));
+            docs.push(objects::meshed_pod(
+                NAMESPACE,
+                &s.name,
+                s.pod.ip,
+                SERVER_ACCOUNT,
+                &s.service,
+            ));
         }
         if let Some((apex, backends)) = &state.split {
-            docs.push(json!({
-                "apiVersion": "split.smi-spec.io/v1alpha2",
-                "kind": "TrafficSplit",
-                "metadata": {"name": format!("{apex}-split"), "namespace": NAMESPACE},
-                "spec": {
-                    "service": apex,
-                    "backends": backends.iter().map(|(s, w)| json!({"service": s, "weight": w})).collect::<Vec<_>>(),
-                },
-            }));
+            let backends: Vec<(&str, u32)> =
+                backends.iter().map(|(s, w)| (s.as_str(), *w)).collect();
+            docs.push(objects::traffic_split(
+                NAMESPACE,
+                &format!("{apex}-split"),
+                apex,
+                &backends,
+            ));
         }
-        // JSON is YAML; one document per object.
-        let mut out: Vec<String> = docs.iter().map(|d| d.to_string()).collect();
+        // One document per object, then what the test added.
+        let mut out = vec![objects::file(&docs)];
         out.extend(state.extra.iter().cloned());
+        out.retain(|d| !d.is_empty());
         out.join("\n---\n")
     }
-
     /// Writes the discovery file and waits until the controller has loaded
     /// it. With `wait`, also waits until the client's proxy has received an
     /// update (only for changes to a destination the client already uses).

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::identity::{Controller, ControllerOptions};
 use crate::prometheus::{FileTarget, Prometheus};
-use crate::{Mesh, Pod, ProxyOptions};
+use crate::{Mesh, Pod, ProxyOptions, objects};
 
 pub const NAMESPACE: &str = "demo";
 /// Cluster IPs of the apex service and its two backends.
@@ -266,16 +266,11 @@ impl Demo {
 /// Services, EndpointSlices, Pods and the TrafficSplit, as the
 /// controller's file source reads them.
 fn discovery_objects(client: &Pod, web_v1: &Pod, web_v2: &Pod) -> String {
-    let ports = json!([
-        {"name": "http", "port": HTTP_PORT, "targetPort": HTTP_TARGET_PORT},
-        {"name": "grpc", "port": GRPC_PORT, "targetPort": GRPC_PORT},
-        {"name": "mysql", "port": TCP_PORT, "targetPort": TCP_PORT},
-    ]);
-    let slice_ports = json!([
-        {"name": "http", "port": HTTP_TARGET_PORT},
-        {"name": "grpc", "port": GRPC_PORT},
-        {"name": "mysql", "port": TCP_PORT},
-    ]);
+    let ports = [
+        ("http", HTTP_PORT, HTTP_TARGET_PORT),
+        ("grpc", GRPC_PORT, GRPC_PORT),
+        ("mysql", TCP_PORT, TCP_PORT),
+    ];
     let mut docs: Vec<Value> = Vec::new();
     for (service, ip, pods) in [
         ("web", WEB_IP, vec![web_v1, web_v2]),
@@ -288,50 +283,29 @@ fn discovery_objects(client: &Pod, web_v1: &Pod, web_v2: &Pod) -> String {
         } else {
             json!({})
         };
-        docs.push(json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": service, "namespace": NAMESPACE, "annotations": annotations},
-            "spec": {"clusterIP": ip.to_string(), "ports": ports},
-        }));
-        docs.push(json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {
-                "name": format!("{service}-1"), "namespace": NAMESPACE,
-                "labels": {"kubernetes.io/service-name": service},
-            },
-            "addressType": "IPv4",
-            "ports": slice_ports,
-            "endpoints": pods.iter().map(|p| json!({
-                "addresses": [p.ip.to_string()],
-                "conditions": {"ready": true},
-                "targetRef": {"kind": "Pod", "name": p.name},
-            })).collect::<Vec<_>>(),
-        }));
+        docs.push(objects::service(
+            NAMESPACE,
+            service,
+            ip,
+            &ports,
+            &annotations,
+        ));
+        let endpoints: Vec<objects::SliceEndpoint> =
+            pods.iter().map(|p| (p.name.as_str(), p.ip, true)).collect();
+        docs.push(objects::endpoint_slice(
+            NAMESPACE, service, &ports, &endpoints,
+        ));
     }
     for (pod, sa) in [(client, "client"), (web_v1, "web"), (web_v2, "web")] {
-        docs.push(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {
-                "name": pod.name, "namespace": NAMESPACE,
-                "labels": {
-                    weft_api::labels::CONTROL_PLANE_NS: "weft-system",
-                    weft_api::labels::WORKLOAD: pod.name,
-                },
-            },
-            "spec": {"serviceAccountName": sa, "containers": [{"name": "app"}]},
-            "status": {"podIP": pod.ip.to_string()},
-        }));
+        docs.push(objects::meshed_pod(
+            NAMESPACE, &pod.name, pod.ip, sa, &pod.name,
+        ));
     }
-    docs.push(json!({
-        "apiVersion": "split.smi-spec.io/v1alpha2", "kind": "TrafficSplit",
-        "metadata": {"name": "web-rollout", "namespace": NAMESPACE},
-        "spec": {
-            "service": "web",
-            "backends": SPLIT.iter().map(|(service, weight)| json!({"service": service, "weight": weight})).collect::<Vec<_>>(),
-        },
-    }));
-    docs.iter()
-        .map(Value::to_string)
-        .collect::<Vec<_>>()
-        .join("\n---\n")
+    docs.push(objects::traffic_split(
+        NAMESPACE,
+        "web-rollout",
+        "web",
+        &SPLIT,
+    ));
+    objects::file(&docs)
 }

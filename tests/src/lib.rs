@@ -18,6 +18,7 @@ pub mod identity;
 pub mod kube_api;
 pub mod metrics;
 pub mod node;
+pub mod objects;
 pub mod otlp;
 pub mod pod_sd;
 pub mod prometheus;

@@ -309,7 +309,7 @@ impl Store {
         };
         self.metrics.discovery_event(kind.as_str(), "apply");
         if changed {
-            self.bump();
+            self.bump_with(kind == Kind::Split);
         }
     }
 
@@ -324,7 +324,7 @@ impl Store {
         };
         self.metrics.discovery_event(kind.as_str(), "delete");
         if removed {
-            self.bump();
+            self.bump_with(kind == Kind::Split);
         }
     }
 
@@ -365,13 +365,14 @@ impl Store {
             }
         }
         if changed {
-            self.bump();
+            self.bump_with(kinds.contains(&Kind::Split));
         }
     }
 
-    fn bump(&self) {
-        self.metrics.discovery_changes.inc();
-        {
+    /// Wakes the subscriptions; `splits` says TrafficSplits changed, so
+    /// the exported weights are redone (pod churn leaves them alone).
+    fn bump_with(&self, splits: bool) {
+        if splits {
             let objects = self.read();
             self.metrics
                 .set_split_weights(objects.splits.iter().map(|((ns, name), split)| {
@@ -383,6 +384,11 @@ impl Store {
                     )
                 }));
         }
+        self.bump();
+    }
+
+    fn bump(&self) {
+        self.metrics.discovery_changes.inc();
         self.version.send_replace(Instant::now());
     }
 

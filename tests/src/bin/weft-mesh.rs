@@ -401,41 +401,23 @@ async fn wrk(
 }
 
 /// The cluster IP of the benchmark's load-balanced service.
-const LB_SERVICE_IP: &str = "10.96.0.50";
+const LB_SERVICE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 50);
 
 /// Discovery objects for the service `lb` in namespace `bench`: port 80 to
 /// the demo app's 8080 on each of `pods`, all meshed as `bench/server`.
 fn lb_service(pods: &[&Pod]) -> String {
+    use weft_testbed::objects;
+    let ports = [("http", 80, 8080)];
+    let endpoints: Vec<objects::SliceEndpoint> =
+        pods.iter().map(|p| (p.name.as_str(), p.ip, true)).collect();
     let mut docs = vec![
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "lb", "namespace": "bench"},
-            "spec": {"clusterIP": LB_SERVICE_IP, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-        }),
-        json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "lb-1", "namespace": "bench", "labels": {"kubernetes.io/service-name": "lb"}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": 8080}],
-            "endpoints": pods.iter().map(|p| json!({
-                "addresses": [p.ip.to_string()],
-                "conditions": {"ready": true},
-                "targetRef": {"kind": "Pod", "name": p.name},
-            })).collect::<Vec<_>>(),
-        }),
+        objects::service("bench", "lb", LB_SERVICE_IP, &ports, &json!({})),
+        objects::endpoint_slice("bench", "lb", &ports, &endpoints),
     ];
     for p in pods {
-        docs.push(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": p.name, "namespace": "bench", "labels": {"weft.io/control-plane-ns": "weft-system"}},
-            "spec": {"serviceAccountName": "server", "containers": [{"name": "app"}]},
-            "status": {"podIP": p.ip.to_string()},
-        }));
+        docs.push(objects::meshed_pod("bench", &p.name, p.ip, "server", "lb"));
     }
-    docs.iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("\n---\n")
+    objects::file(&docs)
 }
 
 async fn bench(duration: Duration) -> anyhow::Result<()> {
