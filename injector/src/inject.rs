@@ -57,6 +57,11 @@ pub enum Skip {
     HostNetwork,
     /// `kube-system` and its kin, or the mesh's own namespace.
     SystemNamespace,
+    /// The pod runs on Windows (`spec.os.name: windows`): the proxy and its
+    /// redirect rules are Linux-only, and the API server refuses a Windows
+    /// pod with the proxy's Linux security settings. Left unmeshed, and
+    /// counted, rather than denied, so a mixed namespace keeps working.
+    Windows,
 }
 
 impl Skip {
@@ -68,6 +73,7 @@ impl Skip {
             Skip::AlreadyInjected => "already_injected",
             Skip::HostNetwork => "host_network",
             Skip::SystemNamespace => "system_namespace",
+            Skip::Windows => "windows",
         }
     }
 }
@@ -134,6 +140,9 @@ pub fn mutate(
     if spec.host_network == Some(true) {
         return Ok(Decision::Skip(Skip::HostNetwork));
     }
+    if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
+        return Ok(Decision::Skip(Skip::Windows));
+    }
     if SYSTEM_NAMESPACES.contains(&namespace.name)
         || namespace.name == settings.control_plane_namespace
     {
@@ -142,13 +151,22 @@ pub fn mutate(
     if has_proxy(spec) {
         return Ok(Decision::Skip(Skip::AlreadyInjected));
     }
-    match pod_config::inject_annotation(annotations).map_err(|e| Denial::Annotations(vec![e]))? {
-        Some(InjectAnnotation::Disabled) => return Ok(Decision::Skip(Skip::OptedOut)),
-        Some(InjectAnnotation::Enabled) => {}
-        None if namespace.injection_enabled => {}
-        None => return Ok(Decision::Skip(Skip::NotRequested)),
+    // A bad `weft.io/inject` is reported together with every other bad
+    // annotation, so one failed apply shows every mistake.
+    let config = match pod_config::inject_annotation(annotations) {
+        Ok(Some(InjectAnnotation::Disabled)) => return Ok(Decision::Skip(Skip::OptedOut)),
+        Ok(Some(InjectAnnotation::Enabled)) => pod_config::proxy_config(annotations, settings),
+        Ok(None) if namespace.injection_enabled => pod_config::proxy_config(annotations, settings),
+        Ok(None) => return Ok(Decision::Skip(Skip::NotRequested)),
+        Err(bad) => {
+            let mut errors = vec![bad];
+            errors.extend(pod_config::proxy_config(annotations, settings).err().into_iter().flatten());
+            return Err(Denial::Annotations(errors));
+        }
     }
-    let config = pod_config::proxy_config(annotations, settings).map_err(Denial::Annotations)?;
+    .map_err(Denial::Annotations)?;
+    let config = pod_config::fit_pod_resources(config, spec, annotations)
+        .map_err(Denial::Annotations)?;
     check_conflicts(spec)?;
 
     let mut ops = Vec::new();
@@ -231,7 +249,9 @@ pub fn mutate(
         .flatten()
         .any(|o| o.kind == "Job");
     let exit_with_app = mode == SidecarMode::Classic && runs_to_completion;
-    if exit_with_app {
+    // With `hostPID` the proxy already sees the app's processes, and the
+    // API server refuses `shareProcessNamespace` beside it.
+    if exit_with_app && spec.host_pid != Some(true) {
         if spec.share_process_namespace == Some(false) {
             warnings.push(
                 "shareProcessNamespace is false: the proxy cannot see this Job's app finish, \
@@ -595,11 +615,14 @@ fn validator_container(settings: &MeshSettings, config: &ProxyConfig) -> Contain
             env_vars.push(env(name, v.clone()));
         }
     }
+    // Inside a pod-level budget the validator shares it, like the proxy.
     let small = |cpu: &str, memory: &str| {
-        Some(BTreeMap::from([
-            ("cpu".to_string(), K8sQuantity(cpu.into())),
-            ("memory".to_string(), K8sQuantity(memory.into())),
-        ]))
+        let map: BTreeMap<String, K8sQuantity> = [("cpu", cpu), ("memory", memory)]
+            .into_iter()
+            .filter(|(r, _)| !config.pod_level_resources.contains(r))
+            .map(|(r, q)| (r.to_string(), K8sQuantity(q.into())))
+            .collect();
+        (!map.is_empty()).then_some(map)
     };
     Container {
         name: VALIDATOR_CONTAINER_NAME.into(),

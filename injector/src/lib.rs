@@ -4,12 +4,14 @@
 //!
 //! - [`inject`]: the mutation, a pure function from a Pod to a JSON Patch;
 //! - [`pod_config`]: the per-pod annotations, parsed and checked;
+//! - [`pod_budget`]: the proxy inside a pod's own resource budget;
 //! - [`review`]: AdmissionReview in, AdmissionReview out;
 //! - [`server`]: the HTTPS webhook (certificate hot-reloaded by [`tls`])
 //!   and the admin server.
 
 pub mod inject;
 pub mod metrics;
+pub mod pod_budget;
 pub mod pod_config;
 pub mod quantity;
 pub mod review;

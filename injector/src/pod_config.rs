@@ -59,6 +59,25 @@ pub struct ProxyConfig {
     pub inbound_mtls: Option<String>,
     /// Proxy worker threads: the CPU limit (else request) rounded up.
     pub cores: u32,
+    /// `cpu`, `memory`: resources the pod budgets at pod level
+    /// (`spec.resources`), which the injected containers share rather than
+    /// set (see [`crate::pod_budget`]).
+    pub pod_level_resources: Vec<&'static str>,
+}
+
+/// Proxy worker threads for a CPU amount: rounded up, at least one.
+pub fn cores_for(cpu: Option<&Quantity>) -> u32 {
+    cpu.map_or(1, |q| (q.value.ceil() as u32).clamp(1, MAX_CORES))
+}
+
+/// Checks the proxy's resources against the pod's own budget, when it has
+/// one (see [`crate::pod_budget`]).
+pub fn fit_pod_resources(
+    config: ProxyConfig,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    annotations: &BTreeMap<String, String>,
+) -> Result<ProxyConfig, Vec<AnnotationError>> {
+    crate::pod_budget::fit(config, spec, annotations)
 }
 
 /// Most worker threads the injector gives a proxy, whatever its CPU.
@@ -153,8 +172,7 @@ pub fn proxy_config(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let cpu = cpu_limit.as_ref().or(cpu_request.as_ref());
-    let cores = cpu.map_or(1, |q| (q.value.ceil() as u32).clamp(1, MAX_CORES));
+    let cores = cores_for(cpu_limit.as_ref().or(cpu_request.as_ref()));
     Ok(ProxyConfig {
         skip_inbound_ports,
         skip_outbound_ports,
@@ -170,6 +188,7 @@ pub fn proxy_config(
         log_level: log_level.unwrap_or_else(|| settings.log_level.clone()),
         inbound_mtls,
         cores,
+        pod_level_resources: Vec::new(),
     })
 }
 

@@ -37,6 +37,15 @@ pub struct Resources {
 }
 
 impl Resources {
+    /// The request and the limit of `resource` (`cpu` or `memory`).
+    pub fn get_mut(&mut self, resource: &str) -> (&mut Option<Quantity>, &mut Option<Quantity>) {
+        match resource {
+            "cpu" => (&mut self.cpu_request, &mut self.cpu_limit),
+            "memory" => (&mut self.memory_request, &mut self.memory_limit),
+            other => unreachable!("no proxy resource {other}"),
+        }
+    }
+
     /// The defaults: enough for a proxy at a few thousand requests per
     /// second (it idles at ~10 MiB), a memory limit as a guard against a
     /// leak, and no CPU limit, because CFS throttling turns into tail

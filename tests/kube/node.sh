@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A real single-node Kubernetes v1.20.2 on this machine, for the end-to-end
+# A real single-node Kubernetes on this machine (the version tests/kube/go/go.mod
+# pins, built by apiserver.sh from the Go module proxy), for the end-to-end
 # tests: etcd, kube-apiserver, controller-manager, scheduler, kube-proxy
 # (iptables mode) and a kubelet driving Debian's containerd, runc and CNI
 # plugins. Pods are real containers in real network namespaces.
@@ -220,13 +221,13 @@ up() {
     "${kubectl[@]}" get --raw /readyz >/dev/null || die "kube-apiserver not ready; see $LOGS/kube-apiserver.log"
 
     spawn kube-controller-manager "$bin/kube-controller-manager" \
-        --kubeconfig="$NODE_DIR/controller-manager.kubeconfig" --port=0 --secure-port=0 --leader-elect=false \
+        --kubeconfig="$NODE_DIR/controller-manager.kubeconfig" --secure-port=0 --leader-elect=false \
         --use-service-account-credentials=true --service-account-private-key-file="$PKI/sa.key" \
         --root-ca-file="$PKI/ca.crt" --cluster-signing-cert-file="$PKI/ca.crt" \
         --cluster-signing-key-file="$PKI/ca.key" --flex-volume-plugin-dir="$NODE_DIR/kubelet/flexvolume" \
         --controllers='*,-nodeipam,-cloud-node-lifecycle'
     spawn kube-scheduler "$bin/kube-scheduler" --kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
-        --port=0 --secure-port=0 --leader-elect=false
+        --secure-port=0 --leader-elect=false
     # No conntrack tuning: these sandboxes may not write those sysctls.
     spawn kube-proxy "$bin/kube-proxy" --kubeconfig="$NODE_DIR/kube-proxy.kubeconfig" \
         --hostname-override="$node" --proxy-mode=iptables --cluster-cidr="$POD_CIDR" \
@@ -305,6 +306,10 @@ tlsPrivateKeyFile: $PKI/kubelet.key
 authentication: {anonymous: {enabled: false}, webhook: {enabled: true}, x509: {clientCAFile: "$PKI/ca.crt"}}
 authorization: {mode: Webhook}
 cgroupDriver: cgroupfs
+# These hosts mount cgroup v1; 1.35 still runs there when told to.
+failCgroupV1: false
+containerRuntimeEndpoint: unix://$RUN/containerd.sock
+runtimeRequestTimeout: 5m
 failSwapOn: false
 makeIPTablesUtilChains: false
 resolvConf: /etc/resolv.conf
@@ -315,9 +320,7 @@ volumePluginDir: $NODE_DIR/kubelet/flexvolume
 YAML
     spawn kubelet "$bin/kubelet" --config="$NODE_DIR/kubelet/config.yaml" \
         --kubeconfig="$NODE_DIR/kubelet.kubeconfig" --root-dir="$NODE_DIR/kubelet/root" \
-        --node-ip="$NODE_IP" --container-runtime=remote \
-        --container-runtime-endpoint="unix://$RUN/containerd.sock" --runtime-request-timeout=5m \
-        --pod-infra-container-image=localhost/pause:3.2
+        --node-ip="$NODE_IP"
     for i in $(seq 120); do
         "${kubectl[@]}" get node "$node" 2>/dev/null | grep -qw Ready && break
         alive kubelet || die "kubelet exited; see $LOGS/kubelet.log"
@@ -358,7 +361,7 @@ stop_process() {
 down() {
     [[ -d $RUN ]] || { log "no node in $NODE_DIR"; return 0; }
     local bin kubectl
-    bin=${WEFT_KUBE_CACHE:-/var/cache/weft-kube}/v1.20.2/bin
+    bin=$("$HERE/apiserver.sh" bin-dir)
     kubectl=("$bin/kubectl" --kubeconfig "$NODE_DIR/admin.kubeconfig" --request-timeout=10s)
     # Pods go through the kubelet first, so CNI DEL and unmounts run.
     if alive kubelet && alive kube-apiserver; then

@@ -84,6 +84,15 @@ fn who_is_left_alone() {
     }));
     assert_eq!(skip_of(&host, ENABLED), Some(Skip::HostNetwork));
 
+    let windows = pod(json!({
+        "spec": {"os": {"name": "windows"}, "containers": [{"name": "iis"}]}
+    }));
+    assert_eq!(skip_of(&windows, ENABLED), Some(Skip::Windows));
+    let linux = pod(json!({
+        "spec": {"os": {"name": "linux"}, "containers": [{"name": "app"}]}
+    }));
+    assert_eq!(skip_of(&linux, ENABLED), None);
+
     for ns in ["kube-system", "weft-system"] {
         let view = NamespaceView {
             name: ns,
@@ -120,6 +129,25 @@ fn a_bad_inject_annotation_is_refused_not_ignored() {
     let message = error.to_string();
     assert!(message.contains("weft.io/inject=\"yes\""), "{message}");
     assert!(message.contains("enabled or disabled"), "{message}");
+
+    // Named together with every other bad annotation, in one message.
+    let error = decide(
+        &app_pod(json!({
+            "weft.io/inject": "yes",
+            "config.weft.io/proxy-memory-limit": "lots",
+            "config.weft.io/skip-inbound-ports": "ssh"
+        })),
+        ENABLED,
+    )
+    .unwrap_err();
+    let message = error.to_string();
+    for name in [
+        "weft.io/inject=",
+        "config.weft.io/proxy-memory-limit=",
+        "config.weft.io/skip-inbound-ports=",
+    ] {
+        assert!(message.contains(name), "{name}: {message}");
+    }
 }
 
 #[test]
@@ -377,6 +405,18 @@ fn a_jobs_classic_proxy_exits_with_the_app() {
     assert!(doc["spec"]["shareProcessNamespace"].is_null());
     assert_eq!(proxy_env(&doc, "WEFT_EXIT_WITH_APP"), None);
 
+    // With hostPID the proxy already sees the app; the API server refuses
+    // shareProcessNamespace beside it.
+    let mut host_pid = job_pod(None);
+    host_pid.spec.as_mut().unwrap().host_pid = Some(true);
+    let (doc, warnings) = injected(&host_pid, SidecarMode::Classic);
+    assert!(doc["spec"]["shareProcessNamespace"].is_null());
+    assert_eq!(
+        proxy_env(&doc, "WEFT_EXIT_WITH_APP").as_deref(),
+        Some("true")
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+
     // A pod that refuses to share is left so, with a warning.
     let (doc, warnings) = injected(&job_pod(Some(false)), SidecarMode::Classic);
     assert_eq!(doc["spec"]["shareProcessNamespace"], false);
@@ -410,5 +450,41 @@ fn tracing_is_passed_on_only_when_configured() {
     assert_eq!(
         proxy_env(&doc, "WEFT_TRACE_SAMPLE_RATIO").as_deref(),
         Some("0.1")
+    );
+}
+
+#[test]
+fn a_pod_level_budget_is_shared_not_exceeded() {
+    let budget = pod(json!({
+        "metadata": {"name": "web-1"},
+        "spec": {
+            "resources": {"limits": {"cpu": "1", "memory": "128Mi"}},
+            "containers": [{"name": "app", "image": "app:1"}]
+        }
+    }));
+    for mode in [SidecarMode::Classic, SidecarMode::Native] {
+        let (doc, _) = injected(&budget, mode);
+        let injected: Vec<&serde_json::Value> = doc["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .chain(doc["spec"]["containers"].as_array())
+            .flatten()
+            .filter(|c| c["name"] == PROXY_CONTAINER_NAME || c["name"] == VALIDATOR_CONTAINER_NAME)
+            .collect();
+        assert_eq!(injected.len(), 2, "{mode:?}");
+        for c in injected {
+            assert!(c["resources"]["limits"].is_null(), "{mode:?}: {c}");
+            assert!(c["resources"]["requests"].is_null(), "{mode:?}: {c}");
+        }
+    }
+    // An annotated limit over the pod's is refused with its name.
+    let mut over = budget.clone();
+    over.metadata.annotations = Some(
+        [("config.weft.io/proxy-memory-limit".to_string(), "1Gi".to_string())].into(),
+    );
+    let message = decide(&over, ENABLED).unwrap_err().to_string();
+    assert!(
+        message.contains("config.weft.io/proxy-memory-limit=\"1Gi\""),
+        "{message}"
     );
 }
