@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and running Weft's mesh on one machine needs, from
 # Debian's packages. Safe to run again: it installs only what is missing.
+# (Prometheus, CoreDNS and Kubernetes are built from their Go modules, on
+# first use, by tests/kube/gobuild.sh and tests/kube/apiserver.sh.)
 set -euo pipefail
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -20,7 +22,6 @@ declare -A wanted=(
     [curl]=/usr/bin/curl
     [procps]=/usr/bin/pgrep
     [tcpdump]=/usr/bin/tcpdump
-    [prometheus]=/usr/bin/prometheus
     [python3]=/usr/bin/python3
 )
 missing=()
@@ -34,8 +35,7 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # haproxy's package starts a system instance where systemd runs; the
     # benchmark starts its own.
-    # So does prometheus's; the mesh on one machine starts its own.
-    for unit in haproxy prometheus; do
+    for unit in haproxy; do
         if command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
             systemctl stop "$unit" || true
         fi

@@ -160,13 +160,18 @@ pub fn mutate(
         Ok(None) => return Ok(Decision::Skip(Skip::NotRequested)),
         Err(bad) => {
             let mut errors = vec![bad];
-            errors.extend(pod_config::proxy_config(annotations, settings).err().into_iter().flatten());
+            errors.extend(
+                pod_config::proxy_config(annotations, settings)
+                    .err()
+                    .into_iter()
+                    .flatten(),
+            );
             return Err(Denial::Annotations(errors));
         }
     }
     .map_err(Denial::Annotations)?;
-    let config = pod_config::fit_pod_resources(config, spec, annotations)
-        .map_err(Denial::Annotations)?;
+    let config =
+        pod_config::fit_pod_resources(config, spec, annotations).map_err(Denial::Annotations)?;
     check_conflicts(spec)?;
 
     let mut ops = Vec::new();

@@ -188,13 +188,21 @@ mod tests {
         let errors = fit(config(&a), &spec, &a).unwrap_err();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].annotation, names::PROXY_MEMORY_LIMIT);
-        assert!(errors[0].reason.contains("limits.memory=\"128Mi\""), "{}", errors[0]);
+        assert!(
+            errors[0].reason.contains("limits.memory=\"128Mi\""),
+            "{}",
+            errors[0]
+        );
 
         // 40Mi of the app plus 30Mi is more than the pod's 64Mi request.
         let a = BTreeMap::from([(names::PROXY_MEMORY_REQUEST.to_string(), "30Mi".to_string())]);
         let errors = fit(config(&a), &spec, &a).unwrap_err();
         assert_eq!(errors[0].annotation, names::PROXY_MEMORY_REQUEST);
-        assert!(errors[0].reason.contains("requests.memory=\"64Mi\""), "{}", errors[0]);
+        assert!(
+            errors[0].reason.contains("requests.memory=\"64Mi\""),
+            "{}",
+            errors[0]
+        );
     }
 
     #[test]

@@ -22,8 +22,8 @@
 #   else: no default route, no masquerade. A packet to anywhere else is
 #   dropped. Unused Service addresses are routed back onto the bridge, where
 #   nothing answers, never out of the machine.
-# - there is no cluster DNS; pods find Services through the environment
-#   variables the kubelet gives them.
+# - CoreDNS (tests/kube/coredns.yaml) is the cluster DNS at 10.96.0.10:
+#   pods get the usual resolv.conf (search <ns>.svc.cluster.local, ...).
 # CNI configuration lives where a real node keeps it, /etc/cni/net.d and
 # /opt/cni/bin (created by `up`, removed by `down` when `up` created them),
 # so Weft's CNI installer runs with its shipped manifest.
@@ -37,6 +37,8 @@ PKI=$NODE_DIR/pki
 NODE_IP=10.244.0.1
 POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.96.0.0/24
+# The kube-dns Service (tests/kube/coredns.yaml).
+CLUSTER_DNS=10.96.0.10
 BRIDGE=weftbr0
 CNI_CONF_DIR=/etc/cni/net.d
 CNI_BIN_DIR=/opt/cni/bin
@@ -72,6 +74,20 @@ build() {
     packages
     bin_dir
     pause_image >/dev/null
+    coredns_image >/dev/null
+}
+
+# CoreDNS from its Go module, packed like the pause image.
+coredns_image() {
+    local binary out
+    binary=$("$HERE/gobuild.sh" coredns)
+    out=$(dirname "$binary")/coredns.tar
+    if [[ ! -s $out ]]; then
+        python3 "$HERE/oci-image.py" --name localhost/coredns:weft --out "$out.tmp" \
+            --entrypoint /coredns --user 0:0 --file "$binary:/coredns" >&2
+        mv "$out.tmp" "$out"
+    fi
+    echo "$out"
 }
 
 # The sandbox ("pause") image: a static C program that waits for a signal
@@ -314,6 +330,7 @@ failSwapOn: false
 makeIPTablesUtilChains: false
 resolvConf: /etc/resolv.conf
 clusterDomain: cluster.local
+clusterDNS: [$CLUSTER_DNS]
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
 imageGCHighThresholdPercent: 100
 volumePluginDir: $NODE_DIR/kubelet/flexvolume
@@ -332,6 +349,15 @@ YAML
         "${kubectl[@]}" get serviceaccount default >/dev/null 2>&1 && break
         sleep 0.5
     done
+    # Cluster DNS.
+    import "$(coredns_image)"
+    for i in $(seq 60); do
+        "${kubectl[@]}" -n kube-system get serviceaccount default >/dev/null 2>&1 && break
+        sleep 0.5
+    done
+    "${kubectl[@]}" apply -f "$HERE/coredns.yaml" >/dev/null
+    "${kubectl[@]}" -n kube-system rollout status deploy/coredns --timeout=120s >&2 \
+        || die "CoreDNS did not become ready; see $LOGS/kubelet.log"
     if [[ -n ${WEFT_NODE_OWNER:-} ]]; then
         # Test processes cannot always run their cleanup; this watchdog
         # brings the node down when its owner is gone, however it ended.

@@ -1,4 +1,4 @@
-//! A real Kubernetes API server (v1.20.2 and etcd, from
+//! A real Kubernetes API server (the version `tests/kube/go` pins, and etcd, from
 //! `tests/kube/apiserver.sh`) shared by the tests of one test binary. It is
 //! started on first use and stopped by a watchdog when the test process
 //! ends, however it ends.
@@ -64,7 +64,8 @@ impl KubeApi {
 
 /// Creates a namespace with `labels` and a `default` service account that
 /// does not mount a token. (With no controller-manager, nothing else makes
-/// the account, and 1.20's admission would wait for a token Secret.)
+/// the account, and the ServiceAccount admission plugin would refuse pods
+/// that name a missing one.)
 pub async fn namespace(
     client: &kube::Client,
     name: &str,

@@ -20,7 +20,6 @@ pub mod metrics;
 pub mod node;
 pub mod objects;
 pub mod otlp;
-pub mod pod_sd;
 pub mod prometheus;
 
 use std::net::{Ipv4Addr, SocketAddr};

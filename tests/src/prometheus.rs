@@ -1,6 +1,7 @@
-//! A real Prometheus (Debian's `/usr/bin/prometheus`) for the tests and the
-//! mesh on one machine: started with a shipped configuration, queried
-//! through its HTTP API.
+//! A real Prometheus for the tests and the mesh on one machine: upstream's,
+//! built from its Go module with Kubernetes service discovery
+//! (`tests/kube/gobuild.sh prometheus`, cached outside the clone), started
+//! with a shipped configuration and queried through its HTTP API.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,56 @@ use serde_json::Value;
 
 use crate::Pod;
 
-pub const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
+/// The Prometheus binary, built on first use (minutes cold, then cached).
+pub fn binary() -> anyhow::Result<PathBuf> {
+    static BINARY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kube/gobuild.sh");
+            let out = Command::new("bash")
+                .arg(&script)
+                .arg("prometheus")
+                .stdin(Stdio::null())
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+            if !out.status.success() {
+                return Err(format!("{} prometheus failed", script.display()));
+            }
+            Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// The shipped Kubernetes scrape configuration with credentials for a
+/// Prometheus that runs outside the cluster: every `kubernetes_sd_configs`
+/// entry gets `kubeconfig_file`, and nothing else changes but the global
+/// scrape interval (shorter, so a test sees rates within seconds).
+pub fn with_kubeconfig(
+    config: &str,
+    kubeconfig: &Path,
+    scrape_interval: &str,
+) -> anyhow::Result<String> {
+    let mut doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(config)?;
+    doc["global"]["scrape_interval"] = scrape_interval.into();
+    let jobs = doc["scrape_configs"]
+        .as_sequence_mut()
+        .context("no scrape_configs")?;
+    let mut found = 0;
+    for job in jobs {
+        for entry in job["kubernetes_sd_configs"]
+            .as_sequence_mut()
+            .into_iter()
+            .flatten()
+        {
+            entry["kubeconfig_file"] = kubeconfig.to_string_lossy().as_ref().into();
+            found += 1;
+        }
+    }
+    anyhow::ensure!(found > 0, "no kubernetes_sd_configs in the configuration");
+    Ok(serde_yaml_ng::to_string(&doc)?)
+}
 
 /// One scrape target for file service discovery, with its labels.
 #[derive(Debug, Clone)]
@@ -42,9 +92,7 @@ impl Prometheus {
         dir: &Path,
         config: &str,
     ) -> anyhow::Result<Self> {
-        if !Path::new(PROMETHEUS_BIN).exists() {
-            bail!("{PROMETHEUS_BIN} missing: apt-get install prometheus (tests/deps.sh does)");
-        }
+        let bin = binary()?;
         std::fs::create_dir_all(dir.join("data"))?;
         let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config)?;
@@ -53,10 +101,10 @@ impl Prometheus {
         let mut cmd = match netns {
             Some(pod) => {
                 let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", &pod.netns, PROMETHEUS_BIN]);
+                cmd.args(["netns", "exec", &pod.netns]).arg(&bin);
                 cmd
             }
-            None => Command::new(PROMETHEUS_BIN),
+            None => Command::new(&bin),
         };
         cmd.arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
@@ -242,5 +290,30 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_all_that_changes() {
+        let shipped = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/prometheus/kubernetes.yml"),
+        )
+        .unwrap();
+        let config = with_kubeconfig(&shipped, Path::new("/k/admin.kubeconfig"), "5s").unwrap();
+        let mut got: serde_yaml_ng::Value = serde_yaml_ng::from_str(&config).unwrap();
+        let mut want: serde_yaml_ng::Value = serde_yaml_ng::from_str(&shipped).unwrap();
+        assert_eq!(got["global"]["scrape_interval"], "5s");
+        for job in got["scrape_configs"].as_sequence_mut().unwrap() {
+            for sd in job["kubernetes_sd_configs"].as_sequence_mut().unwrap() {
+                let sd = sd.as_mapping_mut().unwrap();
+                assert_eq!(sd.remove("kubeconfig_file").unwrap(), "/k/admin.kubeconfig");
+            }
+        }
+        got["global"]["scrape_interval"] = want["global"]["scrape_interval"].clone();
+        assert_eq!(got, std::mem::take(&mut want));
     }
 }

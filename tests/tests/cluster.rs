@@ -1,13 +1,17 @@
-//! Day one on a real Kubernetes: a single-node v1.20 cluster on this
+//! Day one on a real Kubernetes: a current cluster on this
 //! machine (`tests/kube/node.sh`: real kubelet, containerd, runc, Debian's
 //! CNI plugins, kube-proxy), Weft installed with `kubectl apply -f
 //! examples/install/`, and the user's scenarios run against it as pods.
 //!
-//! One test owns the node: it installs, runs the independent scenarios in
-//! parallel (a namespace each), then the ones that disturb the whole mesh
-//! (a controller restart, uninstalling), and reports every failure.
+//! The scenarios share one cluster, brought up and installed by the first
+//! test that needs it and brought down when the test process ends. Each
+//! scenario is a test of its own (`cargo test --test cluster -- split` runs
+//! one alone) in a namespace of its own; the ones that disturb the whole
+//! mesh (a controller restart, the CNI leaving the node, uninstalling) run
+//! alone, while no other scenario runs.
 
 use std::path::{Path, PathBuf};
+use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -139,9 +143,9 @@ spec:
     let opted_out = node.json(&["-n", ns, "get", "pod", "opted-out"])?;
     ensure!(!is_meshed(&opted_out), "the opted-out pod was injected");
 
-    let web = cluster_ip(node, ns, "web")?;
+    // By the Service's short name, through the cluster DNS.
     let load = load_pod(node, ns)?;
-    let report = node.load(ns, &load, "load", &format!("{web}:80"), 40, 5)?;
+    let report = node.load(ns, &load, "load", "web:80", 40, 5)?;
     eprintln!("injection: load {}", report.summary);
     ensure!(report.failed() == 0, "failed requests: {}", report.summary);
     // The balancer favours the faster endpoints, so the split between the
@@ -208,7 +212,7 @@ fn split(node: &KubeNode) -> anyhow::Result<()> {
     node.apply(&demo_app(node, ns, true)?)?;
     let pods = wait_demo(node, ns)?;
     ensure!(pods.iter().all(is_meshed), "not all pods meshed");
-    let web = format!("{}:80", cluster_ip(node, ns, "web")?);
+    let web = format!("web.{ns}:80");
     let load = load_pod(node, ns)?;
 
     node.apply(&traffic_split(ns, 90, 10))?;
@@ -268,17 +272,14 @@ fn metrics(node: &KubeNode) -> anyhow::Result<()> {
     let pods = wait_demo(node, ns)?;
     ensure!(pods.iter().all(is_meshed), "not all pods meshed");
     let load = load_pod(node, ns)?;
-    let web = format!("{}:80", cluster_ip(node, ns, "web")?);
-    let grpc = format!("{}:9090", cluster_ip(node, ns, "grpc")?);
+    let web = format!("web.{ns}.svc.cluster.local:80");
+    let grpc = "grpc:9090".to_string();
 
-    // The shipped configuration with its relabelling untouched. Debian's
-    // Prometheus has no Kubernetes discovery, so the pods come from the
-    // API server through `pod_sd` (the `role: pod` targets and meta
-    // labels), served to Prometheus's HTTP discovery.
+    // The shipped configuration with its relabelling untouched, and the
+    // admin's credentials, for a Prometheus that runs beside the cluster
+    // and watches its pods through Kubernetes service discovery.
     let shipped = std::fs::read_to_string(node.repo().join("examples/prometheus/kubernetes.yml"))?;
-    let sd = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let sd_url = format!("http://{}/targets", sd.local_addr()?);
-    let (config, jobs) = weft_testbed::pod_sd::http_sd_config(&shipped, &sd_url, "5s")?;
+    let config = weft_testbed::prometheus::with_kubeconfig(&shipped, node.kubeconfig(), "5s")?;
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -287,8 +288,6 @@ fn metrics(node: &KubeNode) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let kubectl = node.kubectl_command();
-    runtime.spawn(serve_pod_targets(sd, kubectl, jobs));
     let prometheus = runtime.block_on(Prometheus::start(
         None,
         std::net::SocketAddr::from(([127, 0, 0, 1], port)),
@@ -404,80 +403,12 @@ fn metrics(node: &KubeNode) -> anyhow::Result<()> {
     })
 }
 
-/// Prometheus's HTTP discovery endpoint: `GET /targets?job=J` lists the
-/// cluster's pods (through `kubectl`) as `role: pod` targets, limited to
-/// the namespaces job J's discovery names.
-async fn serve_pod_targets(
-    listener: std::net::TcpListener,
-    kubectl: Vec<String>,
-    jobs: Vec<weft_testbed::pod_sd::JobNamespaces>,
-) {
-    use http_body_util::Full;
-    listener.set_nonblocking(true).expect("nonblocking");
-    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-    let (kubectl, jobs) = (std::sync::Arc::new(kubectl), std::sync::Arc::new(jobs));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let (kubectl, jobs) = (kubectl.clone(), jobs.clone());
-        let service =
-            hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let (kubectl, jobs) = (kubectl.clone(), jobs.clone());
-                async move {
-                    let job = req
-                        .uri()
-                        .query()
-                        .and_then(|q| q.strip_prefix("job="))
-                        .unwrap_or_default()
-                        .to_string();
-                    let namespaces = jobs
-                        .iter()
-                        .find(|(name, _)| *name == job)
-                        .map(|(_, ns)| ns.clone())
-                        .unwrap_or_default();
-                    let listed = tokio::process::Command::new(&kubectl[0])
-                        .args(&kubectl[1..])
-                        .args(["get", "pods", "-A", "-o", "json"])
-                        .output()
-                        .await;
-                    let body = match listed {
-                        Ok(out) if out.status.success() => {
-                            let list: Value =
-                                serde_json::from_slice(&out.stdout).unwrap_or_default();
-                            let pods = list["items"].as_array().cloned().unwrap_or_default();
-                            weft_testbed::pod_sd::pod_targets(&pods, &namespaces).to_string()
-                        }
-                        // Prometheus keeps the last good list on an error.
-                        _ => {
-                            return Ok::<_, std::convert::Infallible>(
-                                http::Response::builder()
-                                    .status(503)
-                                    .body(Full::new(bytes::Bytes::new()))
-                                    .unwrap(),
-                            );
-                        }
-                    };
-                    Ok(http::Response::builder()
-                        .header(http::header::CONTENT_TYPE, "application/json")
-                        .body(Full::new(bytes::Bytes::from(body)))
-                        .unwrap())
-                }
-            });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
 /// Scenario 3: a Job in a meshed namespace completes, and its pod ends.
 fn job(node: &KubeNode) -> anyhow::Result<()> {
     let ns = "e2e-job";
     node.apply(&demo_app(node, ns, true)?)?;
     wait_demo(node, ns)?;
-    let web = cluster_ip(node, ns, "web")?;
+    let web = "web";
     node.apply(&format!(
         r#"
 apiVersion: batch/v1
@@ -540,7 +471,7 @@ fn drain(node: &KubeNode) -> anyhow::Result<()> {
         "web-v1",
         "retry.weft.io/http=gateway-error,connect-failure",
     ])?;
-    let target = format!("{}:80", cluster_ip(node, ns, "web-v1")?);
+    let target = "web-v1:80".to_string();
     let load = load_pod(node, ns)?;
     let victim = pod_name(
         node.pods(ns, "app=web,version=v1")?
@@ -568,9 +499,9 @@ fn unmeshed_client(node: &KubeNode) -> anyhow::Result<()> {
     ensure!(servers.iter().all(is_meshed), "servers not meshed");
     let clients = wait_demo(node, client_ns)?;
     ensure!(!clients.iter().any(is_meshed), "client meshed");
-    let web = cluster_ip(node, server_ns, "web")?;
     let load = load_pod(node, client_ns)?;
-    let report = node.load(client_ns, &load, "load", &format!("{web}:80"), 20, 3)?;
+    let web = format!("web.{server_ns}:80");
+    let report = node.load(client_ns, &load, "load", &web, 20, 3)?;
     eprintln!("unmeshed client: {}", report.summary);
     ensure!(
         report.failed() == 0 && report.ok() > 0,
@@ -592,9 +523,173 @@ fn unmeshed_client(node: &KubeNode) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Names, as apps use them: a StatefulSet's pods by name behind a headless
+/// Service, a pod's own DNS name, the headless Service itself, and a
+/// server-speaks-first TCP service by name. Every one goes through the
+/// mesh with mTLS.
+fn dns(node: &KubeNode) -> anyhow::Result<()> {
+    let ns = "e2e-dns";
+    node.apply(&demo_app(node, ns, true)?)?;
+    node.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: {ns}}}
+spec:
+  clusterIP: None
+  selector: {{app: db}}
+  ports: [{{name: http, port: 8080, protocol: TCP}}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db, namespace: {ns}}}
+spec:
+  serviceName: db
+  replicas: 2
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata:
+      labels: {{app: db}}
+      annotations: {{config.weft.io/proxy-cpu-request: 10m, config.weft.io/proxy-memory-request: 16Mi}}
+    spec:
+      serviceAccountName: web
+      containers:
+        - name: db
+          image: docker.io/weft/weft-demo:0.1.0
+          imagePullPolicy: IfNotPresent
+          args: ["http", "0.0.0.0:8080", "$(POD_NAME)"]
+          env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+          ports: [{{name: http, containerPort: 8080}}]
+          readinessProbe: {{httpGet: {{path: /, port: http}}, periodSeconds: 2}}
+          resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
+---
+# SMTP's port: opaque by default, so the client proxy does not wait for the
+# client to speak.
+apiVersion: v1
+kind: Service
+metadata: {{name: banner, namespace: {ns}}}
+spec:
+  selector: {{app: banner}}
+  ports: [{{name: smtp, port: 25, targetPort: 2525, protocol: TCP}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: banner, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: banner}}}}
+  template:
+    metadata:
+      labels: {{app: banner}}
+      annotations: {{config.weft.io/proxy-cpu-request: 10m, config.weft.io/proxy-memory-request: 16Mi}}
+    spec:
+      serviceAccountName: web
+      containers:
+        - name: banner
+          image: docker.io/weft/weft-demo:0.1.0
+          imagePullPolicy: IfNotPresent
+          args: ["banner", "0.0.0.0:2525", "banner"]
+          resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
+"#
+    ))?;
+    let timeout = Duration::from_secs(120);
+    let dbs = node.wait_ready(ns, "app=db", 2, timeout)?;
+    node.wait_ready(ns, "app=banner", 1, timeout)?;
+    let load = load_pod(node, ns)?;
+    let exec = |args: &[&str]| -> anyhow::Result<String> {
+        let mut all = vec![
+            "-n",
+            ns,
+            "exec",
+            &load,
+            "-c",
+            "load",
+            "--",
+            "/usr/local/bin/weft-demo",
+        ];
+        all.extend_from_slice(args);
+        node.kubectl(&all)
+    };
+    // Names resolve as soon as the pods are ready; the first call may
+    // still race the DNS cache's negative answer.
+    let get = |target: &str| -> anyhow::Result<String> {
+        node.wait_for(
+            &format!("an answer from {target}"),
+            Duration::from_secs(20),
+            || Ok(exec(&["get", target, "/"]).ok()),
+        )
+    };
+    let mut calls = 0.0;
+    for (i, db) in dbs.iter().enumerate() {
+        let name = pod_name(db);
+        let ip = db["status"]["podIP"].as_str().context("db pod IP")?;
+        for target in [
+            format!("{name}.db:8080"),
+            format!("{name}.db.{ns}.svc.cluster.local:8080"),
+            format!("{}.{ns}.pod.cluster.local:8080", ip.replace('.', "-")),
+        ] {
+            let answer = get(&target)?;
+            ensure!(
+                answer.trim() == format!("200 hello from {name}"),
+                "{target} (pod {i}) answered {answer:?}"
+            );
+            calls += 1.0;
+        }
+    }
+    let answer = get("db:8080")?;
+    ensure!(
+        answer.starts_with("200 hello from db-"),
+        "the headless Service answered {answer:?}"
+    );
+    calls += 1.0;
+    let talk = node.wait_for(
+        "the banner service by name",
+        Duration::from_secs(20),
+        || Ok(exec(&["talk", "banner:25", "hi"]).ok()),
+    )?;
+    ensure!(
+        talk == "220 banner ready\necho: hi\n",
+        "the banner service said {talk:?}"
+    );
+
+    // All of it over mTLS, from the load pod's identity.
+    let mut inbound = 0.0;
+    for db in node.wait_ready(ns, "app=db", 2, timeout)? {
+        inbound += node.proxy_metrics(&db)?.sum(
+            "request_total",
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", &identity(ns, "load")),
+            ],
+        );
+    }
+    ensure!(
+        inbound >= calls,
+        "the db pods counted {inbound} mTLS requests from load; {calls} were made"
+    );
+    let banner = node.wait_ready(ns, "app=banner", 1, timeout)?;
+    let tcp = node.proxy_metrics(&banner[0])?.sum(
+        "tcp_open_total",
+        &[
+            ("direction", "inbound"),
+            ("tls", "true"),
+            ("client_id", &identity(ns, "load")),
+        ],
+    );
+    ensure!(
+        tcp >= 1.0,
+        "the banner pod counted {tcp} mTLS connections from load"
+    );
+    Ok(())
+}
+
 /// The controllers restart; discovery resyncs and a new split applies.
 fn controller_restart(node: &KubeNode) -> anyhow::Result<()> {
-    let ns = "e2e-split";
+    let ns = "e2e-restart";
+    node.apply(&demo_app(node, ns, true)?)?;
+    node.apply(&traffic_split(ns, 100, 0))?;
+    wait_demo(node, ns)?;
     node.kubectl(&[
         "-n",
         "weft-system",
@@ -610,6 +705,7 @@ fn controller_restart(node: &KubeNode) -> anyhow::Result<()> {
         Duration::from_secs(90),
     )?;
     node.apply(&traffic_split(ns, 50, 50))?;
+    // The one scenario that calls the Service by its cluster IP.
     let web = format!("{}:80", cluster_ip(node, ns, "web")?);
     let load = load_pod(node, ns)?;
     node.wait_for(
@@ -827,106 +923,150 @@ fn install_folder(repo: &Path, out: &Path) -> anyhow::Result<PathBuf> {
     Ok(folder)
 }
 
-#[test]
-fn day_one_on_a_real_cluster() {
-    require_root();
-    let started = Instant::now();
-    let node = KubeNode::up().expect("the single-node cluster");
-    eprintln!("node up with Weft's images in {:?}", started.elapsed());
-    let work = tempfile::tempdir().unwrap();
-    let install = install_folder(node.repo(), work.path()).unwrap();
+/// The cluster every scenario runs on, with Weft installed.
+struct Cluster {
+    node: KubeNode,
+    install: PathBuf,
+    _work: tempfile::TempDir,
+    /// Held shared by scenarios that only use the mesh, and exclusively by
+    /// those that disturb it.
+    mesh: RwLock<()>,
+}
 
-    let started = Instant::now();
-    node.kubectl(&["apply", "-f", install.to_str().unwrap()])
-        .unwrap();
-    let ready = (|| -> anyhow::Result<()> {
-        for deploy in ["weft-controller", "weft-injector"] {
-            node.kubectl(&[
-                "-n",
-                "weft-system",
-                "rollout",
-                "status",
-                &format!("deploy/{deploy}"),
-                "--timeout=120s",
-            ])?;
-        }
+fn install(node: &KubeNode, install: &Path) -> anyhow::Result<()> {
+    node.kubectl(&["apply", "-f", install.to_str().unwrap()])?;
+    for deploy in [
+        "deploy/weft-controller",
+        "deploy/weft-injector",
+        "ds/weft-cni",
+    ] {
         node.kubectl(&[
             "-n",
             "weft-system",
             "rollout",
             "status",
-            "ds/weft-cni",
+            deploy,
             "--timeout=120s",
-        ])?;
-        Ok(())
-    })();
-    if let Err(e) = ready {
-        panic!(
-            "Weft did not become ready: {e:#}\n{}\nkubelet:\n{}",
-            node.kubectl(&["-n", "weft-system", "get", "pods", "-o", "wide"])
-                .unwrap_or_default(),
-            node.component_log("kubelet")
-        );
+        ])
+        .with_context(|| {
+            format!(
+                "Weft did not become ready\n{}\nkubelet:\n{}",
+                node.kubectl(&["-n", "weft-system", "get", "pods", "-o", "wide"])
+                    .unwrap_or_default(),
+                node.component_log("kubelet")
+            )
+        })?;
     }
-    eprintln!("Weft installed and ready in {:?}", started.elapsed());
+    Ok(())
+}
 
-    type Scenario = fn(&KubeNode) -> anyhow::Result<()>;
-    let parallel: [(&str, Scenario); 6] = [
-        ("injection", injection),
-        ("traffic split", split),
-        ("job", job),
-        ("drain", drain),
-        ("unmeshed client", unmeshed_client),
-        ("metrics", metrics),
-    ];
-    let mut failures = Vec::new();
-    std::thread::scope(|s| {
-        let running: Vec<_> = parallel
-            .iter()
-            .map(|(name, scenario)| {
-                let node = &node;
-                (
-                    name,
-                    s.spawn(move || {
-                        let started = Instant::now();
-                        let result = scenario(node);
-                        (result, started.elapsed())
-                    }),
-                )
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    let cluster = CLUSTER.get_or_init(|| {
+        require_root();
+        let up = || -> anyhow::Result<Cluster> {
+            let started = Instant::now();
+            let node = KubeNode::up().context("the test cluster")?;
+            eprintln!("cluster up with Weft's images in {:?}", started.elapsed());
+            let work = tempfile::tempdir()?;
+            let folder = install_folder(node.repo(), work.path())?;
+            let started = Instant::now();
+            install(&node, &folder)?;
+            eprintln!("Weft installed and ready in {:?}", started.elapsed());
+            Ok(Cluster {
+                node,
+                install: folder,
+                _work: work,
+                mesh: RwLock::new(()),
             })
-            .collect();
-        for (name, handle) in running {
-            let (result, took) = handle.join().expect("scenario thread");
-            match result {
-                Ok(()) => eprintln!("PASS {name} ({took:?})"),
-                Err(e) => {
-                    eprintln!("FAIL {name} ({took:?}): {e:#}");
-                    failures.push(format!("{name}: {e:#}"));
-                }
-            }
-        }
+        };
+        up().map_err(|e| format!("{e:#}"))
     });
-    // One at a time: each disturbs the whole mesh.
-    type Sequential<'a> = Box<dyn Fn() -> anyhow::Result<()> + 'a>;
-    let sequential: [(&str, Sequential); 3] = [
-        ("controller restart", Box::new(|| controller_restart(&node))),
-        ("late cni", Box::new(|| late_cni(&node))),
-        ("uninstall", Box::new(|| uninstall(&node, &install))),
-    ];
-    for (name, scenario) in sequential {
-        let result = scenario();
-        match result {
-            Ok(()) => eprintln!("PASS {name}"),
-            Err(e) => {
-                eprintln!("FAIL {name}: {e:#}");
-                failures.push(format!("{name}: {e:#}"));
-            }
-        }
+    match cluster {
+        Ok(c) => c,
+        Err(e) => panic!("no cluster: {e}"),
     }
-    if !failures.is_empty() {
+}
+
+/// Runs a scenario that only uses the mesh, beside others of its kind.
+fn scenario(run: fn(&KubeNode) -> anyhow::Result<()>) {
+    let cluster = cluster();
+    let _shared = cluster.mesh.read().unwrap_or_else(|e| e.into_inner());
+    report(&cluster.node, run(&cluster.node));
+}
+
+/// Runs a scenario that disturbs the whole mesh, alone.
+fn disturbing(run: impl FnOnce(&Cluster) -> anyhow::Result<()>) {
+    let cluster = cluster();
+    let _alone = cluster.mesh.write().unwrap_or_else(|e| e.into_inner());
+    report(&cluster.node, run(cluster));
+}
+
+fn report(node: &KubeNode, result: anyhow::Result<()>) {
+    if let Err(e) = result {
         let pods = node
             .kubectl(&["get", "pods", "-A", "-o", "wide"])
             .unwrap_or_default();
-        panic!("{}\n\npods:\n{pods}", failures.join("\n"));
+        panic!("{e:#}\n\npods:\n{pods}");
+    }
+}
+
+/// One test per scenario: `cargo test --test cluster -- scenarios::job`.
+mod scenarios {
+    use super::*;
+
+    #[test]
+    fn injection() {
+        scenario(super::injection);
+    }
+
+    #[test]
+    fn traffic_split() {
+        scenario(super::split);
+    }
+
+    #[test]
+    fn job() {
+        scenario(super::job);
+    }
+
+    #[test]
+    fn drain() {
+        scenario(super::drain);
+    }
+
+    #[test]
+    fn unmeshed_client() {
+        scenario(super::unmeshed_client);
+    }
+
+    #[test]
+    fn dns() {
+        scenario(super::dns);
+    }
+
+    #[test]
+    fn metrics() {
+        scenario(super::metrics);
+    }
+
+    #[test]
+    fn controller_restart() {
+        disturbing(|c| super::controller_restart(&c.node));
+    }
+
+    #[test]
+    fn late_cni() {
+        disturbing(|c| super::late_cni(&c.node));
+    }
+
+    /// Uninstalls, checks what is left, and installs again for the scenarios
+    /// that may still run after it.
+    #[test]
+    fn uninstall() {
+        disturbing(|c| {
+            super::uninstall(&c.node, &c.install)?;
+            install(&c.node, &c.install)
+        });
     }
 }

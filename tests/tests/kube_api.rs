@@ -1,4 +1,5 @@
-//! Weft against a real Kubernetes API server (v1.20.2 with etcd; no
+//! Weft against a real Kubernetes API server (the version tests/kube/go
+//! pins, with etcd; no
 //! kubelet): the API server itself calls the injector through the shipped
 //! MutatingWebhookConfiguration, and the controller checks real projected
 //! service-account tokens with TokenReview and watches real objects.
@@ -201,15 +202,19 @@ fn pod(name: &str, annotations: Value) -> Pod {
     .unwrap()
 }
 
+/// Init containers, then containers, by name.
 fn container_names(pod: &Pod) -> Vec<String> {
-    pod.spec
-        .as_ref()
-        .unwrap()
-        .containers
+    let spec = pod.spec.as_ref().unwrap();
+    spec.init_containers
         .iter()
+        .flatten()
+        .chain(&spec.containers)
         .map(|c| c.name.clone())
         .collect()
 }
+
+/// What a native-mode injection makes of a one-container pod.
+const NATIVE: [&str; 3] = ["weft-validate", "weft-proxy", "app"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_calls_the_injector_through_the_shipped_webhooks() {
@@ -218,7 +223,7 @@ async fn the_api_server_calls_the_injector_through_the_shipped_webhooks() {
     let client = api.client().await.unwrap();
     let injector = Injector::start(&api.kubeconfig);
 
-    // 1.20 has no native sidecars: auto mode must pick classic.
+    // A current cluster has native sidecars: auto mode must pick them.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some((200, _)) = injector.admin_get("/ready").await {
@@ -233,7 +238,7 @@ async fn the_api_server_calls_the_injector_through_the_shipped_webhooks() {
     }
     let (_, metrics) = injector.admin_get("/metrics").await.unwrap();
     assert!(
-        metrics.contains("injector_sidecar_mode{mode=\"classic\"} 1"),
+        metrics.contains("injector_sidecar_mode{mode=\"native\"} 1"),
         "{metrics}"
     );
 
@@ -268,21 +273,23 @@ async fn the_api_server_calls_the_injector_through_the_shipped_webhooks() {
             .create(&dry_run, &pod("probe", json!({})))
             .await
             .unwrap();
-        if container_names(&admitted)[0] == "weft-proxy" {
+        if container_names(&admitted).contains(&"weft-proxy".to_string()) {
             break;
         }
         assert!(Instant::now() < deadline, "the webhook was never called");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // A labelled namespace's pod is injected, classic mode.
+    // A labelled namespace's pod is injected, native mode: the proxy is
+    // an init container that keeps running, held ready by a startup probe.
     let web = pods(meshed)
         .create(&PostParams::default(), &pod("web", json!({})))
         .await
         .unwrap();
-    assert_eq!(container_names(&web), ["weft-proxy", "app"]);
-    let proxy = &web.spec.as_ref().unwrap().containers[0];
-    assert!(proxy.lifecycle.as_ref().unwrap().post_start.is_some());
+    assert_eq!(container_names(&web), NATIVE);
+    let proxy = &web.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[1];
+    assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
+    assert!(proxy.startup_probe.is_some());
     let labels = web.metadata.labels.as_ref().unwrap();
     assert_eq!(labels["weft.io/workload"], "web");
     assert_eq!(labels["weft.io/control-plane-ns"], "weft-system");
@@ -297,7 +304,7 @@ async fn the_api_server_calls_the_injector_through_the_shipped_webhooks() {
     );
     // Stored as admitted: reading it back gives the same.
     let stored = pods(meshed).get("web").await.unwrap();
-    assert_eq!(container_names(&stored), ["weft-proxy", "app"]);
+    assert_eq!(container_names(&stored), NATIVE);
 
     // Opted out in a labelled namespace; plain and opted in elsewhere.
     let admitted = async |ns: &str, name: &str, annotations: Value| {
@@ -311,10 +318,7 @@ async fn the_api_server_calls_the_injector_through_the_shipped_webhooks() {
     let opt_in = json!({"weft.io/inject": "enabled"});
     assert_eq!(admitted(meshed, "debug", opt_out).await, ["app"]);
     assert_eq!(admitted(plain, "other", json!({})).await, ["app"]);
-    assert_eq!(
-        admitted(plain, "opted-in", opt_in).await,
-        ["weft-proxy", "app"]
-    );
+    assert_eq!(admitted(plain, "opted-in", opt_in).await, NATIVE);
 
     // A bad annotation: the pod is refused with the injector's reason.
     let error = pods(meshed)
@@ -702,7 +706,7 @@ mod discovery {
             .unwrap();
     }
 
-    /// A v1beta1 EndpointSlice, the only version 1.20 serves.
+    /// A `discovery.k8s.io/v1` EndpointSlice, as current clusters serve them.
     fn slice(service: &str, endpoints: &[(&str, &str, bool)]) -> Value {
         let endpoints: Vec<Value> = endpoints
             .iter()
@@ -715,7 +719,7 @@ mod discovery {
             })
             .collect();
         json!({
-            "apiVersion": "discovery.k8s.io/v1beta1",
+            "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
             "metadata": {"name": format!("{service}-slice"), "labels": {"kubernetes.io/service-name": service}},
             "addressType": "IPv4",
@@ -835,7 +839,7 @@ mod discovery {
         .await;
         service(&client, "web-v1", "10.96.1.11", json!({})).await;
         service(&client, "web-v2", "10.96.1.12", json!({})).await;
-        let slices = dynamic(&client, "discovery.k8s.io", "v1beta1", "EndpointSlice");
+        let slices = dynamic(&client, "discovery.k8s.io", "v1", "EndpointSlice");
         let pods = dynamic(&client, "", "v1", "Pod");
         for (pod, account) in [
             ("web-1", "web"),

@@ -2,7 +2,9 @@
 //! workload until SIGTERM or SIGINT. `weft-demo get <host:port> <path>` is
 //! a tiny HTTP client that prints the status and body (for tests that need
 //! a client running as a particular user); `weft-demo load <host:port> ...`
-//! a steady load that reports what answered (see `load.rs`).
+//! a steady load that reports what answered (see `load.rs`); `weft-demo
+//! talk <host:port> <line>` a client of the banner service: it waits for the
+//! greeting, sends the line and prints both lines it got.
 
 use anyhow::{Context, bail};
 
@@ -12,11 +14,14 @@ async fn main() -> anyhow::Result<()> {
     let (kind, addr) = match (args.first(), args.get(1)) {
         (Some(k), Some(a)) => (k.as_str(), a.as_str()),
         _ => bail!(
-            "usage: weft-demo <http|grpc|banner|sink> <listen-addr> [name] | weft-demo get <host:port> <path> | weft-demo load <host:port> [--rate N] [--duration 10s]"
+            "usage: weft-demo <http|grpc|banner|sink> <listen-addr> [name] | weft-demo get <host:port> <path> | weft-demo talk <host:port> <line> | weft-demo load <host:port> [--rate N] [--duration 10s]"
         ),
     };
     if kind == "get" {
         return get(addr, args.get(2).map_or("/", String::as_str)).await;
+    }
+    if kind == "talk" {
+        return talk(addr, args.get(2).map_or("hello", String::as_str)).await;
     }
     if kind == "load" {
         return weft_demo::load::run(weft_demo::load::LoadArgs::parse(&args[1..])?).await;
@@ -43,6 +48,22 @@ async fn main() -> anyhow::Result<()> {
         _ = term.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
+}
+
+/// A server-speaks-first exchange: greeting, one line, its echo, `QUIT`.
+async fn talk(addr: &str, line: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let greeting = lines.next_line().await?.context("no greeting")?;
+    write.write_all(format!("{line}\r\n").as_bytes()).await?;
+    let echo = lines.next_line().await?.context("no echo")?;
+    write.write_all(b"QUIT\r\n").await?;
+    println!("{}\n{}", greeting.trim_end(), echo.trim_end());
+    Ok(())
 }
 
 async fn get(addr: &str, path: &str) -> anyhow::Result<()> {

@@ -480,7 +480,11 @@ fn a_pod_level_budget_is_shared_not_exceeded() {
     // An annotated limit over the pod's is refused with its name.
     let mut over = budget.clone();
     over.metadata.annotations = Some(
-        [("config.weft.io/proxy-memory-limit".to_string(), "1Gi".to_string())].into(),
+        [(
+            "config.weft.io/proxy-memory-limit".to_string(),
+            "1Gi".to_string(),
+        )]
+        .into(),
     );
     let message = decide(&over, ENABLED).unwrap_err().to_string();
     assert!(
