@@ -50,8 +50,11 @@ fn has_container(pod: &Value, field: &str, name: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c["name"] == name))
 }
 
+/// The proxy (a native sidecar among the init containers, or a classic
+/// one among the containers) and its validator.
 fn is_meshed(pod: &Value) -> bool {
-    has_container(pod, "containers", "weft-proxy")
+    (has_container(pod, "initContainers", "weft-proxy")
+        || has_container(pod, "containers", "weft-proxy"))
         && has_container(pod, "initContainers", "weft-validate")
 }
 
