@@ -46,6 +46,10 @@ if ! command -v cargo >/dev/null; then
     echo "weft: cargo not found; install Rust (rustup) first" >&2
     exit 1
 fi
+if ! command -v go >/dev/null; then
+    echo "weft: go not found; install Go 1.26 first (Kubernetes, CoreDNS and Prometheus are built from their Go modules)" >&2
+    exit 1
+fi
 # NAT redirect needs these; they load on demand on most kernels, this makes
 # a missing one fail here with a clear message instead of in a test.
 for mod in nf_tables nf_nat nft_redir nf_conntrack; do

@@ -4,16 +4,120 @@
 //! shares the pod's process namespace for such pods and sets
 //! `WEFT_EXIT_WITH_APP`; the proxy then watches `/proc` and drains and
 //! exits once every app process it saw has ended.
+//!
+//! A pod with `hostPID` already shows the app to the proxy (the API server
+//! refuses `shareProcessNamespace` beside it), but it shows the whole node
+//! too. So only processes of the proxy's own pod count: those in its pod's
+//! cgroup, started after the proxy (the app's containers start after it,
+//! the sandbox before it).
 
 use std::path::Path;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-/// Processes of the pod's apps: everything visible except PID 1 (the
-/// sandbox's pause process when the namespace is shared), processes of the
-/// proxy's own user (the proxy and its hooks), and zombies.
+/// Where a process's cgroup is, per hierarchy: `(controllers, path)` from
+/// `/proc/<pid>/cgroup` (`4:memory:/kubepods/...`, `0::/...` for v2).
+fn cgroups(text: &str) -> Vec<(&str, &str)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            Some((controllers, path))
+        })
+        .collect()
+}
+
+/// The hierarchy to compare in: the pids or memory controller's (cgroup
+/// v1), else the unified one (v2).
+fn pick<'a>(paths: &[(&'a str, &'a str)]) -> Option<(&'a str, &'a str)> {
+    ["pids", "memory"]
+        .iter()
+        .find_map(|want| paths.iter().find(|(c, _)| c.split(',').any(|c| c == *want)))
+        .or_else(|| paths.iter().find(|(c, _)| c.is_empty()))
+        .copied()
+}
+
+/// A process's start time, in clock ticks since boot (`stat` field 22).
+fn start_time(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What marks a process as one of the proxy's own pod.
+#[derive(Debug, Default)]
+struct PodScope {
+    /// The hierarchy, and the pod's cgroup in it: the parent of the proxy's
+    /// container cgroup. `None` inside a cgroup namespace, where the
+    /// proxy's own cgroup reads `/` and the pod's other containers
+    /// `/../<container>`.
+    cgroup: Option<(String, Option<String>)>,
+    started: Option<u64>,
+}
+
+impl PodScope {
+    fn of_self(proc_root: &Path) -> PodScope {
+        let own = proc_root.join("self");
+        let cgroup = std::fs::read_to_string(own.join("cgroup"))
+            .ok()
+            .and_then(|text| {
+                let (controllers, path) = pick(&cgroups(&text))?;
+                let pod = match path {
+                    "/" => None,
+                    p => Some(p.rsplit_once('/')?.0.to_string()),
+                };
+                Some((controllers.to_string(), pod))
+            });
+        let started = std::fs::read_to_string(own.join("stat"))
+            .ok()
+            .and_then(|s| start_time(&s));
+        PodScope { cgroup, started }
+    }
+
+    /// Whether the process at `dir` belongs to the pod. What cannot be read
+    /// counts as belonging: a process wrongly waited for only delays the
+    /// exit, one wrongly ignored could cut the app off.
+    fn contains(&self, dir: &Path) -> bool {
+        if let (Some(own), Some(theirs)) = (
+            self.started,
+            std::fs::read_to_string(dir.join("stat"))
+                .ok()
+                .and_then(|s| start_time(&s)),
+        ) && theirs < own
+        {
+            return false;
+        }
+        let Some((controllers, pod)) = &self.cgroup else {
+            return true;
+        };
+        let Ok(text) = std::fs::read_to_string(dir.join("cgroup")) else {
+            return true;
+        };
+        let paths = cgroups(&text);
+        let Some((_, path)) = paths.iter().find(|(c, _)| c == controllers) else {
+            return true;
+        };
+        match pod {
+            Some(pod) => path
+                .strip_prefix(pod.as_str())
+                .is_some_and(|rest| rest.starts_with('/')),
+            None => {
+                *path == "/"
+                    || path
+                        .strip_prefix("/../")
+                        .is_some_and(|rest| !rest.starts_with(".."))
+            }
+        }
+    }
+}
+
+/// Processes of the pod's apps: everything visible of the proxy's own pod
+/// (see [`PodScope`]) except PID 1 (the sandbox's pause process when the
+/// namespace is shared), processes of the proxy's own user (the proxy and
+/// its hooks), and zombies.
 pub fn app_processes(proc_root: &Path, own_uid: u32) -> std::io::Result<Vec<u32>> {
+    let scope = PodScope::of_self(proc_root);
     let mut found = Vec::new();
     for entry in std::fs::read_dir(proc_root)? {
         let Ok(entry) = entry else { continue };
@@ -44,7 +148,7 @@ pub fn app_processes(proc_root: &Path, own_uid: u32) -> std::io::Result<Vec<u32>
             .next()
             .and_then(|u| u.parse().ok());
         let zombie = field("State:").starts_with('Z');
-        if uid != Some(own_uid) && !zombie {
+        if uid != Some(own_uid) && !zombie && scope.contains(&entry.path()) {
             found.push(pid);
         }
     }
@@ -116,6 +220,64 @@ mod tests {
         process(root.path(), 14, 0, "S (sleeping)");
         std::fs::create_dir_all(root.path().join("self")).unwrap();
         assert_eq!(app_processes(root.path(), 2103).unwrap(), [12, 14]);
+    }
+
+    /// A `stat` line with `start` as field 22.
+    fn stat(start: u64) -> String {
+        // Fields 4 to 21 before the start time, and more after it.
+        let before = vec!["0"; 18].join(" ");
+        format!("42 (odd (name)) S {before} {start} 0 0")
+    }
+
+    #[test]
+    fn start_times_are_read_past_the_command_name() {
+        assert_eq!(start_time(&stat(12345)), Some(12345));
+        assert_eq!(start_time("garbage"), None);
+    }
+
+    #[test]
+    fn with_host_pid_only_the_pods_later_processes_count() {
+        let root = tempfile::tempdir().unwrap();
+        let with = |pid: &str, cgroup: &str, start: u64| {
+            let dir = root.path().join(pid);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+            std::fs::write(dir.join("stat"), stat(start)).unwrap();
+        };
+        let pod = "/kubepods/besteffort/pod1234";
+        with(
+            "self",
+            &format!("5:pids:{pod}/proxy\n4:memory:{pod}/proxy\n"),
+            500,
+        );
+        process(root.path(), 1, 0, "S (sleeping)"); // the node's init
+        process(root.path(), 30, 0, "S (sleeping)"); // the kubelet
+        with("30", "5:pids:/\n4:memory:/\n", 10);
+        process(root.path(), 40, 65535, "S (sleeping)"); // the pod's pause
+        with("40", &format!("5:pids:{pod}/sandbox\n"), 400);
+        process(root.path(), 50, 0, "S (sleeping)"); // another pod's app
+        with("50", "5:pids:/kubepods/besteffort/pod9/app\n", 900);
+        process(root.path(), 60, 1000, "S (sleeping)"); // this pod's app
+        with("60", &format!("5:pids:{pod}/app\n"), 600);
+        process(root.path(), 70, 1000, "S (sleeping)"); // a sibling pod's
+        with("70", &format!("5:pids:{pod}0/app\n"), 600);
+        assert_eq!(app_processes(root.path(), 2103).unwrap(), [60]);
+    }
+
+    #[test]
+    fn inside_a_cgroup_namespace_siblings_are_one_level_up() {
+        let root = tempfile::tempdir().unwrap();
+        let with = |pid: &str, cgroup: &str| {
+            let dir = root.path().join(pid);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("cgroup"), cgroup).unwrap();
+        };
+        with("self", "0::/\n");
+        process(root.path(), 60, 1000, "S (sleeping)");
+        with("60", "0::/../app\n");
+        process(root.path(), 70, 1000, "S (sleeping)");
+        with("70", "0::/../../pod9/app\n");
+        assert_eq!(app_processes(root.path(), 2103).unwrap(), [60]);
     }
 
     #[tokio::test]
