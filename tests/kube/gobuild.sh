@@ -5,11 +5,11 @@
 #   tests/kube/gobuild.sh coredns      # prints the path of the binary
 #   tests/kube/gobuild.sh prometheus
 #
-# Each program has a module of its own beside this script (go.mod with a
-# `tool` line, go.sum committed), so the versions are pinned and reviewed
-# like Cargo.lock. Binaries are cached outside the clone under
-# WEFT_KUBE_CACHE (default /var/cache/weft-kube), keyed by the module's
-# go.sum, with Go's module and build caches beside them; a second run, and
+# Each program has a module of its own beside this script (go.mod and
+# go.sum committed, a `tool` line or a main.go of ours), so the versions are
+# pinned and reviewed like Cargo.lock. Binaries are cached outside the clone
+# under WEFT_KUBE_CACHE (default /var/cache/weft-kube), keyed by the
+# module's files, with Go's module and build caches beside them; a second run, and
 # every later clone, starts in a second.
 set -euo pipefail
 
@@ -23,13 +23,15 @@ name=${1:-}
 # with here (Kubernetes, file, HTTP), which halves its build, and serves its
 # API without the web UI's assets (they are built with npm, not Go).
 case $name in
-    coredns) package=github.com/coredns/coredns tags= ;;
+    coredns) package=. tags= ;;
     prometheus) package=github.com/prometheus/prometheus/cmd/prometheus tags=remove_all_sd,enable_kubernetes_sd ;;
     *) die "usage: gobuild.sh coredns | prometheus" ;;
 esac
 module=$HERE/$name
 command -v go >/dev/null || die "go not found (install Go first)"
-key=$(cat "$module/go.mod" "$module/go.sum" | sha256sum | cut -c1-12)
+sources=("$module/go.mod" "$module/go.sum")
+for f in "$module"/*.go; do [[ -e $f ]] && sources+=("$f"); done
+key=$(cat "${sources[@]}" | sha256sum | cut -c1-12)
 out=$KUBE_CACHE/tools/$name-$key/$name
 mkdir -p "$KUBE_CACHE/tools"
 # Tests build on first use, several at once: one builds, the others wait.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::identity::{Controller, ControllerOptions};
+use crate::identity::{Controller, ControllerOptions, NODE_GATEWAY};
 use crate::prometheus::{FileTarget, Prometheus};
 use crate::{Mesh, Pod, ProxyOptions, objects};
 
@@ -67,7 +67,9 @@ impl Demo {
             mesh.spawn_demo(pod, "grpc", GRPC_PORT, name).await?;
             mesh.spawn_demo(pod, "banner", TCP_PORT, name).await?;
         }
-        mesh.publish("demo", &discovery_objects(&client, &web_v1, &web_v2))?;
+        let docs = discovery_objects(&client, &web_v1, &web_v2);
+        mesh.publish("demo", &objects::file(&docs))?;
+        start_dns(&mesh, &docs, &[&client, &web_v1, &web_v2])?;
         let ca = mesh.make_ca("ca")?;
         let controller = mesh
             .start_controller(&ca, ControllerOptions::default())
@@ -141,6 +143,17 @@ impl Demo {
             LOCAL_PROMETHEUS_CONFIG,
         )
         .await
+    }
+
+    /// Runs `weft-demo ARGS` in the client pod, as its app would, and
+    /// returns what it printed: names resolve through the mesh's DNS.
+    pub fn client_app(&self, args: &[&str]) -> anyhow::Result<String> {
+        let program = self.mesh.bins.path("weft-demo");
+        let mut all = vec!["netns", "exec", &self.client.netns];
+        let program = program.to_string_lossy();
+        all.push(&program);
+        all.extend_from_slice(args);
+        crate::sh("ip", &all)
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -265,7 +278,7 @@ impl Demo {
 
 /// Services, EndpointSlices, Pods and the TrafficSplit, as the
 /// controller's file source reads them.
-fn discovery_objects(client: &Pod, web_v1: &Pod, web_v2: &Pod) -> String {
+fn discovery_objects(client: &Pod, web_v1: &Pod, web_v2: &Pod) -> Vec<Value> {
     let ports = [
         ("http", HTTP_PORT, HTTP_TARGET_PORT),
         ("grpc", GRPC_PORT, GRPC_PORT),
@@ -307,5 +320,69 @@ fn discovery_objects(client: &Pod, web_v1: &Pod, web_v2: &Pod) -> String {
         "web",
         &SPLIT,
     ));
-    objects::file(&docs)
+    docs
+}
+
+/// The cluster DNS names of `docs`, in hosts-file form: each Service's
+/// `name.ns.svc.cluster.local` and each pod's `a-b-c-d.ns.pod.cluster.local`,
+/// as CoreDNS's `kubernetes` plugin would answer them.
+pub fn dns_hosts(docs: &[Value]) -> String {
+    let mut lines = Vec::new();
+    for doc in docs {
+        let meta = &doc["metadata"];
+        let (Some(name), Some(ns)) = (meta["name"].as_str(), meta["namespace"].as_str()) else {
+            continue;
+        };
+        match doc["kind"].as_str() {
+            Some("Service") => {
+                if let Some(ip) = doc["spec"]["clusterIP"].as_str() {
+                    lines.push(format!("{ip} {name}.{ns}.svc.{CLUSTER_DOMAIN}"));
+                }
+            }
+            Some("Pod") => {
+                if let Some(ip) = doc["status"]["podIP"].as_str() {
+                    let dashed = ip.replace('.', "-");
+                    lines.push(format!("{ip} {dashed}.{ns}.pod.{CLUSTER_DOMAIN}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    lines.push(String::new());
+    lines.join("\n")
+}
+
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// CoreDNS on the node, answering the cluster's names from the same
+/// objects discovery serves, and a kubelet-style `resolv.conf` in every
+/// pod, so apps call `web`, `web.demo` or `web.demo.svc.cluster.local`.
+fn start_dns(mesh: &Mesh, docs: &[Value], pods: &[&Pod]) -> anyhow::Result<()> {
+    let coredns = crate::go_program("coredns")?;
+    let dir = mesh.dir.join("dns");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("hosts"), dns_hosts(docs))?;
+    std::fs::write(
+        dir.join("Corefile"),
+        format!(
+            "{CLUSTER_DOMAIN}:53 {{\n    errors\n    hosts {} {CLUSTER_DOMAIN} {{\n        ttl 5\n        reload 1s\n    }}\n}}\n",
+            dir.join("hosts").display()
+        ),
+    )?;
+    mesh.spawn(
+        &mesh.node(),
+        "coredns",
+        &coredns,
+        &["-conf", &dir.join("Corefile").to_string_lossy()],
+        &[],
+    )?;
+    for pod in pods {
+        mesh.set_resolv_conf(
+            pod,
+            &format!(
+                "nameserver {NODE_GATEWAY}\nsearch {NAMESPACE}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}\noptions ndots:5\n"
+            ),
+        )?;
+    }
+    Ok(())
 }

@@ -153,8 +153,33 @@ pub fn sweep_stale() {
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
             let _ = sh("ip", &["netns", "del", name]);
+            let _ = std::fs::remove_dir_all(etc_netns(name));
         }
     }
+}
+
+/// A program built from its Go module by `tests/kube/gobuild.sh NAME`
+/// (`coredns`, `prometheus`): minutes the first time on a machine, then
+/// cached outside the clone.
+pub fn go_program(name: &str) -> anyhow::Result<PathBuf> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kube/gobuild.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(name)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    if !out.status.success() {
+        bail!("{} {name} failed", script.display());
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Where `ip netns exec` finds files it binds over `/etc` for the
+/// processes it starts in `netns` (`resolv.conf`, say).
+pub fn etc_netns(netns: &str) -> PathBuf {
+    Path::new("/etc/netns").join(netns)
 }
 
 /// Options for a pod's `weft-cni` entry (merged into the conflist's).
@@ -669,6 +694,7 @@ impl Mesh {
         }
         let pods = std::mem::take(self.pods.get_mut().unwrap_or_else(|e| e.into_inner()));
         for (pod, state) in pods.into_iter().rev() {
+            let _ = std::fs::remove_dir_all(etc_netns(&pod.netns));
             let overrides = state["cni"].as_object().map(|o| Value::Object(o.clone()));
             if let Err(error) = self.cni.del(
                 &format!("{}-{}", self.id, pod.name),
@@ -693,6 +719,17 @@ impl Mesh {
 impl Drop for Mesh {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+impl Mesh {
+    /// Gives every process later started in `pod` this `resolv.conf`, as a
+    /// kubelet gives each pod its own.
+    pub fn set_resolv_conf(&self, pod: &Pod, text: &str) -> anyhow::Result<()> {
+        let dir = etc_netns(&pod.netns);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("resolv.conf"), text)?;
+        Ok(())
     }
 }
 

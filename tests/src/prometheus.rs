@@ -17,20 +17,7 @@ use crate::Pod;
 pub fn binary() -> anyhow::Result<PathBuf> {
     static BINARY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     BINARY
-        .get_or_init(|| {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kube/gobuild.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .arg("prometheus")
-                .stdin(Stdio::null())
-                .stderr(Stdio::inherit())
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-            if !out.status.success() {
-                return Err(format!("{} prometheus failed", script.display()));
-            }
-            Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        })
+        .get_or_init(|| crate::go_program("prometheus").map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }

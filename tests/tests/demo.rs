@@ -44,16 +44,24 @@ fn demo_shows_traffic_and_cleans_up() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("10/10 answered 200"), "{stdout}");
+    // The apps call names too, resolved by the mesh's CoreDNS.
+    for name in ["web", "web.demo", "web.demo.svc.cluster.local"] {
+        assert!(
+            stdout.contains(&format!("GET http://{name}/ -> 200 hello from web-v")),
+            "{name}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("TCP web:3306 -> 220 web-v"), "{stdout}");
     // All of it crossed the split as mTLS between the workload identities.
     assert!(
         stdout.contains(
-            "request_total{direction=\"outbound\",tls=\"true\",server_id=\"spiffe://cluster.local/ns/demo/sa/web\"} 13"
+            "request_total{direction=\"outbound\",tls=\"true\",server_id=\"spiffe://cluster.local/ns/demo/sa/web\"} 16"
         ),
         "{stdout}"
     );
     assert!(
         stdout.contains(
-            "request_total{direction=\"inbound\",tls=\"true\",client_id=\"spiffe://cluster.local/ns/demo/sa/client\"} 13"
+            "request_total{direction=\"inbound\",tls=\"true\",client_id=\"spiffe://cluster.local/ns/demo/sa/client\"} 16"
         ),
         "{stdout}"
     );

@@ -144,6 +144,18 @@ async fn demo(keep: bool, prometheus: bool) -> anyhow::Result<()> {
         demo::TCP_PORT
     );
 
+    println!("by name, through the mesh's CoreDNS (search demo.svc.cluster.local):");
+    for name in ["web", "web.demo", "web.demo.svc.cluster.local"] {
+        let answer = d.client_app(&["get", &format!("{name}:{}", demo::HTTP_PORT), "/"])?;
+        println!("  GET http://{name}/ -> {}", answer.trim());
+    }
+    let talk = d.client_app(&["talk", &format!("web:{}", demo::TCP_PORT), "hi"])?;
+    println!(
+        "  TCP web:{} -> {}",
+        demo::TCP_PORT,
+        talk.trim().replace('\n', " | ")
+    );
+
     heading("what the proxies counted (tls=\"true\": mutual TLS between the proxies)");
     let m = client.metrics().await?;
     let outbound = |name: &str, extra: &[(&str, &str)]| {
