@@ -1,0 +1,271 @@
+//! Day one on a real Kubernetes 1.35 cluster on this
+//! machine (`tests/kube/node.sh`: real kubelet, containerd, runc, Debian's
+//! CNI plugins, kube-proxy, CoreDNS), Weft installed with `kubectl apply -f
+//! examples/install/`, and the user's scenarios run against it as pods.
+//!
+//! The scenarios share one cluster, brought up and installed by the first
+//! test that needs it and brought down when the test process ends. Each
+//! scenario is a test of its own (`cargo test --test cluster -- split` runs
+//! one alone) in a namespace of its own; the ones that disturb the whole
+//! mesh (a controller restart, the CNI leaving the node, uninstalling) run
+//! alone, while no other scenario runs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use serde_json::Value;
+use weft_testbed::node::KubeNode;
+use weft_testbed::{Bins, require_root};
+
+const TRUST_DOMAIN: &str = "cluster.local";
+
+fn identity(ns: &str, sa: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{sa}")
+}
+
+/// The demo app (`examples/demo/k8s/demo.yaml`) in namespace `ns`,
+/// labelled for injection or not.
+fn demo_app(node: &KubeNode, ns: &str, meshed: bool) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(node.repo().join("examples/demo/k8s/demo.yaml"))?;
+    let mut text = text.replace("namespace: demo", &format!("namespace: {ns}"));
+    text = text.replace(
+        "kind: Namespace\nmetadata:\n  name: demo",
+        &format!(
+            "kind: Namespace\nmetadata:\n  name: {ns}{}",
+            if meshed {
+                "\n  labels: {weft.io/inject: enabled}"
+            } else {
+                ""
+            }
+        ),
+    );
+    Ok(text)
+}
+
+fn has_container(pod: &Value, field: &str, name: &str) -> bool {
+    pod["spec"][field]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["name"] == name))
+}
+
+/// The proxy (a native sidecar among the init containers, or a classic
+/// one among the containers) and its validator.
+fn is_meshed(pod: &Value) -> bool {
+    (has_container(pod, "initContainers", "weft-proxy")
+        || has_container(pod, "containers", "weft-proxy"))
+        && has_container(pod, "initContainers", "weft-validate")
+}
+
+/// The meshed, running pods of `selector` (pods on their way out may
+/// already have lost their network).
+fn meshed_pods(node: &KubeNode, ns: &str, selector: &str) -> anyhow::Result<Vec<Value>> {
+    Ok(node
+        .pods(ns, selector)?
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && is_meshed(p))
+        .collect())
+}
+
+fn pod_name(pod: &Value) -> String {
+    pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn cluster_ip(node: &KubeNode, ns: &str, service: &str) -> anyhow::Result<String> {
+    let svc = node.json(&["-n", ns, "get", "service", service])?;
+    Ok(svc["spec"]["clusterIP"]
+        .as_str()
+        .context("no cluster IP")?
+        .to_string())
+}
+
+/// The demo's five pods: web-v1 ×2, web-v2, grpc, load.
+fn wait_demo(node: &KubeNode, ns: &str) -> anyhow::Result<Vec<Value>> {
+    let timeout = Duration::from_secs(120);
+    node.wait_ready(ns, "app=web,version=v1", 2, timeout)?;
+    node.wait_ready(ns, "app=web,version=v2", 1, timeout)?;
+    node.wait_ready(ns, "app=grpc", 1, timeout)?;
+    node.wait_ready(ns, "app=load", 1, timeout)?;
+    Ok(node
+        .pods(ns, "app")?
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect())
+}
+
+fn load_pod(node: &KubeNode, ns: &str) -> anyhow::Result<String> {
+    Ok(pod_name(
+        node.wait_ready(ns, "app=load", 1, Duration::from_secs(60))?
+            .first()
+            .context("no load pod")?,
+    ))
+}
+
+mod disruptive;
+mod dns;
+mod mesh;
+mod metrics;
+mod sidecars;
+
+/// The install folder as a user has it after `weft-controller
+/// install-secrets`.
+fn install_folder(repo: &Path, out: &Path) -> anyhow::Result<PathBuf> {
+    let folder = out.join("install");
+    std::fs::create_dir_all(&folder)?;
+    for entry in std::fs::read_dir(repo.join("examples/install"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "yaml") && !path.ends_with("05-secrets.yaml") {
+            std::fs::copy(&path, folder.join(path.file_name().unwrap()))?;
+        }
+    }
+    let status = std::process::Command::new(Bins::locate()?.path("weft-controller"))
+        .arg("install-secrets")
+        .arg("--pki")
+        .arg(out.join("pki"))
+        .arg("--out")
+        .arg(folder.join("05-secrets.yaml"))
+        .status()?;
+    ensure!(status.success(), "install-secrets failed");
+    Ok(folder)
+}
+
+/// The cluster every scenario runs on, with Weft installed.
+struct Cluster {
+    node: KubeNode,
+    install: PathBuf,
+    _work: tempfile::TempDir,
+    /// Held shared by scenarios that only use the mesh, and exclusively by
+    /// those that disturb it.
+    mesh: RwLock<()>,
+}
+
+fn install(node: &KubeNode, install: &Path) -> anyhow::Result<()> {
+    node.kubectl(&["apply", "-f", install.to_str().unwrap()])?;
+    for deploy in [
+        "deploy/weft-controller",
+        "deploy/weft-injector",
+        "ds/weft-cni",
+    ] {
+        node.kubectl(&[
+            "-n",
+            "weft-system",
+            "rollout",
+            "status",
+            deploy,
+            "--timeout=120s",
+        ])
+        .with_context(|| {
+            format!(
+                "Weft did not become ready\n{}\nkubelet:\n{}",
+                node.kubectl(&["-n", "weft-system", "get", "pods", "-o", "wide"])
+                    .unwrap_or_default(),
+                node.component_log("kubelet")
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    let cluster = CLUSTER.get_or_init(|| {
+        require_root();
+        let up = || -> anyhow::Result<Cluster> {
+            let started = Instant::now();
+            let node = KubeNode::up().context("the test cluster")?;
+            eprintln!("cluster up with Weft's images in {:?}", started.elapsed());
+            let work = tempfile::tempdir()?;
+            let folder = install_folder(node.repo(), work.path())?;
+            let started = Instant::now();
+            install(&node, &folder)?;
+            eprintln!("Weft installed and ready in {:?}", started.elapsed());
+            Ok(Cluster {
+                node,
+                install: folder,
+                _work: work,
+                mesh: RwLock::new(()),
+            })
+        };
+        up().map_err(|e| format!("{e:#}"))
+    });
+    match cluster {
+        Ok(c) => c,
+        Err(e) => panic!("no cluster: {e}"),
+    }
+}
+
+/// Runs a scenario that only uses the mesh, beside others of its kind.
+fn scenario(run: fn(&KubeNode) -> anyhow::Result<()>) {
+    let cluster = cluster();
+    let _shared = cluster.mesh.read().unwrap_or_else(|e| e.into_inner());
+    report(&cluster.node, run(&cluster.node));
+}
+
+/// Runs a scenario that disturbs the whole mesh, alone.
+fn disturbing(run: impl FnOnce(&Cluster) -> anyhow::Result<()>) {
+    let cluster = cluster();
+    let _alone = cluster.mesh.write().unwrap_or_else(|e| e.into_inner());
+    report(&cluster.node, run(cluster));
+}
+
+fn report(node: &KubeNode, result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        let pods = node
+            .kubectl(&["get", "pods", "-A", "-o", "wide"])
+            .unwrap_or_default();
+        panic!("{e:#}\n\npods:\n{pods}");
+    }
+}
+
+/// One test per scenario: `cargo test --test cluster -- scenarios::job`.
+
+/// One test per scenario: `cargo test --test cluster -- scenarios::job`.
+mod scenarios {
+    use super::*;
+
+    /// A test per scenario that only uses the mesh, beside the others.
+    macro_rules! shared {
+        ($($test:ident => $run:path),* $(,)?) => {
+            $(#[test]
+            fn $test() {
+                scenario($run);
+            })*
+        };
+    }
+
+    shared! {
+        injection => mesh::injection,
+        traffic_split => mesh::split,
+        drain => mesh::drain,
+        unmeshed_client => mesh::unmeshed_client,
+        job => sidecars::job,
+        native_sidecars => sidecars::native_sidecars,
+        classic_sidecars => sidecars::classic_sidecars,
+        dns => dns::dns,
+        metrics => metrics::metrics,
+    }
+
+    #[test]
+    fn controller_restart() {
+        disturbing(|c| disruptive::controller_restart(&c.node));
+    }
+
+    #[test]
+    fn late_cni() {
+        disturbing(|c| disruptive::late_cni(&c.node));
+    }
+
+    /// Uninstalls, checks what is left, and installs again for the scenarios
+    /// that may still run after it.
+    #[test]
+    fn uninstall() {
+        disturbing(|c| {
+            disruptive::uninstall(&c.node, &c.install)?;
+            install(&c.node, &c.install)
+        });
+    }
+}

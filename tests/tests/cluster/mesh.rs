@@ -1,0 +1,228 @@
+//! Meshing a namespace, splitting traffic, draining a server, unmeshed
+//! clients.
+
+use super::*;
+
+/// Scenario 1: label a namespace, restart its pods, and they are meshed.
+pub(super) fn injection(node: &KubeNode) -> anyhow::Result<()> {
+    let ns = "e2e-inject";
+    node.apply(&demo_app(node, ns, false)?)?;
+    let before = wait_demo(node, ns)?;
+    ensure!(
+        before.iter().all(|p| !is_meshed(p)),
+        "pods of an unlabelled namespace were injected"
+    );
+
+    node.kubectl(&["label", "namespace", ns, "weft.io/inject=enabled"])?;
+    node.kubectl(&["-n", ns, "delete", "pods", "--all", "--wait=false"])?;
+    let started = Instant::now();
+    let pods = wait_demo(node, ns)?;
+    eprintln!(
+        "injection: {} pods back, meshed, in {:?}",
+        pods.len(),
+        started.elapsed()
+    );
+    for pod in &pods {
+        ensure!(is_meshed(pod), "{} has no proxy", pod_name(pod));
+    }
+
+    // An annotated opt-out in the labelled namespace stays unmeshed.
+    node.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: opted-out
+  namespace: {ns}
+  annotations: {{weft.io/inject: disabled}}
+spec:
+  automountServiceAccountToken: false
+  containers:
+    - {{name: app, image: docker.io/weft/weft-demo:0.1.0, imagePullPolicy: IfNotPresent, args: ["sink", "0.0.0.0:9000"]}}
+"#
+    ))?;
+    let opted_out = node.json(&["-n", ns, "get", "pod", "opted-out"])?;
+    ensure!(!is_meshed(&opted_out), "the opted-out pod was injected");
+
+    // By the Service's short name, through the cluster DNS.
+    let load = load_pod(node, ns)?;
+    let report = node.load(ns, &load, "load", "web:80", 40, 5)?;
+    eprintln!("injection: load {}", report.summary);
+    ensure!(report.failed() == 0, "failed requests: {}", report.summary);
+    // The balancer favours the faster endpoints, so the split between the
+    // versions is not fixed; every answer comes from one of them.
+    ensure!(
+        report.from("web-v1") + report.from("web-v2") == report.ok(),
+        "answers from elsewhere: {}",
+        report.summary
+    );
+
+    // mTLS both ways, with the service accounts' identities.
+    let client = meshed_pods(node, ns, "app=load")?;
+    let client = client.first().context("load pod")?;
+    let outbound = node.proxy_metrics(client)?.sum(
+        "request_total",
+        &[
+            ("direction", "outbound"),
+            ("tls", "true"),
+            ("server_id", &identity(ns, "web")),
+        ],
+    );
+    ensure!(
+        outbound >= report.ok() as f64,
+        "client proxy counted {outbound} mTLS requests to web, load got {} answers",
+        report.ok()
+    );
+    let mut inbound = 0.0;
+    for pod in meshed_pods(node, ns, "app=web")? {
+        inbound += node.proxy_metrics(&pod)?.sum(
+            "request_total",
+            &[
+                ("direction", "inbound"),
+                ("tls", "true"),
+                ("client_id", &identity(ns, "load")),
+            ],
+        );
+    }
+    ensure!(
+        inbound >= report.ok() as f64,
+        "servers counted {inbound} mTLS requests from load"
+    );
+    Ok(())
+}
+
+pub(super) fn traffic_split(ns: &str, v1: u32, v2: u32) -> String {
+    format!(
+        r#"
+apiVersion: split.smi-spec.io/v1alpha2
+kind: TrafficSplit
+metadata: {{name: web-split, namespace: {ns}}}
+spec:
+  service: web
+  backends:
+    - {{service: web-v1, weight: {v1}}}
+    - {{service: web-v2, weight: {v2}}}
+"#
+    )
+}
+
+/// Scenario 2: a TrafficSplit shifts traffic, and a change moves it within
+/// seconds without a failed request.
+pub(super) fn split(node: &KubeNode) -> anyhow::Result<()> {
+    let ns = "e2e-split";
+    node.apply(&demo_app(node, ns, true)?)?;
+    let pods = wait_demo(node, ns)?;
+    ensure!(pods.iter().all(is_meshed), "not all pods meshed");
+    let web = format!("web.{ns}:80");
+    let load = load_pod(node, ns)?;
+
+    node.apply(&traffic_split(ns, 90, 10))?;
+    // Until the proxy has the split, the apex balances 2:1 by endpoints.
+    node.wait_for("the 90/10 split in effect", Duration::from_secs(30), || {
+        let r = node.load(ns, &load, "load", &web, 50, 2)?;
+        Ok((r.from("web-v2") * 100 <= r.ok() * 20).then_some(()))
+    })?;
+    let report = node.load(ns, &load, "load", &web, 100, 6)?;
+    let share = report.from("web-v1") as f64 / report.ok() as f64;
+    eprintln!("split 90/10: web-v1 share {share:.3} ({})", report.summary);
+    ensure!(report.failed() == 0, "failed requests: {}", report.summary);
+    ensure!(
+        (share - 0.90).abs() <= 0.04,
+        "web-v1 got {share:.3} of the traffic, configured 0.90"
+    );
+
+    // 0/100 under load: all traffic moves, nothing fails.
+    let report = std::thread::scope(|s| {
+        let running = s.spawn(|| node.load(ns, &load, "load", &web, 50, 15));
+        std::thread::sleep(Duration::from_secs(4));
+        node.apply(&traffic_split(ns, 0, 100))?;
+        running.join().expect("load thread")
+    })?;
+    ensure!(
+        report.failed() == 0,
+        "failed requests while shifting: {}",
+        report.summary
+    );
+    // The seconds after which no request reached web-v1 again.
+    let last_v1 = report
+        .seconds
+        .iter()
+        .rposition(|s| s["by_backend"]["web-v1"].as_u64().unwrap_or(0) > 0)
+        .context("web-v1 never answered before the shift")?;
+    eprintln!(
+        "split 0/100: applied at second 4, last web-v1 answer in second {last_v1} ({})",
+        report.summary
+    );
+    ensure!(
+        last_v1 <= 4 + 5,
+        "traffic still reached web-v1 in second {last_v1}, 5+ s after 0/100"
+    );
+    ensure!(report.seconds.len() >= 12, "the load stopped early");
+    Ok(())
+}
+
+/// Scenario 4: deleting a server pod under load fails nothing the
+/// retries do not cover.
+pub(super) fn drain(node: &KubeNode) -> anyhow::Result<()> {
+    let ns = "e2e-drain";
+    node.apply(&demo_app(node, ns, true)?)?;
+    wait_demo(node, ns)?;
+    node.kubectl(&[
+        "-n",
+        ns,
+        "annotate",
+        "service",
+        "web-v1",
+        "retry.weft.io/http=gateway-error,connect-failure",
+    ])?;
+    let target = "web-v1:80".to_string();
+    let load = load_pod(node, ns)?;
+    let victim = pod_name(
+        node.pods(ns, "app=web,version=v1")?
+            .first()
+            .context("no web-v1 pod")?,
+    );
+    let report = std::thread::scope(|s| {
+        let running = s.spawn(|| node.load(ns, &load, "load", &target, 50, 12));
+        std::thread::sleep(Duration::from_secs(4));
+        node.kubectl(&["-n", ns, "delete", "pod", &victim, "--wait=false"])?;
+        running.join().expect("load thread")
+    })?;
+    eprintln!("drain: deleted {victim} at second 4: {}", report.summary);
+    ensure!(report.failed() == 0, "failed requests: {}", report.summary);
+    ensure!(report.ok() >= 500, "too few answers: {}", report.summary);
+    Ok(())
+}
+
+/// Scenario 5: an unmeshed client reaches a meshed server (permissive).
+pub(super) fn unmeshed_client(node: &KubeNode) -> anyhow::Result<()> {
+    let (server_ns, client_ns) = ("e2e-permissive", "e2e-plain");
+    node.apply(&demo_app(node, server_ns, true)?)?;
+    node.apply(&demo_app(node, client_ns, false)?)?;
+    let servers = wait_demo(node, server_ns)?;
+    ensure!(servers.iter().all(is_meshed), "servers not meshed");
+    let clients = wait_demo(node, client_ns)?;
+    ensure!(!clients.iter().any(is_meshed), "client meshed");
+    let load = load_pod(node, client_ns)?;
+    let web = format!("web.{server_ns}:80");
+    let report = node.load(client_ns, &load, "load", &web, 20, 3)?;
+    eprintln!("unmeshed client: {}", report.summary);
+    ensure!(
+        report.failed() == 0 && report.ok() > 0,
+        "{}",
+        report.summary
+    );
+    let mut plaintext = 0.0;
+    for pod in meshed_pods(node, server_ns, "app=web")? {
+        plaintext += node.proxy_metrics(&pod)?.sum(
+            "request_total",
+            &[("direction", "inbound"), ("tls", "false")],
+        );
+    }
+    ensure!(
+        plaintext >= report.ok() as f64,
+        "the servers' proxies saw {plaintext} plaintext requests, the client got {} answers",
+        report.ok()
+    );
+    Ok(())
+}
