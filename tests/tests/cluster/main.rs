@@ -222,8 +222,6 @@ fn report(node: &KubeNode, result: anyhow::Result<()>) {
 }
 
 /// One test per scenario: `cargo test --test cluster -- scenarios::job`.
-
-/// One test per scenario: `cargo test --test cluster -- scenarios::job`.
 mod scenarios {
     use super::*;
 
