@@ -111,6 +111,25 @@ mod mesh;
 mod metrics;
 mod sidecars;
 
+/// Requests over mesh mTLS that the proxies of the meshed `selector` pods
+/// counted in `direction`, from or to the peer `(label, identity)`.
+fn mtls_requests(
+    node: &KubeNode,
+    ns: &str,
+    selector: &str,
+    direction: &str,
+    peer: (&str, &str),
+) -> anyhow::Result<f64> {
+    let mut sum = 0.0;
+    for pod in meshed_pods(node, ns, selector)? {
+        sum += node.proxy_metrics(&pod)?.sum(
+            "request_total",
+            &[("direction", direction), ("tls", "true"), peer],
+        );
+    }
+    Ok(sum)
+}
+
 /// The install folder as a user has it after `weft-controller
 /// install-secrets`.
 fn install_folder(repo: &Path, out: &Path) -> anyhow::Result<PathBuf> {

@@ -304,17 +304,13 @@ pub(super) fn classic_sidecars(node: &KubeNode) -> anyhow::Result<()> {
         let r = node.load(ns, &load, "load", "web:80", 40, 2)?;
         Ok((r.failed() == 0 && r.ok() > 0).then_some(r))
     })?;
-    let client = meshed_pods(node, ns, "app=load")?;
-    let outbound = node
-        .proxy_metrics(client.first().context("load pod")?)?
-        .sum(
-            "request_total",
-            &[
-                ("direction", "outbound"),
-                ("tls", "true"),
-                ("server_id", &identity(ns, "web")),
-            ],
-        );
+    let outbound = mtls_requests(
+        node,
+        ns,
+        "app=load",
+        "outbound",
+        ("server_id", &identity(ns, "web")),
+    )?;
     ensure!(
         outbound >= report.ok() as f64,
         "classic: {outbound} mTLS requests counted, {} answered",
