@@ -193,7 +193,20 @@ pub(super) fn drain(node: &KubeNode) -> anyhow::Result<()> {
     })?;
     eprintln!("drain: deleted {victim} at second 4: {}", report.summary);
     ensure!(report.failed() == 0, "failed requests: {}", report.summary);
-    ensure!(report.ok() >= 500, "too few answers: {}", report.summary);
+    // The load paces itself at 50 a second; on a busy machine it falls
+    // behind (477 of 600 in one CI run), so the floor only shows that
+    // answers kept coming, not a rate.
+    ensure!(report.ok() >= 300, "too few answers: {}", report.summary);
+    let answering_seconds = report
+        .seconds
+        .iter()
+        .filter(|s| s["ok"].as_u64().unwrap_or(0) > 0)
+        .count();
+    ensure!(
+        answering_seconds >= 10,
+        "answers stopped around the deletion: {:?}",
+        report.seconds
+    );
     Ok(())
 }
 
