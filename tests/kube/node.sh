@@ -1,32 +1,47 @@
 #!/usr/bin/env bash
-# A real single-node Kubernetes on this machine (the version tests/kube/go/go.mod
+# A real two-node Kubernetes on this machine (the version tests/kube/go/go.mod
 # pins, built by apiserver.sh from the Go module proxy), for the end-to-end
-# tests: etcd, kube-apiserver, controller-manager, scheduler, kube-proxy
-# (iptables mode) and a kubelet driving Debian's containerd, runc and CNI
-# plugins. Pods are real containers in real network namespaces.
+# tests: etcd, kube-apiserver, controller-manager and scheduler, and on each
+# node a kube-proxy (iptables mode) and a kubelet driving its own instance of
+# Debian's containerd, with runc and the CNI plugins. Pods are real
+# containers in real network namespaces.
 #
 #   tests/kube/node.sh build             # binaries (cached, ~8 min cold) + packages;
 #                                        # prints the bin dir (kubectl is there)
-#   tests/kube/node.sh up                # ~30 s; writes $WEFT_NODE/admin.kubeconfig;
-#                                        # with WEFT_NODE_OWNER=PID, down when PID ends
-#   tests/kube/node.sh import IMAGE.tar  # into the node's containerd
+#   tests/kube/node.sh up                # ~40 s; writes $WEFT_NODE/admin.kubeconfig
+#                                        # and $WEFT_NODE/nodes (name, CNI conf and
+#                                        # bin folders as this machine sees them);
+#                                        # with WEFT_NODE_OWNER=PID, down when PID ends;
+#                                        # WEFT_NODES=1 for one node
+#   tests/kube/node.sh import IMAGE.tar  # into every node's containerd
 #   tests/kube/node.sh down              # stops it and removes what `up` made
 #   tests/kube/node.sh status
 #
-# The node is this machine's own network namespace, so only one node runs
-# at a time. Its network is private to the machine:
-# - the pod bridge `weftbr0` is 10.244.0.1/24 and is also the node's
-#   address; the API server and kubelet listen there, etcd on loopback;
-# - pods get a route to the pod subnet and to the Service range
-#   (10.96.0.0/24, via the bridge, where kube-proxy translates it), nothing
-#   else: no default route, no masquerade. A packet to anywhere else is
-#   dropped. Unused Service addresses are routed back onto the bridge, where
-#   nothing answers, never out of the machine.
+# The first node is this machine's own network namespace (so one cluster
+# runs at a time) and also runs the control plane. The second node is a
+# network namespace of its own, `weftnode2`, with its own mount namespace
+# in which its folders (below) are bound over the paths a node hard-codes,
+# and its own cgroup root, /weftnode2. Their network is private to the
+# machine:
+# - node 1's pod bridge `weftbr0` is 10.244.0.1/24 and is also its address;
+#   the API server and kubelet listen there, etcd on loopback. Node 2's
+#   bridge `weftbr1` is 10.244.1.1/24, its address likewise.
+# - the nodes are joined by an underlay link, 10.243.0.1/30 (node 1,
+#   `weftul2`) to 10.243.0.2/30 (node 2, `underlay`); each routes the other's
+#   pod subnet via the other's underlay address, as flannel's host-gw does.
+#   No NAT anywhere.
+# - pods get a route to the pod network 10.244.0.0/16 and to the Service
+#   range (10.96.0.0/24, via their bridge, where kube-proxy translates it),
+#   nothing else: no default route, no masquerade. A packet to anywhere else
+#   is dropped. Unused Service addresses are routed back onto the bridge,
+#   where nothing answers, never out of the machine. Node 2 has no default
+#   route either.
 # - CoreDNS (tests/kube/coredns.yaml) is the cluster DNS at 10.96.0.10:
 #   pods get the usual resolv.conf (search <ns>.svc.cluster.local, ...).
 # CNI configuration lives where a real node keeps it, /etc/cni/net.d and
-# /opt/cni/bin (created by `up`, removed by `down` when `up` created them),
-# so Weft's CNI installer runs with its shipped manifest.
+# /opt/cni/bin (created by `up`, removed by `down` when `up` created them;
+# node 2's are $WEFT_NODE/node2/host/*, bound there in its mount namespace),
+# so Weft's CNI installer runs with its shipped manifest on both.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +55,22 @@ SERVICE_CIDR=10.96.0.0/24
 # The kube-dns Service (tests/kube/coredns.yaml).
 CLUSTER_DNS=10.96.0.10
 BRIDGE=weftbr0
+# Every node's pod subnet.
+POD_NETWORK=10.244.0.0/16
+NODES=${WEFT_NODES:-2}
+# The second node.
+NODE2_NETNS=weftnode2
+NODE2_NAME=weft-node-2
+NODE2_IP=10.244.1.1
+NODE2_POD_CIDR=10.244.1.0/24
+NODE2_BRIDGE=weftbr1
+NODE2_CGROUP=weftnode2
+UNDERLAY1=10.243.0.1
+UNDERLAY2=10.243.0.2
+UNDERLAY_LINK=weftul2
+# Node 2's folders, bound over these paths in its mount namespace.
+NODE2_BINDS=(/etc/cni/net.d /opt/cni/bin /var/lib/cni /var/lib/kubelet /var/log/pods
+    /var/log/containers /run/containerd /run/netns)
 CNI_CONF_DIR=/etc/cni/net.d
 CNI_BIN_DIR=/opt/cni/bin
 COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
@@ -48,7 +79,7 @@ COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl 
 HOST_PATHS=(/var/log/pods /var/log/containers /var/lib/cni /var/lib/kubelet /run/containerd
     /usr/libexec/kubernetes "$CNI_CONF_DIR" "$CNI_BIN_DIR" /etc/cni)
 # Kernel settings the kubelet and kube-proxy change; `down` restores them.
-SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
     kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.conf.all.route_localnet)
 
 die() { echo "node.sh: $*" >&2; exit 1; }
@@ -167,6 +198,8 @@ extendedKeyUsage=serverAuth"
     sign kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "extendedKeyUsage=clientAuth"
     sign kubelet "/CN=$node" "subjectAltName=IP:$NODE_IP,DNS:$node
 extendedKeyUsage=serverAuth"
+    sign kubelet-2 "/CN=$NODE2_NAME" "subjectAltName=IP:$NODE2_IP,DNS:$NODE2_NAME
+extendedKeyUsage=serverAuth"
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
     token() { head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
@@ -176,8 +209,179 @@ extendedKeyUsage=serverAuth"
         echo "$(token),system:kube-scheduler,scheduler"
         echo "$(token),system:kube-proxy,kube-proxy"
         echo "$(token),system:node:$node,node,system:nodes"
+        echo "$(token),system:node:$NODE2_NAME,node-2,system:nodes"
     } >"$PKI/tokens.csv"
 }
+
+# The node's primary CNI network: Debian's bridge and host-local plugins.
+primary_cni() { # CONF_DIR BIN_DIR BRIDGE GATEWAY POD_CIDR IPAM_DIR
+    local conf=$1 bin=$2 bridge=$3 gateway=$4 cidr=$5 ipam=$6 p
+    mkdir -p "$conf" "$bin" "$ipam"
+    for p in /usr/lib/cni/*; do [[ -e $bin/${p##*/} ]] || ln -s "$p" "$bin/"; done
+    cat >"$conf/10-weft-node.conflist" <<JSON
+{
+  "cniVersion": "0.4.0",
+  "name": "weft-node",
+  "plugins": [
+    {
+      "type": "bridge", "bridge": "$bridge", "isGateway": true, "isDefaultGateway": false,
+      "ipMasq": false, "hairpinMode": true,
+      "ipam": {
+        "type": "host-local", "dataDir": "$ipam",
+        "ranges": [[{"subnet": "$cidr", "rangeStart": "${gateway%.1}.10", "gateway": "$gateway"}]],
+        "routes": [{"dst": "$SERVICE_CIDR"}, {"dst": "$POD_NETWORK"}]
+      }
+    },
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+JSON
+}
+
+containerd_config() { # DIR SOCKET
+    local dir=$1 socket=$2
+    mkdir -p "$dir"
+    cat >"$dir/config.toml" <<TOML
+version = 2
+root = "$dir/root"
+state = "$dir/state"
+[grpc]
+  address = "$socket"
+[ttrpc]
+  address = "$socket.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$dir/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/pause:3.2"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  disable_apparmor = true
+  # Sandboxes here may not lower oom_score_adj (no CAP_SYS_RESOURCE).
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = "/usr/sbin/runc"
+        Root = "$dir/runc"
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "$CNI_BIN_DIR"
+    conf_dir = "$CNI_CONF_DIR"
+    max_conf_num = 1
+TOML
+}
+
+kubelet_config() { # DIR ADDRESS CERT SOCKET CGROUP_ROOT
+    local dir=$1
+    mkdir -p "$dir"
+    cat >"$dir/config.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: $2
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTH
+tlsCertFile: $PKI/$3.crt
+tlsPrivateKeyFile: $PKI/$3.key
+authentication: {anonymous: {enabled: false}, webhook: {enabled: true}, x509: {clientCAFile: "$PKI/ca.crt"}}
+authorization: {mode: Webhook}
+cgroupDriver: cgroupfs
+cgroupRoot: $5
+# These hosts mount cgroup v1; 1.35 still runs there when told to.
+failCgroupV1: false
+containerRuntimeEndpoint: unix://$4
+runtimeRequestTimeout: 5m
+failSwapOn: false
+makeIPTablesUtilChains: false
+resolvConf: /etc/resolv.conf
+clusterDomain: cluster.local
+clusterDNS: [$CLUSTER_DNS]
+evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
+imageGCHighThresholdPercent: 100
+volumePluginDir: $dir/flexvolume
+YAML
+}
+
+wait_socket() { # SOCKET NAME
+    local i
+    for i in $(seq 60); do [[ -S $1 ]] && return 0; sleep 0.5; done
+    die "$2 did not start; see $LOGS/$2.log"
+}
+
+# Starts a node's containerd, kube-proxy and kubelet. NAME is the node's,
+# SUFFIX its processes' ("" or "-2"), ENTER how to enter its namespaces.
+start_node() { # NAME SUFFIX IP POD_CIDR DIR CGROUP_ROOT ENTER...
+    local name=$1 suffix=$2 ip=$3 dir=$5 cgroot=$6
+    shift 6
+    local enter=("$@") socket=$RUN/containerd$suffix.sock
+    # No conntrack tuning: these sandboxes may not write those sysctls.
+    spawn "kube-proxy$suffix" "${enter[@]}" "$bin/kube-proxy" --kubeconfig="$NODE_DIR/kube-proxy.kubeconfig" \
+        --hostname-override="$name" --proxy-mode=iptables --cluster-cidr="$POD_NETWORK" \
+        --nodeport-addresses="$ip/32" --healthz-bind-address="127.0.0.1:$PROXY_HEALTH" \
+        --metrics-bind-address="127.0.0.1:$PROXY_METRICS" --conntrack-max-per-core=0 \
+        --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0
+    containerd_config "$dir/containerd" "$socket"
+    spawn "containerd$suffix" "${enter[@]}" containerd --config "$dir/containerd/config.toml"
+    wait_socket "$socket" "containerd$suffix"
+    import_into "$socket" "$pause"
+    kubelet_config "$dir/kubelet" "$ip" "kubelet$suffix" "$socket" "$cgroot"
+    spawn "kubelet$suffix" "${enter[@]}" "$bin/kubelet" --config="$dir/kubelet/config.yaml" \
+        --kubeconfig="$NODE_DIR/kubelet$suffix.kubeconfig" --root-dir="$dir/kubelet/root" \
+        --node-ip="$ip" --hostname-override="$name"
+}
+
+# Node 2's namespaces: a network namespace on the underlay, and a mount
+# namespace, held by a sleeping process, with node 2's folders bound over
+# the node paths. Prints the holder's pid.
+node2_namespaces() {
+    local n2=$NODE_DIR/node2 p
+    ip netns add "$NODE2_NETNS"
+    ip -n "$NODE2_NETNS" link set lo up
+    ip link add "$UNDERLAY_LINK" type veth peer name underlay netns "$NODE2_NETNS"
+    ip addr add "$UNDERLAY1/30" dev "$UNDERLAY_LINK"
+    ip link set "$UNDERLAY_LINK" up
+    ip -n "$NODE2_NETNS" addr add "$UNDERLAY2/30" dev underlay
+    ip -n "$NODE2_NETNS" link set underlay up
+    ip -n "$NODE2_NETNS" link add "$NODE2_BRIDGE" type bridge
+    ip -n "$NODE2_NETNS" addr add "$NODE2_IP/24" dev "$NODE2_BRIDGE"
+    ip -n "$NODE2_NETNS" link set "$NODE2_BRIDGE" up
+    ip -n "$NODE2_NETNS" route add "$SERVICE_CIDR" dev "$NODE2_BRIDGE"
+    # host-gw: each node reaches the other's pods via its underlay address.
+    # Sourced from the node address, which pods route back to (they have
+    # no route to the underlay).
+    ip route add "$NODE2_POD_CIDR" via "$UNDERLAY2" dev "$UNDERLAY_LINK" src "$NODE_IP"
+    ip -n "$NODE2_NETNS" route add "$POD_CIDR" via "$UNDERLAY1" dev underlay src "$NODE2_IP"
+    ip netns exec "$NODE2_NETNS" sysctl -qw net.ipv4.ip_forward=1
+    sysctl -qw net.ipv4.ip_forward=1
+    # Its own cgroup root, in every v1 hierarchy (cpuset needs its CPUs and
+    # memory nodes before anything can join it).
+    for p in /sys/fs/cgroup/*/; do
+        [[ -L ${p%/} ]] && continue
+        mkdir -p "$p$NODE2_CGROUP"
+        if [[ -e ${p}cpuset.cpus ]]; then
+            cat "${p}cpuset.cpus" >"$p$NODE2_CGROUP/cpuset.cpus"
+            cat "${p}cpuset.mems" >"$p$NODE2_CGROUP/cpuset.mems"
+        fi
+    done
+    spawn mounts-2 nsenter --net="/run/netns/$NODE2_NETNS" unshare --mount --propagation private sleep infinity
+    local holder
+    holder=$(cat "$RUN/mounts-2.pid")
+    for p in $(seq 50); do
+        [[ $(readlink "/proc/$holder/ns/mnt") != $(readlink /proc/self/ns/mnt) ]] && break
+        sleep 0.1
+    done
+    for p in "${NODE2_BINDS[@]}"; do
+        mkdir -p "$p" "$n2/host/$(node2_folder "$p")"
+        nsenter -t "$holder" -m mount --bind "$n2/host/$(node2_folder "$p")" "$p"
+    done
+    echo "$holder"
+}
+
+node2_folder() { local p=${1#/}; echo "${p//\//-}"; }
 
 token_of() { grep ",$1," "$PKI/tokens.csv" | cut -d, -f1; }
 
@@ -212,6 +416,7 @@ up() {
     kubeconfig scheduler "$(token_of system:kube-scheduler)"
     kubeconfig kube-proxy "$(token_of system:kube-proxy)"
     kubeconfig kubelet "$(token_of "system:node:$node")"
+    kubeconfig kubelet-2 "$(token_of "system:node:$NODE2_NAME")"
 
     spawn etcd etcd --name weft-node --data-dir "$NODE_DIR/etcd" \
         --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
@@ -244,106 +449,32 @@ up() {
         --controllers='*,-nodeipam,-cloud-node-lifecycle'
     spawn kube-scheduler "$bin/kube-scheduler" --kubeconfig="$NODE_DIR/scheduler.kubeconfig" \
         --secure-port=0 --leader-elect=false
-    # No conntrack tuning: these sandboxes may not write those sysctls.
-    spawn kube-proxy "$bin/kube-proxy" --kubeconfig="$NODE_DIR/kube-proxy.kubeconfig" \
-        --hostname-override="$node" --proxy-mode=iptables --cluster-cidr="$POD_CIDR" \
-        --nodeport-addresses="$NODE_IP/32" --healthz-bind-address="127.0.0.1:$PROXY_HEALTH" \
-        --metrics-bind-address="127.0.0.1:$PROXY_METRICS" --conntrack-max-per-core=0 \
-        --conntrack-tcp-timeout-established=0 --conntrack-tcp-timeout-close-wait=0
-
-    # The node's primary CNI network: Debian's bridge and host-local plugins.
-    mkdir -p "$CNI_CONF_DIR" "$CNI_BIN_DIR"
-    for p in /usr/lib/cni/*; do [[ -e $CNI_BIN_DIR/${p##*/} ]] || ln -s "$p" "$CNI_BIN_DIR/"; done
-    cat >"$CNI_CONF_DIR/10-weft-node.conflist" <<JSON
-{
-  "cniVersion": "0.4.0",
-  "name": "weft-node",
-  "plugins": [
-    {
-      "type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "isDefaultGateway": false,
-      "ipMasq": false, "hairpinMode": true,
-      "ipam": {
-        "type": "host-local", "dataDir": "$NODE_DIR/cni-ipam",
-        "ranges": [[{"subnet": "$POD_CIDR", "rangeStart": "10.244.0.10", "gateway": "$NODE_IP"}]],
-        "routes": [{"dst": "$SERVICE_CIDR"}]
-      }
-    },
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}
-JSON
-
-    cat >"$NODE_DIR/containerd/config.toml" <<TOML
-version = 2
-root = "$NODE_DIR/containerd/root"
-state = "$NODE_DIR/containerd/state"
-[grpc]
-  address = "$RUN/containerd.sock"
-[ttrpc]
-  address = "$RUN/containerd.sock.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "$NODE_DIR/containerd/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "localhost/pause:3.2"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  disable_apparmor = true
-  # Sandboxes here may not lower oom_score_adj (no CAP_SYS_RESOURCE).
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        BinaryName = "/usr/sbin/runc"
-        Root = "$NODE_DIR/containerd/runc"
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "$CNI_BIN_DIR"
-    conf_dir = "$CNI_CONF_DIR"
-    max_conf_num = 1
-TOML
-    spawn containerd containerd --config "$NODE_DIR/containerd/config.toml"
-    for i in $(seq 60); do [[ -S $RUN/containerd.sock ]] && break; sleep 0.5; done
-    [[ -S $RUN/containerd.sock ]] || die "containerd did not start; see $LOGS/containerd.log"
-    import "$pause"
-
-    cat >"$NODE_DIR/kubelet/config.yaml" <<YAML
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-address: $NODE_IP
-port: $KUBELET_PORT
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: $KUBELET_HEALTH
-tlsCertFile: $PKI/kubelet.crt
-tlsPrivateKeyFile: $PKI/kubelet.key
-authentication: {anonymous: {enabled: false}, webhook: {enabled: true}, x509: {clientCAFile: "$PKI/ca.crt"}}
-authorization: {mode: Webhook}
-cgroupDriver: cgroupfs
-# These hosts mount cgroup v1; 1.35 still runs there when told to.
-failCgroupV1: false
-containerRuntimeEndpoint: unix://$RUN/containerd.sock
-runtimeRequestTimeout: 5m
-failSwapOn: false
-makeIPTablesUtilChains: false
-resolvConf: /etc/resolv.conf
-clusterDomain: cluster.local
-clusterDNS: [$CLUSTER_DNS]
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}
-imageGCHighThresholdPercent: 100
-volumePluginDir: $NODE_DIR/kubelet/flexvolume
-YAML
-    spawn kubelet "$bin/kubelet" --config="$NODE_DIR/kubelet/config.yaml" \
-        --kubeconfig="$NODE_DIR/kubelet.kubeconfig" --root-dir="$NODE_DIR/kubelet/root" \
-        --node-ip="$NODE_IP"
-    for i in $(seq 120); do
-        "${kubectl[@]}" get node "$node" 2>/dev/null | grep -qw Ready && break
-        alive kubelet || die "kubelet exited; see $LOGS/kubelet.log"
-        sleep 1
+    # The nodes' primary CNI networks.
+    primary_cni "$CNI_CONF_DIR" "$CNI_BIN_DIR" "$BRIDGE" "$NODE_IP" "$POD_CIDR" "$NODE_DIR/cni-ipam"
+    start_node "$node" "" "$NODE_IP" "$POD_CIDR" "$NODE_DIR" /
+    local names=("$node")
+    printf '%s %s %s\n' "$node" "$CNI_CONF_DIR" "$CNI_BIN_DIR" >"$NODE_DIR/nodes"
+    if ((NODES > 1)); then
+        local holder n2=$NODE_DIR/node2
+        holder=$(node2_namespaces)
+        primary_cni "$n2/host/$(node2_folder "$CNI_CONF_DIR")" "$n2/host/$(node2_folder "$CNI_BIN_DIR")" \
+            "$NODE2_BRIDGE" "$NODE2_IP" "$NODE2_POD_CIDR" "$n2/cni-ipam"
+        start_node "$NODE2_NAME" -2 "$NODE2_IP" "$NODE2_POD_CIDR" "$n2" "/$NODE2_CGROUP" \
+            nsenter -t "$holder" -m -n
+        names+=("$NODE2_NAME")
+        printf '%s %s %s\n' "$NODE2_NAME" "$n2/host/$(node2_folder "$CNI_CONF_DIR")" \
+            "$n2/host/$(node2_folder "$CNI_BIN_DIR")" >>"$NODE_DIR/nodes"
+    fi
+    local n
+    for n in "${names[@]}"; do
+        for i in $(seq 120); do
+            "${kubectl[@]}" get node "$n" 2>/dev/null | grep -qw Ready && break
+            alive kubelet || die "kubelet exited; see $LOGS/kubelet.log"
+            ((NODES < 2)) || alive kubelet-2 || die "kubelet-2 exited; see $LOGS/kubelet-2.log"
+            sleep 1
+        done
+        "${kubectl[@]}" get node "$n" | grep -qw Ready || die "node $n is not Ready; see $LOGS/kubelet*.log"
     done
-    "${kubectl[@]}" get node "$node" | grep -qw Ready || die "the node is not Ready; see $LOGS/kubelet.log"
     # The default service account appears shortly after the namespace.
     for i in $(seq 60); do
         "${kubectl[@]}" get serviceaccount default >/dev/null 2>&1 && break
@@ -367,9 +498,13 @@ YAML
     log "node $node is Ready; export KUBECONFIG=$NODE_DIR/admin.kubeconfig (kubectl: $bin/kubectl)"
 }
 
+import_into() { # SOCKET IMAGE.tar
+    ctr --address "$1" -n k8s.io images import --no-unpack=false "$2" >/dev/null
+}
+
 import() {
-    local archive=${1:?usage: node.sh import IMAGE.tar}
-    ctr --address "$RUN/containerd.sock" -n k8s.io images import --no-unpack=false "$archive" >/dev/null
+    local archive=${1:?usage: node.sh import IMAGE.tar} socket
+    for socket in "$RUN"/containerd*.sock; do import_into "$socket" "$archive"; done
 }
 
 alive() { [[ -e $RUN/$1.pid ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
@@ -398,25 +533,38 @@ down() {
             sleep 1
         done
     fi
-    local p
-    for p in kubelet kube-proxy kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_process "$p"; done
-    # kube-proxy's chains and rules, from its own cleanup.
+    local p suffix
+    for p in kubelet kubelet-2 kube-proxy kube-proxy-2 kube-scheduler kube-controller-manager kube-apiserver etcd; do
+        stop_process "$p"
+    done
+    # kube-proxy's chains and rules, from its own cleanup (node 2's go with
+    # its network namespace).
     [[ -x $bin/kube-proxy ]] && "$bin/kube-proxy" --cleanup >/dev/null 2>&1 || true
-    local ctr=(ctr --address "$RUN/containerd.sock" -n k8s.io) c
-    if alive containerd; then
+    local c
+    for suffix in "" -2; do
+        local ctr=(ctr --address "$RUN/containerd$suffix.sock" -n k8s.io)
+        alive "containerd$suffix" || continue
         for c in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks kill -s SIGKILL "$c" 2>/dev/null || true; done
         sleep 0.5
         for c in $("${ctr[@]}" containers ls -q 2>/dev/null); do
             "${ctr[@]}" tasks delete -f "$c" >/dev/null 2>&1 || true
             "${ctr[@]}" containers delete "$c" >/dev/null 2>&1 || true
         done
-        stop_process containerd
-    fi
-    # Shims of this node's containerd, known by the socket in their command line.
-    for p in /proc/[0-9]*; do
-        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "-address $RUN/containerd.sock" && kill -9 "${p#/proc/}" 2>/dev/null || true
+        stop_process "containerd$suffix"
     done
-    # Pod namespaces containerd made (cni-*), then the bridge and its route.
+    # Shims of these nodes' containerds, known by the socket in their command line.
+    for p in /proc/[0-9]*; do
+        tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "-address $RUN/containerd" && kill -9 "${p#/proc/}" 2>/dev/null || true
+    done
+    # Node 2: its mount namespace goes with its last process; then its
+    # network namespace, underlay link and cgroup root.
+    stop_process mounts-2
+    ip netns delete "$NODE2_NETNS" 2>/dev/null || true
+    ip link del "$UNDERLAY_LINK" 2>/dev/null || true
+    for p in /sys/fs/cgroup/*/"$NODE2_CGROUP"; do
+        [[ -d $p ]] && find "$p" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    done
+    # Pod namespaces node 1's containerd made (cni-*), then its bridge and route.
     for p in $(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}'); do ip netns delete "$p" 2>/dev/null || true; done
     ip route del "$SERVICE_CIDR" dev "$BRIDGE" 2>/dev/null || true
     ip link del "$BRIDGE" 2>/dev/null || true
@@ -437,7 +585,8 @@ down() {
 
 status() {
     local p
-    for p in etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy containerd kubelet; do
+    for p in etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy containerd kubelet \
+        mounts-2 kube-proxy-2 containerd-2 kubelet-2; do
         if alive "$p"; then echo "$p: running ($(cat "$RUN/$p.pid"))"; else echo "$p: stopped"; fi
     done
 }

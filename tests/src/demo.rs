@@ -1,8 +1,11 @@
 //! The demo workloads on the mesh on one machine, as `weft-mesh demo` and
-//! the observability tests run them: namespace `demo`, a `client` pod and
-//! two versions of `web`, a controller serving identity and discovery from
-//! files, and a TrafficSplit sending the apex service `web` 80/20 to
-//! `web-v1` and `web-v2`. Every pod runs a real proxy with an identity.
+//! the observability tests run them: two nodes, namespace `demo`, a
+//! `client` pod and two versions of `web`, a controller serving identity and
+//! discovery from files, and a TrafficSplit sending the apex service `web`
+//! 80/20 to `web-v1` and `web-v2`. Every pod runs a real proxy with an
+//! identity. `web-v1` runs on the first node, the client and `web-v2` on the
+//! second, so traffic crosses the underlay between them, where a capture
+//! shows what the wire carries.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -11,7 +14,8 @@ use serde_json::{Value, json};
 
 use crate::identity::{Controller, ControllerOptions, NODE_GATEWAY};
 use crate::prometheus::{FileTarget, Prometheus};
-use crate::{Mesh, Pod, ProxyOptions, objects};
+use crate::wire::{Capture, Stream};
+use crate::{Mesh, MeshOptions, Pod, ProxyOptions, nodes, objects};
 
 pub const NAMESPACE: &str = "demo";
 /// Cluster IPs of the apex service and its two backends.
@@ -48,20 +52,64 @@ pub struct Demo {
     pub controller: Controller,
     /// `(pod, workload, proxy pid)`.
     pub proxies: Vec<(Pod, &'static str, u32)>,
+    /// Every TCP packet on the underlay between the nodes, from before the
+    /// proxies start.
+    pub underlay: Capture,
     pub mesh: Mesh,
 }
 
-impl Demo {
-    /// Builds the node, pods, apps, controller and proxies.
-    pub async fn start(label: &str, options: DemoOptions) -> anyhow::Result<Self> {
-        Self::on(Mesh::new(label)?, options).await
+/// The TCP streams between pods that crossed the underlay.
+#[derive(Debug)]
+pub struct UnderlayReport {
+    pub streams: Vec<Stream>,
+}
+
+impl UnderlayReport {
+    pub fn bytes(&self) -> usize {
+        self.streams.iter().map(|s| s.bytes.len()).sum()
     }
 
-    /// The same on a node the caller made (to run something there first).
+    /// The streams that are not TLS records from their first byte, with
+    /// why.
+    pub fn not_tls(&self) -> Vec<String> {
+        self.streams
+            .iter()
+            .filter_map(|s| {
+                let why = if !s.from_start {
+                    Err("began before the capture".to_string())
+                } else {
+                    crate::wire::tls_records(&s.bytes)
+                };
+                why.err().map(|e| format!("{} -> {}: {e}", s.from, s.to))
+            })
+            .collect()
+    }
+}
+
+impl Demo {
+    /// Builds the nodes, pods, apps, controller and proxies.
+    pub async fn start(label: &str, options: DemoOptions) -> anyhow::Result<Self> {
+        Self::on(Self::mesh(label)?, options).await
+    }
+
+    /// The two-node mesh the demo runs on, for callers that run something
+    /// there first.
+    pub fn mesh(label: &str) -> anyhow::Result<Mesh> {
+        Mesh::with_options(
+            label,
+            MeshOptions {
+                two_nodes: true,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// The same on a mesh from [`Demo::mesh`].
     pub async fn on(mesh: Mesh, options: DemoOptions) -> anyhow::Result<Self> {
-        let web_v1 = mesh.add_pod("web-v1", None)?;
-        let web_v2 = mesh.add_pod("web-v2", None)?;
-        let client = mesh.add_pod("client", None)?;
+        anyhow::ensure!(mesh.second.is_some(), "the demo runs on two nodes");
+        let web_v1 = mesh.add_pod_on(0, "web-v1", None)?;
+        let web_v2 = mesh.add_pod_on(1, "web-v2", None)?;
+        let client = mesh.add_pod_on(1, "client", None)?;
         for (pod, name) in [(&web_v1, "web-v1"), (&web_v2, "web-v2")] {
             mesh.spawn_demo(pod, "http", HTTP_TARGET_PORT, name).await?;
             mesh.spawn_demo(pod, "grpc", GRPC_PORT, name).await?;
@@ -75,6 +123,7 @@ impl Demo {
             .start_controller(&ca, ControllerOptions::default())
             .await?;
         start_injector(&mesh, &ca.anchors(), controller.addr())?;
+        let underlay = Capture::start(&mesh, &mesh.node(), nodes::UNDERLAY_LINK).await?;
         let mut proxies = Vec::new();
         for (pod, sa, workload) in [
             (&web_v1, "web", "web-v1"),
@@ -102,8 +151,27 @@ impl Demo {
             web_v2,
             controller,
             proxies,
+            underlay,
             mesh,
         })
+    }
+
+    /// Stops the underlay capture and returns the streams in it between
+    /// pods (not those of the nodes themselves: the proxies' calls to the
+    /// controller, Prometheus scraping them).
+    pub async fn underlay_report(&self) -> anyhow::Result<UnderlayReport> {
+        let pod_ips: Vec<std::net::IpAddr> = [&self.client, &self.web_v1, &self.web_v2]
+            .iter()
+            .map(|p| p.ip.into())
+            .collect();
+        let streams = self
+            .underlay
+            .finish(&self.mesh)
+            .await?
+            .into_iter()
+            .filter(|s| pod_ips.contains(&s.from.ip()) && pod_ips.contains(&s.to.ip()))
+            .collect();
+        Ok(UnderlayReport { streams })
     }
 
     /// Starts Prometheus on the node with the shipped local configuration,

@@ -1,8 +1,8 @@
 //! The mesh on one machine, for the demo, the end-to-end tests and the
 //! benchmark.
 //!
-//! A [`Mesh`] is one node: a network namespace with no route out of the
-//! machine. Each [`Pod`] is a network namespace on it, wired by Debian's
+//! A [`Mesh`] is one node, or two ([`nodes`]): network namespaces with no
+//! route out of the machine. Each [`Pod`] is a network namespace on one, wired by Debian's
 //! real `bridge` and `host-local` CNI plugins with `weft-cni` chained after
 //! them, run exactly as a container runtime runs a conflist (CNI_*
 //! environment, each plugin fed the previous result, DEL in reverse order).
@@ -18,9 +18,11 @@ pub mod identity;
 pub mod kube_api;
 pub mod metrics;
 pub mod node;
+pub mod nodes;
 pub mod objects;
 pub mod otlp;
 pub mod prometheus;
+pub mod wire;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -328,21 +330,20 @@ pub struct ProxyOptions {
     pub no_wait: bool,
 }
 
-/// How to build a node.
+/// How to build a mesh.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MeshOptions {
-    /// Give pods an IPv6 address too (dual stack).
+    /// Give pods an IPv6 address too (dual stack; one node only).
     pub ipv6: bool,
+    /// A second node, joined to the first by an underlay link.
+    pub two_nodes: bool,
 }
 
-fn disable_dad(netns: &str) -> anyhow::Result<()> {
-    for key in [
-        "net.ipv6.conf.all.accept_dad=0",
-        "net.ipv6.conf.default.accept_dad=0",
-    ] {
-        sh("ip", &["netns", "exec", netns, "sysctl", "-qw", key])?;
-    }
-    Ok(())
+/// The second node of a two-node mesh.
+#[derive(Debug)]
+pub struct SecondNode {
+    pub netns: String,
+    pub cni: CniRunner,
 }
 
 static NEXT_MESH: AtomicU32 = AtomicU32::new(0);
@@ -356,6 +357,8 @@ pub struct Mesh {
     pub dir: PathBuf,
     pub bins: Bins,
     pub cni: CniRunner,
+    /// Set on two-node meshes; `node_netns` and `cni` are the first's.
+    pub second: Option<SecondNode>,
     ipv6: bool,
     pods: Mutex<Vec<(Pod, Value)>>,
     procs: Mutex<Vec<Proc>>,
@@ -379,53 +382,47 @@ impl Mesh {
             .take(12)
             .collect();
         let id = format!("{}-{n}-{short}", std::process::id());
+        if options.ipv6 && options.two_nodes {
+            bail!("a two-node mesh is IPv4 only");
+        }
         let node_netns = format!("{NETNS_PREFIX}{id}-node");
         let dir = std::env::temp_dir().join(format!("weft-mesh-{id}"));
         std::fs::create_dir_all(&dir)?;
-        sh("ip", &["netns", "add", &node_netns])?;
-        sh("ip", &["-n", &node_netns, "link", "set", "lo", "up"])?;
-        if options.ipv6 {
-            // Duplicate address detection would hold new addresses back for
-            // seconds; nothing else is on this bridge.
-            disable_dad(&node_netns)?;
-        }
-        let mut ranges = vec![json!([{ "subnet": "10.42.0.0/24" }])];
-        if options.ipv6 {
-            ranges.push(json!([{ "subnet": "fd42::/64" }]));
-        }
-        let conflist = json!({
-            "cniVersion": "1.0.0",
-            "name": "weft-mesh",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": "weft0",
-                    "isGateway": true,
-                    // Pods route everything via the node, as on a real
-                    // cluster, so service IPs are reachable; the node has
-                    // no route out, so anything not redirected dies there.
-                    "isDefaultGateway": true,
-                    "ipMasq": false,
-                    "hairpinMode": true,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": ranges,
-                        "dataDir": dir.join("ipam"),
-                    }
-                },
-                { "type": "weft-cni", "logFile": dir.join("weft-cni.log") }
-            ]
-        });
-        std::fs::write(
-            dir.join("10-weft-mesh.conflist"),
-            serde_json::to_vec_pretty(&conflist)?,
-        )?;
-        let cni = CniRunner {
-            conflist,
-            path: vec![PathBuf::from(SYSTEM_CNI_DIR), bins.dir.clone()],
-            node_netns: node_netns.clone(),
+        let runner = |index: u8, netns: &str| -> anyhow::Result<CniRunner> {
+            let suffix = if index == 0 {
+                String::new()
+            } else {
+                format!("-node{index}")
+            };
+            let conflist = nodes::conflist(
+                index,
+                options.ipv6,
+                &dir.join(format!("ipam{suffix}")),
+                &dir.join(format!("weft-cni{suffix}.log")),
+            );
+            std::fs::write(
+                dir.join(format!("10-weft-mesh{suffix}.conflist")),
+                serde_json::to_vec_pretty(&conflist)?,
+            )?;
+            Ok(CniRunner {
+                conflist,
+                path: vec![PathBuf::from(SYSTEM_CNI_DIR), bins.dir.clone()],
+                node_netns: netns.to_string(),
+            })
+        };
+        nodes::add_netns(&node_netns, options.ipv6)?;
+        let cni = runner(0, &node_netns)?;
+        let second = if options.two_nodes {
+            let netns = format!("{NETNS_PREFIX}{id}-node1");
+            nodes::add_netns(&netns, false)?;
+            nodes::join(&node_netns, &netns)?;
+            let cni = runner(1, &netns)?;
+            Some(SecondNode { netns, cni })
+        } else {
+            None
         };
         Ok(Mesh {
+            second,
             ipv6: options.ipv6,
             id,
             node_netns,
@@ -439,16 +436,31 @@ impl Mesh {
 
     /// Adds a pod through the conflist, with optional `weft-cni` options.
     pub fn add_pod(&self, name: &str, weft_cni: Option<CniOverrides>) -> anyhow::Result<Pod> {
-        let netns = format!("{NETNS_PREFIX}{}-{name}", self.id);
-        sh("ip", &["netns", "add", &netns])?;
-        sh("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
-        if self.ipv6 {
-            disable_dad(&netns)?;
+        self.add_pod_on(0, name, weft_cni)
+    }
+
+    /// The CNI runner of node `index` (0 or, on two-node meshes, 1).
+    fn runner(&self, index: u64) -> anyhow::Result<&CniRunner> {
+        match (index, &self.second) {
+            (0, _) => Ok(&self.cni),
+            (1, Some(second)) => Ok(&second.cni),
+            _ => bail!("this mesh has no node {index}"),
         }
+    }
+
+    /// Adds a pod on node `index` (0, or 1 on a two-node mesh).
+    pub fn add_pod_on(
+        &self,
+        index: u64,
+        name: &str,
+        weft_cni: Option<CniOverrides>,
+    ) -> anyhow::Result<Pod> {
+        let runner = self.runner(index)?;
+        let netns = format!("{NETNS_PREFIX}{}-{name}", self.id);
+        nodes::add_netns(&netns, self.ipv6)?;
         let container_id = format!("{}-{}", self.id, name);
         let path = format!("/var/run/netns/{netns}");
-        let result = self
-            .cni
+        let result = runner
             .add(&container_id, &path, "eth0", weft_cni.as_ref())
             .with_context(|| format!("CNI ADD for pod {name}"))?;
         let addresses: Vec<std::net::IpAddr> = result["ips"]
@@ -477,7 +489,10 @@ impl Mesh {
         self.pods
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((pod.clone(), json!({"result": result, "cni": weft_cni})));
+            .push((
+                pod.clone(),
+                json!({"result": result, "cni": weft_cni, "node": index}),
+            ));
         Ok(pod)
     }
 
@@ -489,7 +504,7 @@ impl Mesh {
             .find(|(p, _)| p.name == pod.name)
             .context("unknown pod")?;
         let overrides = state["cni"].as_object().map(|o| Value::Object(o.clone()));
-        self.cni.check(
+        self.runner(state["node"].as_u64().unwrap_or(0))?.check(
             &format!("{}-{}", self.id, pod.name),
             &pod.netns_path(),
             "eth0",
@@ -696,7 +711,10 @@ impl Mesh {
         for (pod, state) in pods.into_iter().rev() {
             let _ = std::fs::remove_dir_all(etc_netns(&pod.netns));
             let overrides = state["cni"].as_object().map(|o| Value::Object(o.clone()));
-            if let Err(error) = self.cni.del(
+            let Ok(runner) = self.runner(state["node"].as_u64().unwrap_or(0)) else {
+                continue;
+            };
+            if let Err(error) = runner.del(
                 &format!("{}-{}", self.id, pod.name),
                 &pod.netns_path(),
                 "eth0",
@@ -706,6 +724,9 @@ impl Mesh {
                 eprintln!("CNI DEL for pod {} failed: {error:#}", pod.name);
             }
             let _ = sh("ip", &["netns", "del", &pod.netns]);
+        }
+        if let Some(second) = &self.second {
+            let _ = sh("ip", &["netns", "del", &second.netns]);
         }
         let _ = sh("ip", &["netns", "del", &self.node_netns]);
         if !panicking {

@@ -9,14 +9,41 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// A running node. Brought down on drop, or by a watchdog when the test
-/// process dies without dropping it.
+/// A running cluster of two nodes (the first in this machine's network
+/// namespace). Brought down on drop, or by a watchdog when the test process
+/// dies without dropping it.
 #[derive(Debug)]
 pub struct KubeNode {
     repo: PathBuf,
     dir: PathBuf,
     kubectl: PathBuf,
     kubeconfig: PathBuf,
+    nodes: Vec<NodeFolders>,
+}
+
+/// One node of the cluster, and its CNI folders as this machine sees them.
+#[derive(Debug, Clone)]
+pub struct NodeFolders {
+    pub name: String,
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dir: PathBuf,
+}
+
+impl NodeFolders {
+    /// `node.sh`'s `nodes` file: `name conf-dir bin-dir` per line.
+    fn parse(text: &str) -> anyhow::Result<Vec<NodeFolders>> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                [name, conf, bin] => Ok(NodeFolders {
+                    name: name.into(),
+                    cni_conf_dir: conf.into(),
+                    cni_bin_dir: bin.into(),
+                }),
+                _ => bail!("bad line in the nodes file: {line:?}"),
+            })
+            .collect()
+    }
 }
 
 impl KubeNode {
@@ -70,7 +97,9 @@ impl KubeNode {
                 .context("node.sh build printed no bin dir")?,
         )
         .join("kubectl");
+        let nodes = NodeFolders::parse(&std::fs::read_to_string(dir.join("nodes"))?)?;
         Ok(KubeNode {
+            nodes,
             kubeconfig: dir.join("admin.kubeconfig"),
             repo,
             dir,
@@ -84,6 +113,11 @@ impl KubeNode {
 
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The cluster's nodes, the first being this machine's own namespace.
+    pub fn nodes(&self) -> &[NodeFolders] {
+        &self.nodes
     }
 
     /// `kubectl ARGS`, failing with its stderr.
@@ -278,6 +312,11 @@ impl Drop for KubeNode {
     }
 }
 
+/// The node a pod was scheduled to.
+pub fn node_of(pod: &Value) -> &str {
+    pod["spec"]["nodeName"].as_str().unwrap_or("")
+}
+
 /// What `weft-demo load` printed.
 #[derive(Debug, Clone)]
 pub struct LoadReport {
@@ -311,5 +350,22 @@ impl LoadReport {
     /// Answers from `backend` over the whole run.
     pub fn from(&self, backend: &str) -> u64 {
         self.summary["by_backend"][backend].as_u64().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nodes_file_names_each_node_and_its_cni_folders() {
+        let nodes = NodeFolders::parse(
+            "vm /etc/cni/net.d /opt/cni/bin\nweft-node-2 /n2/etc-cni-net.d /n2/opt-cni-bin\n",
+        )
+        .unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[1].name, "weft-node-2");
+        assert_eq!(nodes[1].cni_bin_dir, Path::new("/n2/opt-cni-bin"));
+        assert!(NodeFolders::parse("vm /etc/cni/net.d").is_err());
     }
 }

@@ -28,7 +28,7 @@ const APP_SPAN_ID: &str = "00f067aa0ba902b7";
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn prometheus_sees_the_mesh_as_the_dashboards_show_it() {
     weft_testbed::require_root();
-    let mesh = Mesh::new("observe").expect("mesh");
+    let mesh = Demo::mesh("observe").expect("mesh");
     // The receiver listens on the node before the proxies start, so their
     // exporters find it at once.
     let otlp = OtlpReceiver::start(&mesh.node(), SocketAddr::from(([0, 0, 0, 0], 4317)))

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::json;
 use weft_testbed::identity::spiffe_id;
-use weft_testbed::{Mesh, Pod, ProxyOptions, http_request, sh};
+use weft_testbed::{Mesh, Pod, ProxyOptions, http_request, nodes, sh};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -61,13 +61,22 @@ async fn demo(keep: bool, prometheus: bool) -> anyhow::Result<()> {
     heading("mesh on one machine");
     let d = Demo::start("demo", DemoOptions::default()).await?;
     let mesh = &d.mesh;
+    let second = mesh.second.as_ref().context("the demo has two nodes")?;
+    for (index, netns) in [(0u8, &mesh.node_netns), (1, &second.netns)] {
+        println!(
+            "node{index} netns {netns} (bridge weft0 {}, pods {}, underlay {}, no route out)",
+            nodes::gateway(index),
+            nodes::pod_subnet(index),
+            nodes::underlay_address(index),
+        );
+    }
     println!(
-        "node  netns {} (bridge weft0, no route out)",
-        mesh.node_netns
+        "      each node routes the other's pod subnet via its underlay address (host-gw, no NAT)"
     );
     for (pod, workload, _) in &d.proxies {
+        let node = if pod.ip.octets()[2] == 0 { 0 } else { 1 };
         println!(
-            "pod   {:<7} netns {}  ip {}  workload {workload}",
+            "pod   {:<7} node{node} netns {}  ip {}  workload {workload}",
             pod.name, pod.netns, pod.ip
         );
     }
@@ -220,6 +229,32 @@ async fn demo(keep: bool, prometheus: bool) -> anyhow::Result<()> {
         "\nfull metrics: ip netns exec {} curl -s localhost:6191/metrics",
         client.netns
     );
+    heading("what crossed the underlay between the nodes (tcpdump on node0's end)");
+    let underlay = d.underlay_report().await?;
+    for stream in underlay.streams.iter().take(6) {
+        println!(
+            "  {} -> {}  {} bytes, {}",
+            stream.from,
+            stream.to,
+            stream.bytes.len(),
+            match weft_testbed::wire::tls_records(&stream.bytes) {
+                Ok(n) => format!("{n} TLS records"),
+                Err(e) => format!("NOT TLS: {e}"),
+            }
+        );
+    }
+    let not_tls = underlay.not_tls();
+    if underlay.streams.is_empty() || !not_tls.is_empty() {
+        bail!(
+            "the underlay carried {} pod-to-pod streams, not TLS: {not_tls:?}",
+            underlay.streams.len()
+        );
+    }
+    println!(
+        "underlay: {} TCP streams between pods, {} bytes, all TLS from their first byte",
+        underlay.streams.len(),
+        underlay.bytes()
+    );
     if ok != 10 || !grpc.starts_with("ok") || !ws.starts_with("ok") || !banner.starts_with("ok") {
         bail!("some traffic failed; logs are in {}", mesh.dir.display());
     }
@@ -231,7 +266,7 @@ async fn demo(keep: bool, prometheus: bool) -> anyhow::Result<()> {
         tokio::spawn(forward_into(listener, mesh.node(), demo::PROMETHEUS_ADDR));
         heading("Prometheus");
         println!(
-            "Debian's prometheus runs on the node with examples/prometheus/local.yml, scraping the three proxies and the controller every 5 s"
+            "Prometheus (built from its Go module) runs on node0 with examples/prometheus/local.yml, scraping the three proxies and the controller every 5 s"
         );
         println!("open http://127.0.0.1:9090 (forwarded into the node)");
         println!(

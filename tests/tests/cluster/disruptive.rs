@@ -39,13 +39,33 @@ pub(super) fn controller_restart(node: &KubeNode) -> anyhow::Result<()> {
     )
 }
 
-const PRIMARY_CNI_CONFIG: &str = "/etc/cni/net.d/10-weft-node.conflist";
+/// A node's primary CNI config (`tests/kube/node.sh` writes it).
+fn primary_cni_config(folders: &NodeFolders) -> PathBuf {
+    folders.cni_conf_dir.join("10-weft-node.conflist")
+}
 
-pub(super) fn chained() -> anyhow::Result<bool> {
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(PRIMARY_CNI_CONFIG)?)?;
+/// Whether `weft-cni` is chained on `folders`' node.
+fn chained_on(folders: &NodeFolders) -> anyhow::Result<bool> {
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(primary_cni_config(folders))?)?;
     Ok(doc["plugins"]
         .as_array()
         .is_some_and(|ps| ps.iter().any(|p| p["type"] == "weft-cni")))
+}
+
+/// Whether `weft-cni` is chained on every node (`Some(false)`: on none).
+pub(super) fn chained(node: &KubeNode) -> anyhow::Result<Option<bool>> {
+    let states = node
+        .nodes()
+        .iter()
+        .map(chained_on)
+        .collect::<anyhow::Result<Vec<bool>>>()?;
+    Ok(if states.iter().all(|s| *s) {
+        Some(true)
+    } else if states.iter().all(|s| !s) {
+        Some(false)
+    } else {
+        None
+    })
 }
 
 /// The race CNI plugins are known for: a meshed pod that starts before the
@@ -65,9 +85,9 @@ pub(super) fn late_cni(node: &KubeNode) -> anyhow::Result<()> {
         r#"{"spec":{"template":{"spec":{"nodeSelector":{"weft.io/no-such-node":"x"}}}}}"#,
     ])?;
     node.wait_for(
-        "the plugin to leave the node",
+        "the plugin to leave every node",
         Duration::from_secs(60),
-        || Ok((!chained()?).then_some(())),
+        || Ok((chained(node)? == Some(false)).then_some(())),
     )?;
     node.apply(&format!(
         r#"
@@ -153,19 +173,23 @@ spec:
         started.elapsed()
     );
 
-    // The primary CNI rewrites its config without us.
-    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(PRIMARY_CNI_CONFIG)?)?;
+    // The primary CNI of the second node (in a mount namespace of its own)
+    // rewrites its config without us.
+    let second = node.nodes().last().context("no nodes")?;
+    let config = primary_cni_config(second);
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&config)?)?;
     doc["plugins"]
         .as_array_mut()
         .context("plugins")?
         .retain(|p| p["type"] != "weft-cni");
-    std::fs::write(PRIMARY_CNI_CONFIG, serde_json::to_string_pretty(&doc)?)?;
+    std::fs::write(&config, serde_json::to_string_pretty(&doc)?)?;
     let started = Instant::now();
     node.wait_for("the chain to be restored", Duration::from_secs(20), || {
-        Ok(chained()?.then_some(()))
+        Ok(chained_on(second)?.then_some(()))
     })?;
     eprintln!(
-        "late cni: chain restored {:?} after a rewrite",
+        "late cni: chain restored on {} {:?} after a rewrite",
+        second.name,
         started.elapsed()
     );
     Ok(())
@@ -182,14 +206,19 @@ pub(super) fn uninstall(node: &KubeNode, install: &Path) -> anyhow::Result<()> {
         "--timeout=120s",
     ])?;
     node.wait_for(
-        "the CNI installer to clean up",
+        "the CNI installer to clean up every node",
         Duration::from_secs(30),
         || {
-            let conf = std::fs::read_to_string("/etc/cni/net.d/10-weft-node.conflist")?;
-            Ok((!conf.contains("weft-cni")
-                && !Path::new("/opt/cni/bin/weft-cni").exists()
-                && !Path::new("/etc/cni/net.d/weft-cni.kubeconfig").exists())
-            .then_some(()))
+            for folders in node.nodes() {
+                let conf = std::fs::read_to_string(primary_cni_config(folders))?;
+                if conf.contains("weft-cni")
+                    || folders.cni_bin_dir.join("weft-cni").exists()
+                    || folders.cni_conf_dir.join("weft-cni.kubeconfig").exists()
+                {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
         },
     )?;
     for (kind, name) in [

@@ -1,6 +1,6 @@
-//! Day one on a real Kubernetes 1.35 cluster on this
-//! machine (`tests/kube/node.sh`: real kubelet, containerd, runc, Debian's
-//! CNI plugins, kube-proxy, CoreDNS), Weft installed with `kubectl apply -f
+//! Day one on a real two-node Kubernetes 1.35 cluster on this machine
+//! (`tests/kube/node.sh`: on each node a real kubelet, containerd, runc,
+//! Debian's CNI plugins and kube-proxy; CoreDNS), Weft installed with `kubectl apply -f
 //! examples/install/`, and the user's scenarios run against it as pods.
 //!
 //! The scenarios share one cluster, brought up and installed by the first
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use serde_json::Value;
-use weft_testbed::node::KubeNode;
+use weft_testbed::node::{KubeNode, NodeFolders, node_of};
 use weft_testbed::{Bins, require_root};
 
 const TRUST_DOMAIN: &str = "cluster.local";

@@ -74,8 +74,9 @@ spec:
         report.ok()
     );
     let mut inbound = 0.0;
+    let mut across_nodes = 0.0;
     for pod in meshed_pods(node, ns, "app=web")? {
-        inbound += node.proxy_metrics(&pod)?.sum(
+        let counted = node.proxy_metrics(&pod)?.sum(
             "request_total",
             &[
                 ("direction", "inbound"),
@@ -83,11 +84,25 @@ spec:
                 ("client_id", &identity(ns, "load")),
             ],
         );
+        inbound += counted;
+        if node_of(&pod) != node_of(client) {
+            across_nodes += counted;
+        }
     }
     ensure!(
         inbound >= report.ok() as f64,
         "servers counted {inbound} mTLS requests from load"
     );
+
+    // web-v1's replicas spread over both nodes, so some of that crossed
+    // the underlay between them.
+    let nodes: std::collections::BTreeSet<&str> = pods.iter().map(node_of).collect();
+    eprintln!("injection: pods on {nodes:?}, {across_nodes} mTLS requests across nodes");
+    ensure!(
+        nodes.len() == node.nodes().len(),
+        "the demo's pods are not on every node: {nodes:?}"
+    );
+    ensure!(across_nodes > 0.0, "no request crossed nodes");
     Ok(())
 }
 
