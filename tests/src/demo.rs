@@ -164,10 +164,8 @@ impl Demo {
             .iter()
             .map(|p| p.ip.into())
             .collect();
-        let streams = self
-            .underlay
-            .finish(&self.mesh)
-            .await?
+        let all = self.underlay.finish(&self.mesh).await?;
+        let streams = all
             .into_iter()
             .filter(|s| pod_ips.contains(&s.from.ip()) && pod_ips.contains(&s.to.ip()))
             .collect();

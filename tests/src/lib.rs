@@ -486,13 +486,10 @@ impl Mesh {
             ip,
             ip6,
         };
-        self.pods
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((
-                pod.clone(),
-                json!({"result": result, "cni": weft_cni, "node": index}),
-            ));
+        self.pods.lock().unwrap_or_else(|e| e.into_inner()).push((
+            pod.clone(),
+            json!({"result": result, "cni": weft_cni, "node": index}),
+        ));
         Ok(pod)
     }
 

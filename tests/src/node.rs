@@ -34,14 +34,16 @@ impl NodeFolders {
     fn parse(text: &str) -> anyhow::Result<Vec<NodeFolders>> {
         text.lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
-                [name, conf, bin] => Ok(NodeFolders {
-                    name: name.into(),
-                    cni_conf_dir: conf.into(),
-                    cni_bin_dir: bin.into(),
-                }),
-                _ => bail!("bad line in the nodes file: {line:?}"),
-            })
+            .map(
+                |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                    [name, conf, bin] => Ok(NodeFolders {
+                        name: name.into(),
+                        cni_conf_dir: conf.into(),
+                        cni_bin_dir: bin.into(),
+                    }),
+                    _ => bail!("bad line in the nodes file: {line:?}"),
+                },
+            )
             .collect()
     }
 }

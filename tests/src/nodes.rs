@@ -106,7 +106,10 @@ pub(crate) fn join(first: &str, second: &str) -> anyhow::Result<()> {
             &["-n", netns, "link", "add", "weft0", "type", "bridge"],
         )?;
         let gateway = format!("{}/24", gateway(index));
-        sh("ip", &["-n", netns, "addr", "add", &gateway, "dev", "weft0"])?;
+        sh(
+            "ip",
+            &["-n", netns, "addr", "add", &gateway, "dev", "weft0"],
+        )?;
         sh("ip", &["-n", netns, "link", "set", "weft0", "up"])?;
         let underlay = format!("{}/30", underlay_address(index));
         sh(
@@ -116,7 +119,14 @@ pub(crate) fn join(first: &str, second: &str) -> anyhow::Result<()> {
         sh("ip", &["-n", netns, "link", "set", UNDERLAY_LINK, "up"])?;
         sh(
             "ip",
-            &["netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            &[
+                "netns",
+                "exec",
+                netns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
         )?;
     }
     for (netns, index, peer) in [(first, 0u8, 1u8), (second, 1, 0)] {

@@ -35,6 +35,9 @@ impl Capture {
             &[
                 "-Z",
                 "root",
+                // Each packet as it comes: without it, packets wait in the
+                // kernel's ring for a block to fill, and SIGTERM loses them.
+                "--immediate-mode",
                 "-i",
                 interface,
                 "-U",
@@ -176,7 +179,10 @@ pub fn tls_records(bytes: &[u8]) -> Result<usize, String> {
             return Ok(records + 1);
         }
         if header[1] != 3 {
-            return Err(format!("record at byte {at} has version {:?}", &header[1..3]));
+            return Err(format!(
+                "record at byte {at} has version {:?}",
+                &header[1..3]
+            ));
         }
         let length = u16::from_be_bytes([header[3], header[4]]) as usize;
         // RFC 8446: ciphertext is at most 2^14 + 256 bytes.
@@ -192,6 +198,52 @@ pub fn tls_records(bytes: &[u8]) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A capture of `segments`: `(from, to, seq, syn, payload)`.
+    fn capture(segments: &[(u16, u16, u32, bool, &[u8])]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let header = pcap_file::pcap::PcapHeader {
+            datalink: pcap_file::DataLink::ETHERNET,
+            ..Default::default()
+        };
+        let mut writer =
+            pcap_file::pcap::PcapWriter::with_header(file.reopen().unwrap(), header).unwrap();
+        for (from, to, seq, syn, payload) in segments {
+            let builder = etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+                .ipv4([10, 42, 1, 3], [10, 42, 0, 2], 64)
+                .tcp(*from, *to, *seq, 1000);
+            let builder = if *syn { builder.syn() } else { builder };
+            let mut frame = Vec::new();
+            builder.write(&mut frame, payload).unwrap();
+            writer
+                .write_packet(&pcap_file::pcap::PcapPacket::new(
+                    Duration::ZERO,
+                    frame.len() as u32,
+                    &frame,
+                ))
+                .unwrap();
+        }
+        file
+    }
+
+    #[test]
+    fn streams_are_reassembled_without_retransmissions_and_stop_at_gaps() {
+        let file = capture(&[
+            (40000, 6143, 99, true, b""),
+            (40000, 6143, 100, false, b"abc"),
+            (40000, 6143, 100, false, b"abc"),
+            (40000, 6143, 101, false, b"bcdef"),
+            (40001, 80, 500, false, b"late"),
+            (40001, 80, 510, false, b"after a gap"),
+        ]);
+        let streams = tcp_streams(file.path()).unwrap();
+        assert_eq!(streams.len(), 2);
+        assert_eq!(streams[0].bytes, b"abcdef");
+        assert!(streams[0].from_start && !streams[0].gap);
+        assert_eq!(streams[0].to, "10.42.0.2:6143".parse().unwrap());
+        assert_eq!(streams[1].bytes, b"late");
+        assert!(!streams[1].from_start && streams[1].gap);
+    }
 
     #[test]
     fn tls_records_are_counted_and_plaintext_is_refused() {

@@ -1,6 +1,6 @@
 //! README command 1 (`weft-mesh demo`): it shows traffic through both
-//! proxies, and it leaves nothing behind, whether it ends by itself or by
-//! Ctrl-C.
+//! proxies, across two nodes, and it leaves nothing behind, whether it ends
+//! by itself or by Ctrl-C. And what its underlay check proves.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -70,6 +70,70 @@ fn demo_shows_traffic_and_cleans_up() {
         "{stdout}"
     );
     assert!(stdout.contains("redirect to :6140"), "{stdout}");
+    // The client runs on the other node from web-v1: that traffic crossed
+    // the underlay, as TLS only.
+    assert!(
+        stdout.contains("pod   client  node1") && stdout.contains("pod   web-v1  node0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("TCP streams between pods")
+            && stdout.contains("all TLS from their first byte"),
+        "{stdout}"
+    );
+}
+
+/// The underlay check sees plaintext when there is some: a request that
+/// bypasses the client's proxy (sent as the proxy's UID, which the redirect
+/// rules let through) is flagged, while the meshed streams beside it pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_underlay_check_catches_plaintext_between_nodes() {
+    use weft_testbed::demo::{Demo, DemoOptions};
+    weft_testbed::require_root();
+    let demo = Demo::start("underlay", DemoOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let (status, _) = weft_testbed::http_request(&demo.client, demo.http_addr(), "GET", "/")
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    let target = format!("http://{}:8080/", demo.web_v1.ip);
+    let bypass = demo
+        .mesh
+        .spawn_as(
+            &demo.client,
+            "bypass",
+            Some(weft_api::PROXY_UID),
+            None,
+            std::path::Path::new("/usr/bin/curl"),
+            &["-s", "--max-time", "5", &target],
+            &[],
+        )
+        .unwrap();
+    let _ = demo.mesh.wait_exit(bypass, Duration::from_secs(10)).await;
+    let report = demo.underlay_report().await.unwrap();
+    let not_tls = report.not_tls();
+    let plaintext_to_app = format!("{}:8080", demo.web_v1.ip);
+    assert!(
+        not_tls.iter().any(|s| s.contains(&plaintext_to_app)),
+        "the bypassing request was not flagged: {not_tls:?}"
+    );
+    assert!(
+        not_tls.iter().all(|s| s.contains(":8080")),
+        "meshed streams flagged: {not_tls:?}"
+    );
+    let meshed = report
+        .streams
+        .iter()
+        .filter(|s| s.to.port() == weft_api::ports::INBOUND)
+        .count();
+    assert!(
+        meshed >= 1,
+        "no meshed stream crossed: {:?}",
+        report.streams
+    );
 }
 
 #[test]

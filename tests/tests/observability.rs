@@ -13,7 +13,7 @@ use weft_testbed::dashboards;
 use weft_testbed::demo::{self, Demo, DemoOptions};
 use weft_testbed::otlp::OtlpReceiver;
 use weft_testbed::prometheus::Prometheus;
-use weft_testbed::{Mesh, Pod, http_request};
+use weft_testbed::{Pod, http_request};
 
 const HTTP_REQUESTS: u64 = 100;
 const GRPC_REQUESTS: u64 = 20;

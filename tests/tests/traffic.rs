@@ -436,7 +436,14 @@ async fn client_aborting_mid_stream_releases_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_connections_reach_their_original_destination() {
     use weft_testbed::{Mesh, MeshOptions, ProxyOptions};
-    let mesh = Mesh::with_options("ipv6", MeshOptions { ipv6: true }).unwrap();
+    let mesh = Mesh::with_options(
+        "ipv6",
+        MeshOptions {
+            ipv6: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let client = mesh.add_pod("client", None).unwrap();
     let server = mesh.add_pod("server", None).unwrap();
     let server_ip6 = server.ip6.expect("dual-stack pod has an IPv6 address");
