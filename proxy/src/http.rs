@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
@@ -58,7 +58,11 @@ impl HttpContext {
         };
         let http_errors = metrics.http_errors.get_or_create(&labels).clone();
         HttpContext {
-            pool: Pool::new(connector, config.http_idle_timeout),
+            pool: Pool::new(
+                connector,
+                config.http_idle_timeout,
+                config.http_max_header_bytes,
+            ),
             http_errors,
             config,
             metrics,
@@ -131,6 +135,9 @@ pub async fn serve<I>(
         Version::Http2 => {
             let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_header_list_size(crate::pool::header_list_limit(
+                    ctx.config.http_max_header_bytes,
+                ))
                 .serve_connection(io, service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
@@ -152,7 +159,8 @@ pub async fn serve<I>(
 
 /// Reads until the first request's head is complete. A client that stalls
 /// mid-head gets 408 and the connection is closed; one whose head is too
-/// large is left to hyper, which answers 431.
+/// large gets 431 naming the limit. (hyper answers a later request's
+/// oversized head on a kept-alive connection with a bare 431.)
 async fn read_first_head<I>(
     ctx: &HttpContext,
     io: &mut I,
@@ -169,30 +177,75 @@ where
             Ok(Ok(_)) => {}
             Ok(Err(_)) => return false,
             Err(_) => {
-                ctx.http_errors.inc();
-                ResponseMeter {
-                    metrics: ctx.metrics.clone(),
-                    labels: ResponseLabels {
-                        direction: ctx.direction.as_str(),
-                        authority: ctx.metrics.authorities.label(None),
-                        remote: remote.clone(),
-                        status_code: StatusCode::REQUEST_TIMEOUT.as_u16(),
-                        grpc_status: None,
-                        classification: "success",
-                    },
-                    latency_ms: None,
-                    span: None,
-                }
-                .finish(None, false);
-                let _ = io
-                    .write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
-                    .await;
-                let _ = io.shutdown().await;
+                refuse_head(
+                    ctx,
+                    io,
+                    remote,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                )
+                .await;
                 return false;
             }
         }
     }
+    if !contains(buf, b"\r\n\r\n") && buf.len() >= ctx.config.http_max_header_bytes {
+        let reason = format!(
+            "request head exceeds WEFT_HTTP_MAX_HEADER_BYTES ({})",
+            ctx.config.http_max_header_bytes
+        );
+        let answer = format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\n{PROXY_ERROR_HEADER}: {reason}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{reason}\n",
+            reason.len() + 1
+        );
+        refuse_head(
+            ctx,
+            io,
+            remote,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &answer,
+        )
+        .await;
+        return false;
+    }
     true
+}
+
+/// Answers a first request head the proxy refuses, counts it, and closes.
+async fn refuse_head<I>(
+    ctx: &HttpContext,
+    io: &mut I,
+    remote: &PeerLabels,
+    status: StatusCode,
+    answer: &str,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    ctx.http_errors.inc();
+    ResponseMeter {
+        metrics: ctx.metrics.clone(),
+        labels: ResponseLabels {
+            direction: ctx.direction.as_str(),
+            authority: ctx.metrics.authorities.label(None),
+            remote: remote.clone(),
+            status_code: status.as_u16(),
+            grpc_status: None,
+            classification: "success",
+        },
+        latency_ms: None,
+        span: None,
+    }
+    .finish(None, false);
+    let _ = io.write_all(answer.as_bytes()).await;
+    let _ = io.shutdown().await;
+    // Closing with the rest of the head unread would reset the connection,
+    // and the reset can destroy the answer before the client reads it; so
+    // the rest is read and dropped for a moment first.
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -357,6 +410,25 @@ enum Attempt {
 }
 
 impl Forwarder {
+    /// An HTTP/2 peer refuses a header list over its limit with a bare
+    /// stream error, so a response over ours is refused here, saying why.
+    /// (HTTP/1 downstreams have no such limit from us.)
+    fn within_header_limit(&self, response: Response<BoxBody>) -> Response<BoxBody> {
+        if self.version != Version::Http2 {
+            return response;
+        }
+        let size = header_list_size(response.headers());
+        let limit = self.ctx.config.http_max_header_bytes;
+        if size <= crate::pool::header_list_limit(limit) as usize {
+            return response;
+        }
+        tracing::info!(direction = %self.ctx.direction, size, limit, "response headers over the limit");
+        proxy_error(
+            StatusCode::BAD_GATEWAY,
+            format!("response headers of {size} bytes exceed WEFT_HTTP_MAX_HEADER_BYTES ({limit})"),
+        )
+    }
+
     async fn call(self, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
         let started = Instant::now();
         let ctx = &self.ctx;
@@ -411,6 +483,7 @@ impl Forwarder {
             tracing::info!(direction = %ctx.direction, %error, "upstream request failed");
             error_response(&error)
         });
+        let response = self.within_header_limit(response);
         let status = response.status();
         let trailers_only = grpc_status(response.headers());
         let streams_grpc = trailers_only.is_none() && is_grpc(response.headers());
@@ -856,6 +929,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// A header list's size as HTTP/2 counts it: each field's name and value
+/// plus 32 bytes (RFC 9113, section 6.5.2).
+fn header_list_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
+}
+
 fn error_response(error: &UpstreamError) -> Response<BoxBody> {
     let status = match error {
         UpstreamError::Connect(ConnectError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
@@ -881,6 +963,17 @@ fn proxy_error(status: StatusCode, reason: String) -> Response<BoxBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_lists_are_sized_as_http2_counts_them() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("abc"));
+        h.append("cookie", HeaderValue::from_static("de"));
+        assert_eq!(header_list_size(&h), (6 + 3 + 32) + (6 + 2 + 32));
+        // The allowance covers the configured head plus field overhead.
+        assert!(crate::pool::header_list_limit(65536) as usize > 65536);
+        assert_eq!(crate::pool::header_list_limit(usize::MAX), u32::MAX);
+    }
 
     #[test]
     fn strips_hop_by_hop_fields() {

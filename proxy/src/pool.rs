@@ -71,6 +71,16 @@ struct Idle {
     since: Instant,
 }
 
+/// An HTTP/2 header-list limit for a configured head size. HTTP/2 counts
+/// each field as name + value + 32 bytes (RFC 9113, 6.5.2), so the list
+/// allowance is the head size plus that overhead for a generous number of
+/// fields; HTTP/1 counts the raw head instead.
+pub(crate) fn header_list_limit(max_header_bytes: usize) -> u32 {
+    const FIELD_OVERHEAD: usize = 32;
+    const FIELDS: usize = 100;
+    u32::try_from(max_header_bytes.saturating_add(FIELD_OVERHEAD * FIELDS)).unwrap_or(u32::MAX)
+}
+
 /// Shared upstream connection pool.
 #[derive(Debug)]
 pub struct Pool {
@@ -81,15 +91,19 @@ pub struct Pool {
     h2: Mutex<HashMap<Target, H2Slot>>,
     pub connector: Connector,
     idle_timeout: Duration,
+    /// `WEFT_HTTP_MAX_HEADER_BYTES`, for the HTTP/2 hops (HTTP/1 responses
+    /// keep hyper's larger default buffer, which bodies stream through).
+    max_header_bytes: usize,
 }
 
 impl Pool {
-    pub fn new(connector: Connector, idle_timeout: Duration) -> Arc<Self> {
+    pub fn new(connector: Connector, idle_timeout: Duration, max_header_bytes: usize) -> Arc<Self> {
         let pool = Arc::new(Pool {
             h1_idle: Mutex::default(),
             h2: Mutex::default(),
             connector,
             idle_timeout,
+            max_header_bytes,
         });
         tokio::spawn(sweep(Arc::downgrade(&pool)));
         pool
@@ -233,6 +247,9 @@ impl Pool {
                     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                         .timer(TokioTimer::new())
                         .keep_alive_interval(Duration::from_secs(30))
+                        // h2's default is 16 KiB, far below what users
+                        // configure (cookies, JWTs).
+                        .max_header_list_size(header_list_limit(self.max_header_bytes))
                         .handshake(TokioIo::new(io))
                         .await
                         .map_err(|source| UpstreamError::Handshake { addr, source })?;

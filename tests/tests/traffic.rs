@@ -629,3 +629,66 @@ async fn upstream_connections_are_reused_across_client_connections() {
     );
     assert_eq!(s.sum("request_total", &[("direction", "inbound")]), 10.0);
 }
+
+/// Header blocks up to `WEFT_HTTP_MAX_HEADER_BYTES` (64 KiB by default)
+/// cross both proxies and the mTLS HTTP/2 hop between them, both ways
+/// (h2's own default, 16 KiB, broke large cookies and JWTs once meshed);
+/// beyond it, each refusal names the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_header_blocks_cross_the_mesh_hop() {
+    use weft_testbed::identity::ControllerOptions;
+    let m = meshed_pair("bigheaders", ControllerOptions::default(), &[]).await;
+    let p = &m.pair;
+    let stream = p.client.connect(p.http_addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let cookie = "c".repeat(40 * 1024);
+    let mut get = async |path: &str| {
+        sender.ready().await.unwrap();
+        let req = http::Request::get(path)
+            .header("host", "server")
+            .header("cookie", &cookie)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (parts, String::from_utf8_lossy(&body).into_owned())
+    };
+    let (parts, body) = get("/headers?fill=40960").await;
+    assert_eq!(parts.status, 200, "{:?} {body}", parts.headers);
+    assert!(body.contains("cookie 40960"), "{body}");
+    assert_eq!(parts.headers["x-fill"].len(), 40960);
+    // A response head over the limit, refused by the server's proxy.
+    let (parts, body) = get("/headers?fill=90000").await;
+    assert_eq!(parts.status, 502, "{body}");
+    let reason = parts.headers["weft-proxy-error"].to_str().unwrap();
+    assert!(
+        reason.contains("WEFT_HTTP_MAX_HEADER_BYTES (65536)"),
+        "{reason}"
+    );
+    // The mesh hop was HTTP/2 over mTLS.
+    let server = p.server.metrics().await.unwrap();
+    assert!(
+        server.sum(
+            "request_total",
+            &[("direction", "inbound"), ("tls", "true")]
+        ) >= 2.0
+    );
+    // A request head over the limit, refused by the client's proxy.
+    let mut raw = b"GET / HTTP/1.1\r\nhost: server\r\ncookie: ".to_vec();
+    raw.extend(std::iter::repeat_n(b'c', 70 * 1024));
+    raw.extend(b"\r\n\r\n");
+    let mut stream = p.client.connect(p.http_addr()).await.unwrap();
+    stream.write_all(&raw).await.unwrap();
+    let mut head = String::new();
+    let mut reader = BufReader::new(stream);
+    while reader.read_line(&mut head).await.unwrap() > 2 {}
+    assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    assert!(
+        head.contains("weft-proxy-error: request head exceeds WEFT_HTTP_MAX_HEADER_BYTES (65536)"),
+        "{head}"
+    );
+}

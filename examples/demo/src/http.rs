@@ -79,6 +79,22 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Bod
             Response::new(BodyExt::boxed(StreamBody::new(stream)))
         }
         ("GET", "/ws") => websocket(&name, &mut req),
+        // Echoes the size of each request header, and sends back an
+        // `x-fill` header of `fill` bytes: for header-limit tests.
+        ("GET", "/headers") => {
+            let sizes: Vec<String> = req
+                .headers()
+                .iter()
+                .map(|(name, value)| format!("{name} {}", value.len()))
+                .collect();
+            let mut resp = Response::new(full(sizes.join("\n") + "\n"));
+            if let Some(fill) = query_u64(&req, "fill")
+                && let Ok(value) = header::HeaderValue::from_str(&"f".repeat(fill as usize))
+            {
+                resp.headers_mut().insert("x-fill", value);
+            }
+            resp
+        }
         ("CONNECT", _) => {
             let upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
