@@ -692,3 +692,36 @@ async fn large_header_blocks_cross_the_mesh_hop() {
         "{head}"
     );
 }
+
+/// HTTP/1 response trailers reach a client that asked for them
+/// (`TE: trailers`), across both proxies: over the mTLS HTTP/2 hop between
+/// meshed proxies, and over the HTTP/1 hop between unmeshed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_response_trailers_cross_both_proxies() {
+    use weft_testbed::identity::ControllerOptions;
+    let meshed = meshed_pair("trailers", ControllerOptions::default(), &[]).await;
+    let plain = pair("trailersplain", &[]).await;
+    for p in [&meshed.pair, &plain] {
+        let stream = p.client.connect(p.http_addr()).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get("/trailers")
+            .header("host", "server")
+            .header("te", "trailers")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        assert_eq!(collected.to_bytes(), "body before trailers\n");
+        assert_eq!(
+            trailers.as_ref().and_then(|t| t.get("x-checksum")),
+            Some(&http::HeaderValue::from_static("abc123")),
+            "{}: trailers {trailers:?}",
+            p.mesh.id
+        );
+    }
+}

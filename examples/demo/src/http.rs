@@ -79,6 +79,25 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Bod
             Response::new(BodyExt::boxed(StreamBody::new(stream)))
         }
         ("GET", "/ws") => websocket(&name, &mut req),
+        // A chunked body that ends with trailers, declared in `Trailer`
+        // (hyper's HTTP/1 writer sends only declared fields, and only to a
+        // request that said `TE: trailers`).
+        ("GET", "/trailers") => {
+            let mut trailers = header::HeaderMap::new();
+            trailers.insert("x-checksum", header::HeaderValue::from_static("abc123"));
+            let frames = futures_util::stream::iter([
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(
+                    b"body before trailers\n",
+                ))),
+                Ok(Frame::trailers(trailers)),
+            ]);
+            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+            resp.headers_mut().insert(
+                header::TRAILER,
+                header::HeaderValue::from_static("x-checksum"),
+            );
+            resp
+        }
         // Echoes the size of each request header, and sends back an
         // `x-fill` header of `fill` bytes: for header-limit tests.
         ("GET", "/headers") => {
