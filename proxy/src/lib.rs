@@ -45,7 +45,7 @@ use crate::discovery::Resolver;
 use crate::http::{HttpContext, Route};
 use crate::mesh::{Endpoints, MeshClient};
 use crate::metrics::{
-    ConnectionGuard, DetectLabels, Direction, DirectionLabels, Metrics, PeerLabels,
+    ConnectionGuard, DetectLabels, DetectTimeoutLabels, Direction, Metrics, PeerLabels,
 };
 use crate::tcp::{Connector, Target};
 use crate::tls::CertStore;
@@ -383,6 +383,29 @@ async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
     tracing::Instrument::instrument(serve(ctx, stream, orig_dst), span).await;
 }
 
+/// Counts a detection timeout on `port`, and the first time for that port
+/// tells the operator how to stop the wait: a server-speaks-first protocol
+/// waits out the timeout on every connection otherwise.
+fn detection_timed_out(ctx: &Listener, port: u16) {
+    let direction = ctx.direction.as_str();
+    let before = ctx
+        .metrics
+        .detect_timeout
+        .get_or_create(&DetectTimeoutLabels { direction, port })
+        .inc();
+    if before == 0 {
+        tracing::warn!(
+            direction,
+            port,
+            timeout = ?ctx.config.detect_timeout,
+            "protocol detection timed out: the client sent nothing, as with protocols where \
+             the server speaks first; if port {port} is one, list it in the pod annotation \
+             {} (or WEFT_OPAQUE_PORTS) to skip detection",
+            weft_api::annotations::OPAQUE_PORTS,
+        );
+    }
+}
+
 /// Detects the protocol of an accepted connection and forwards it.
 async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
     let direction = ctx.direction;
@@ -398,12 +421,7 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
         match detect::detect(&mut io, &mut buf, ctx.config.detect_timeout).await {
             Ok(Detection::Found(protocol)) => (protocol, protocol.as_str()),
             Ok(Detection::TimedOut) => {
-                ctx.metrics
-                    .detect_timeout
-                    .get_or_create(&DirectionLabels {
-                        direction: direction.as_str(),
-                    })
-                    .inc();
+                detection_timed_out(&ctx, orig_dst.port());
                 (Protocol::Opaque, Protocol::Opaque.as_str())
             }
             Err(error) => {

@@ -231,6 +231,14 @@ pub struct DirectionLabels {
     pub direction: &'static str,
 }
 
+/// Labels of `protocol_detect_timeout_total`: the port names what to mark
+/// opaque.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DetectTimeoutLabels {
+    pub direction: &'static str,
+    pub port: u16,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DetectLabels {
     pub direction: &'static str,
@@ -277,7 +285,7 @@ pub struct Metrics {
     pub tcp_write_bytes: Family<TcpLabels, Counter>,
     pub tcp_connection_duration_ms: Family<TcpLabels, Histogram>,
     pub detect: Family<DetectLabels, Counter>,
-    pub detect_timeout: Family<DirectionLabels, Counter>,
+    pub detect_timeout: Family<DetectTimeoutLabels, Counter>,
     pub request: Family<RequestLabels, Counter>,
     pub response: Family<ResponseLabels, Counter>,
     pub response_latency_ms: Family<ResponseLabels, Histogram>,
@@ -376,7 +384,7 @@ impl Metrics {
         );
         registry.register(
             "protocol_detect_timeout",
-            "Connections that sent nothing recognisable within the detection timeout",
+            "Connections that sent nothing recognisable within the detection timeout, by destination port",
             m.detect_timeout.clone(),
         );
         registry.register("request", "HTTP requests received", m.request.clone());
@@ -446,9 +454,6 @@ impl Metrics {
     fn initialise_known_series(&self) {
         for direction in [Direction::Inbound, Direction::Outbound] {
             let direction = direction.as_str();
-            let _ = self
-                .detect_timeout
-                .get_or_create(&DirectionLabels { direction });
             let _ = self
                 .http_errors
                 .get_or_create(&DirectionLabels { direction });
@@ -673,7 +678,6 @@ mod tests {
     fn known_series_start_at_zero() {
         let text = Metrics::new().encode();
         for series in [
-            r#"protocol_detect_timeout_total{direction="inbound"} 0"#,
             r#"protocol_detect_total{direction="outbound",protocol="opaque_port"} 0"#,
             r#"mtls_refused_total{direction="inbound",reason="no_identity"} 0"#,
             r#"identity_cert_refresh_total{result="failure"} 0"#,

@@ -304,6 +304,30 @@ async fn server_speaks_first_on_another_port_waits_for_the_timeout() {
             &[("direction", "outbound"), ("peer", "dst")]
         ) >= 20.0
     );
+    // Counted by port, and each proxy names the port and the fix once.
+    let port = BANNER_PLAIN_PORT.to_string();
+    assert_eq!(
+        client.sum(
+            "protocol_detect_timeout_total",
+            &[("direction", "outbound"), ("port", &port)]
+        ),
+        1.0
+    );
+    banner_exchange(&p, BANNER_PLAIN_PORT).await;
+    for pod in [&p.client, &p.server] {
+        let log = p.mesh.log_of(pod, "proxy");
+        let hints = log
+            .lines()
+            .filter(|l| l.contains("protocol detection timed out"))
+            .collect::<Vec<_>>();
+        assert_eq!(hints.len(), 1, "{log}");
+        assert!(
+            hints[0].contains(&format!("port {port}"))
+                && hints[0].contains("config.weft.io/opaque-ports"),
+            "{}",
+            hints[0]
+        );
+    }
 }
 
 const HUNDRED_MIB: u64 = 100 * 1024 * 1024;
