@@ -1,5 +1,7 @@
 use serde_json::json;
 
+use weft_api::VALIDATOR_CONTAINER_NAME;
+
 use super::*;
 
 fn settings() -> MeshSettings {
