@@ -378,7 +378,10 @@ pub async fn run(installer: Installer, interval: Duration) -> anyhow::Result<()>
                 }
                 last = Some(pass);
             }
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "install pass failed"),
+            Err(e) => tracing::warn!(
+                error = weft_api::error_chain(e.as_ref()),
+                "install pass failed"
+            ),
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

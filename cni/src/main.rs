@@ -152,7 +152,7 @@ fn installer_main(cli: Cli) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("weft-cni: {e:#}");
+            eprintln!("weft-cni: {}", weft_api::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -156,7 +156,7 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("weft-controller: {error:#}");
+            eprintln!("weft-controller: {}", weft_api::error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -172,7 +172,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
+            tracing::error!("{}", weft_api::error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -667,3 +667,29 @@ async fn strict_mode_refuses_plaintext_and_permissive_accepts_it() {
         .await
         .unwrap();
 }
+
+/// A controller without its issuer says so and exits, naming the file and
+/// the cause once (it used to print the cause twice).
+#[test]
+fn a_controller_without_an_issuer_names_the_missing_file_once() {
+    let bins = weft_testbed::Bins::locate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-issuer");
+    let out = std::process::Command::new(bins.path("weft-controller"))
+        .args(["serve", "--issuer-dir", &missing.to_string_lossy()])
+        .env("WEFT_TOKEN_SOURCE", "file:/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let file = missing.join("ca.crt");
+    assert!(
+        stderr.contains(&format!("cannot read {}", file.display())),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+}

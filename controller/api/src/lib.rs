@@ -6,11 +6,14 @@
 //! pulling in control-plane code.
 
 pub mod duration;
+pub mod error_chain;
 pub mod identity;
 pub mod mesh;
 pub mod port_list;
 pub mod process;
 pub mod split;
+
+pub use error_chain::error_chain;
 
 /// The proxy–controller gRPC protocol, generated from `proto/`.
 pub mod proto {
