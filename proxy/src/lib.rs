@@ -45,7 +45,8 @@ use crate::discovery::Resolver;
 use crate::http::{HttpContext, Route};
 use crate::mesh::{Endpoints, MeshClient};
 use crate::metrics::{
-    ConnectionGuard, DetectLabels, DetectTimeoutLabels, Direction, Metrics, PeerLabels,
+    ConnectionGuard, DetectLabels, DetectTimeoutLabels, Direction, DirectionLabels, Metrics,
+    PeerLabels,
 };
 use crate::tcp::{Connector, Target};
 use crate::tls::CertStore;
@@ -388,9 +389,13 @@ async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
 /// waits out the timeout on every connection otherwise.
 fn detection_timed_out(ctx: &Listener, port: u16) {
     let direction = ctx.direction.as_str();
+    ctx.metrics
+        .detect_timeout
+        .get_or_create(&DirectionLabels { direction })
+        .inc();
     let before = ctx
         .metrics
-        .detect_timeout
+        .detect_timeout_by_port
         .get_or_create(&DetectTimeoutLabels { direction, port })
         .inc();
     if before == 0 {

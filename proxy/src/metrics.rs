@@ -231,8 +231,8 @@ pub struct DirectionLabels {
     pub direction: &'static str,
 }
 
-/// Labels of `protocol_detect_timeout_total`: the port names what to mark
-/// opaque.
+/// Labels of `protocol_detect_timeout_by_port_total`: the port names what
+/// to mark opaque.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DetectTimeoutLabels {
     pub direction: &'static str,
@@ -285,7 +285,8 @@ pub struct Metrics {
     pub tcp_write_bytes: Family<TcpLabels, Counter>,
     pub tcp_connection_duration_ms: Family<TcpLabels, Histogram>,
     pub detect: Family<DetectLabels, Counter>,
-    pub detect_timeout: Family<DetectTimeoutLabels, Counter>,
+    pub detect_timeout: Family<DirectionLabels, Counter>,
+    pub detect_timeout_by_port: Family<DetectTimeoutLabels, Counter>,
     pub request: Family<RequestLabels, Counter>,
     pub response: Family<ResponseLabels, Counter>,
     pub response_latency_ms: Family<ResponseLabels, Histogram>,
@@ -338,6 +339,7 @@ impl Metrics {
             }),
             detect: Family::default(),
             detect_timeout: Family::default(),
+            detect_timeout_by_port: Family::default(),
             request: Family::default(),
             response: Family::default(),
             response_latency_ms: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
@@ -384,8 +386,15 @@ impl Metrics {
         );
         registry.register(
             "protocol_detect_timeout",
-            "Connections that sent nothing recognisable within the detection timeout, by destination port",
+            "Connections that sent nothing recognisable within the detection timeout",
             m.detect_timeout.clone(),
+        );
+        // Beside the total, which starts at zero for dashboards: the ports
+        // are not known in advance.
+        registry.register(
+            "protocol_detect_timeout_by_port",
+            "Detection timeouts by destination port",
+            m.detect_timeout_by_port.clone(),
         );
         registry.register("request", "HTTP requests received", m.request.clone());
         registry.register("response", "HTTP responses sent", m.response.clone());
@@ -454,6 +463,9 @@ impl Metrics {
     fn initialise_known_series(&self) {
         for direction in [Direction::Inbound, Direction::Outbound] {
             let direction = direction.as_str();
+            let _ = self
+                .detect_timeout
+                .get_or_create(&DirectionLabels { direction });
             let _ = self
                 .http_errors
                 .get_or_create(&DirectionLabels { direction });
@@ -678,6 +690,7 @@ mod tests {
     fn known_series_start_at_zero() {
         let text = Metrics::new().encode();
         for series in [
+            r#"protocol_detect_timeout_total{direction="inbound"} 0"#,
             r#"protocol_detect_total{direction="outbound",protocol="opaque_port"} 0"#,
             r#"mtls_refused_total{direction="inbound",reason="no_identity"} 0"#,
             r#"identity_cert_refresh_total{result="failure"} 0"#,

@@ -287,6 +287,7 @@ async fn check_counts(prometheus: &Prometheus, expected: &[(String, f64)]) {
         "reason",
         "result",
         "state",
+        "port",
     ]
     .into();
     let unexpected: Vec<&String> = labels

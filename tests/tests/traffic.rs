@@ -308,7 +308,7 @@ async fn server_speaks_first_on_another_port_waits_for_the_timeout() {
     let port = BANNER_PLAIN_PORT.to_string();
     assert_eq!(
         client.sum(
-            "protocol_detect_timeout_total",
+            "protocol_detect_timeout_by_port_total",
             &[("direction", "outbound"), ("port", &port)]
         ),
         1.0
