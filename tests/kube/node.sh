@@ -367,17 +367,25 @@ node2_namespaces() {
             cat "${p}cpuset.mems" >"$p$NODE2_CGROUP/cpuset.mems"
         fi
     done
-    spawn mounts-2 nsenter --net="/run/netns/$NODE2_NETNS" unshare --mount --propagation private sleep infinity
-    local holder
-    holder=$(cat "$RUN/mounts-2.pid")
-    for p in $(seq 50); do
-        [[ $(readlink "/proc/$holder/ns/mnt") != $(readlink /proc/self/ns/mnt) ]] && break
-        sleep 0.1
-    done
+    # The binds are made by the holder itself, inside its new namespace, so
+    # that none can land in this machine's (an earlier version bound from
+    # outside with nsenter, and once raced the holder's unshare).
+    local binds=""
     for p in "${NODE2_BINDS[@]}"; do
         mkdir -p "$p" "$n2/host/$(node2_folder "$p")"
-        nsenter -t "$holder" -m mount --bind "$n2/host/$(node2_folder "$p")" "$p"
+        binds+="mount --bind '$n2/host/$(node2_folder "$p")' '$p' && "
     done
+    rm -f "$RUN/mounts-2.ready"
+    spawn mounts-2 nsenter --net="/run/netns/$NODE2_NETNS" unshare --mount --propagation private \
+        sh -c "${binds}touch '$RUN/mounts-2.ready' && exec sleep infinity"
+    for p in $(seq 100); do
+        [[ -e $RUN/mounts-2.ready ]] && break
+        alive mounts-2 || die "node 2's mount namespace failed; see $LOGS/mounts-2.log"
+        sleep 0.1
+    done
+    [[ -e $RUN/mounts-2.ready ]] || die "node 2's mount namespace is not ready; see $LOGS/mounts-2.log"
+    local holder
+    holder=$(cat "$RUN/mounts-2.pid")
     echo "$holder"
 }
 
@@ -568,6 +576,9 @@ down() {
     for p in $(ip netns list 2>/dev/null | awk '$1 ~ /^cni-/ {print $1}'); do ip netns delete "$p" 2>/dev/null || true; done
     ip route del "$SERVICE_CIDR" dev "$BRIDGE" 2>/dev/null || true
     ip link del "$BRIDGE" 2>/dev/null || true
+    # Anything bound from this node's folders (none should be, here).
+    awk -v dir="$NODE_DIR/" 'index($4, dir) == 1 {print $5}' /proc/self/mountinfo | sort -r \
+        | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     awk '{print $5}' /proc/self/mountinfo | grep -E "^($NODE_DIR|/var/lib/kubelet|/run/containerd)/" | sort -r \
         | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     for p in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
