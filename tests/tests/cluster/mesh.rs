@@ -133,12 +133,14 @@ pub(super) fn split(node: &KubeNode) -> anyhow::Result<()> {
 
     node.apply(&traffic_split(ns, 90, 10))?;
     // Until the proxy has the split, the apex balances 2:1 by endpoints;
-    // until web-v2's endpoint answers (a pod just started, say), its share
-    // goes to web-v1. Both must show before the share is measured.
-    node.wait_for("the 90/10 split in effect", Duration::from_secs(30), || {
+    // until web-v2's endpoint answers steadily (a pod just started, say),
+    // its share goes to web-v1 (two runs measured 0.965 and 0.969 after
+    // only a first answer from web-v2). Both must show at about their
+    // weights before the share is measured.
+    node.wait_for("the 90/10 split in effect", Duration::from_secs(60), || {
         let r = node.load(ns, &load, "load", &web, 50, 2)?;
         let v2 = r.from("web-v2");
-        Ok((v2 > 0 && v2 * 100 <= r.ok() * 20).then_some(()))
+        Ok((v2 * 100 >= r.ok() * 5 && v2 * 100 <= r.ok() * 20).then_some(()))
     })?;
     let report = node.load(ns, &load, "load", &web, 100, 6)?;
     let share = report.from("web-v1") as f64 / report.ok() as f64;
