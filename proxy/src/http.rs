@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
+use http::header::HOST;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,8 +30,12 @@ use crate::metrics::{
     Direction, DirectionLabels, Metrics, PeerLabels, RequestLabels, ResponseLabels,
 };
 use crate::pool::{BoxBody, BoxError, Pool, UpstreamError, Version};
-use crate::tcp::{ConnectError, Connector, Target};
+use crate::tcp::{Connector, Target};
 use crate::trace::{RequestSpan, Tracer};
+
+mod headers;
+pub use headers::strip_hop_by_hop;
+use headers::{error_response, header_list_size, proxy_error, wants_upgrade};
 
 /// Header added to responses the proxy itself generates, naming the cause.
 pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";
@@ -880,88 +884,11 @@ fn no_endpoints(dest: &Destination) -> Response<BoxBody> {
     )
 }
 
-fn wants_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() <= http::Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
-        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
-}
-
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every
-/// field it names, plus the well-known ones that never cross a proxy.
-/// For an upgrade, `Connection: upgrade` and `Upgrade` are kept, because the
-/// upgrade has to reach the upstream.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(keep_upgrade && name == UPGRADE) {
-            headers.remove(&name);
-        }
-    }
-    headers.remove(CONNECTION);
-    for name in ["keep-alive", "proxy-connection"] {
-        headers.remove(name);
-    }
-    headers.remove(TRANSFER_ENCODING);
-    // `TE: trailers` is end-to-end meaningful (gRPC needs it); any other TE
-    // value is about this hop's transfer coding.
-    if headers
-        .get(TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(TE);
-    }
-    if keep_upgrade {
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
-    }
-}
-
-/// A header list's size as HTTP/2 counts it: each field's name and value
-/// plus 32 bytes (RFC 9113, section 6.5.2).
-fn header_list_size(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 32)
-        .sum()
-}
-
-fn error_response(error: &UpstreamError) -> Response<BoxBody> {
-    let status = match error {
-        UpstreamError::Connect(ConnectError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
-        _ => StatusCode::BAD_GATEWAY,
-    };
-    proxy_error(status, error.to_string())
-}
-
-/// A response the proxy makes itself, naming the cause in a header.
-fn proxy_error(status: StatusCode, reason: String) -> Response<BoxBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(format!("{reason}\n")))
-            .map_err(BoxError::from)
-            .boxed(),
-    );
-    *resp.status_mut() = status;
-    if let Ok(value) = HeaderValue::from_str(&reason) {
-        resp.headers_mut().insert(PROXY_ERROR_HEADER, value);
-    }
-    resp
-}
-
 #[cfg(test)]
 mod tests {
+    use http::header::{CONNECTION, TE, UPGRADE};
+    use http_body_util::Full;
+
     use super::*;
 
     #[test]
