@@ -5,8 +5,8 @@
 //! the set keeps its latency estimate and failure count, so a weight change
 //! or a new pod elsewhere does not reset what the proxy has learnt.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -25,12 +25,24 @@ const PENDING_PENALTY_MS: f64 = 1_000.0;
 const BASE_EJECTION: Duration = Duration::from_secs(1);
 const MAX_EJECTION: Duration = Duration::from_secs(60);
 
+/// Where ejection deadlines are counted from, so that they fit in an
+/// atomic and a pick can read them without a lock.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn nanos_since_epoch(at: Instant) -> u64 {
+    // Never 0, which means "not ejected".
+    (at.saturating_duration_since(*EPOCH).as_nanos() as u64).max(1)
+}
+
 /// One endpoint as the balancer sees it.
 #[derive(Debug)]
 pub struct EndpointState {
     pub target: Target,
     /// Requests (or connections) in flight to it.
     pending: AtomicUsize,
+    /// The breaker's ejection deadline in nanoseconds since [`EPOCH`], or 0:
+    /// a copy of `breaker.ejected_until` that picks read without locking.
+    ejected_until: AtomicU64,
     ewma: Mutex<PeakEwma>,
     breaker: Mutex<Breaker>,
 }
@@ -65,6 +77,7 @@ impl EndpointState {
         EndpointState {
             target,
             pending: AtomicUsize::new(0),
+            ejected_until: AtomicU64::new(0),
             ewma: Mutex::new(PeakEwma {
                 cost_ms: 0.0,
                 stamp: Instant::now(),
@@ -85,9 +98,9 @@ impl EndpointState {
     }
 
     /// Marks a request in flight until the guard drops.
-    pub fn start(&self) -> InFlight<'_> {
+    pub fn start(self: &Arc<Self>) -> InFlight {
         self.pending.fetch_add(1, Ordering::Relaxed);
-        InFlight(self)
+        InFlight(self.clone())
     }
 
     /// Folds one latency sample into the estimate.
@@ -107,9 +120,22 @@ impl EndpointState {
         ewma.stamp = now;
     }
 
+    /// Not ejected by the breaker (lock-free).
     pub fn is_available(&self, now: Instant) -> bool {
-        let breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
-        breaker.ejected_until.is_none_or(|until| now >= until)
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until == 0 || nanos_since_epoch(now) >= until
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Sets the ejection deadline, in the breaker and in its lock-free copy.
+    fn set_ejected_until(&self, breaker: &mut Breaker, until: Option<Instant>) {
+        breaker.ejected_until = until;
+        self.ejected_until
+            .store(until.map_or(0, nanos_since_epoch), Ordering::Relaxed);
     }
 
     /// Records a failure; ejects after `accrual` in a row (0: never). An
@@ -134,7 +160,7 @@ impl EndpointState {
             .saturating_mul(1 << b.ejections.min(10))
             .min(MAX_EJECTION);
         let backoff = backoff.mul_f64(rand::rng().random_range(0.5..1.5));
-        b.ejected_until = Some(now + backoff);
+        self.set_ejected_until(&mut b, Some(now + backoff));
         b.ejections += 1;
         b.consecutive_failures = 0;
         BreakerEvent::Ejected(backoff)
@@ -145,7 +171,7 @@ impl EndpointState {
         b.consecutive_failures = 0;
         if b.ejections > 0 && b.ejected_until.is_none_or(|until| Instant::now() >= until) {
             b.ejections = 0;
-            b.ejected_until = None;
+            self.set_ejected_until(&mut b, None);
             return BreakerEvent::Recovered;
         }
         BreakerEvent::None
@@ -161,53 +187,93 @@ impl PeakEwma {
 
 /// A request in flight; dropping it ends it.
 #[derive(Debug)]
-pub struct InFlight<'a>(&'a EndpointState);
+pub struct InFlight(Arc<EndpointState>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Power of two choices: of two random available endpoints, the one with
-/// the lower load. `avoid` (the endpoint that just failed a request about to
-/// be retried) is skipped while there is any other. When every endpoint is
-/// ejected, ejections are ignored: some traffic beats none.
+/// The outcome of a pick.
+#[derive(Debug)]
+pub enum Pick<'a, E> {
+    Endpoint(&'a E),
+    /// Every endpoint has `limit` requests in flight: shed the request
+    /// rather than queue it without bound.
+    Overloaded,
+    /// There are no endpoints.
+    Empty,
+}
+
+/// Random draws for two usable endpoints before falling back to a scan.
+const DRAWS: usize = 4;
+
+/// Power of two choices: of two random usable endpoints, the one with the
+/// lower load. Usable means below `limit` requests in flight, not ejected,
+/// and not `avoid` (the endpoint that just failed a request about to be
+/// retried). Failing that, ejections are ignored (some traffic beats none),
+/// then `avoid`; an endpoint at its limit is never used.
+///
+/// A pick reads atomics and locks only the two endpoints it compares, and
+/// does not allocate: it runs on every request.
 pub fn pick<'a, E: AsRef<EndpointState>>(
     endpoints: &'a [E],
     avoid: Option<&EndpointState>,
-) -> Option<&'a E> {
+    limit: usize,
+) -> Pick<'a, E> {
+    if endpoints.is_empty() {
+        return Pick::Empty;
+    }
     let now = Instant::now();
-    let not_avoided = |e: &&E| avoid.is_none_or(|a| !std::ptr::eq(e.as_ref(), a));
-    let mut candidates: Vec<&E> = endpoints
-        .iter()
-        .filter(not_avoided)
-        .filter(|e| e.as_ref().is_available(now))
-        .collect();
-    if candidates.is_empty() {
-        candidates = endpoints.iter().filter(not_avoided).collect();
-    }
-    if candidates.is_empty() {
-        candidates = endpoints.iter().collect();
-    }
+    let below_limit = |e: &EndpointState| e.in_flight() < limit;
+    let not_avoided = |e: &EndpointState| avoid.is_none_or(|a| !std::ptr::eq(e, a));
+    let tiers: [&dyn Fn(&EndpointState) -> bool; 3] = [
+        &|e| below_limit(e) && not_avoided(e) && e.is_available(now),
+        &|e| below_limit(e) && not_avoided(e),
+        &below_limit,
+    ];
     let mut rng = rand::rng();
-    match candidates.len() {
-        0 => None,
-        1 => Some(candidates[0]),
-        n => {
-            let a = rng.random_range(0..n);
-            let mut b = rng.random_range(0..n - 1);
-            if b >= a {
-                b += 1;
-            }
-            let (ea, eb) = (candidates[a], candidates[b]);
-            Some(if ea.as_ref().load(now) <= eb.as_ref().load(now) {
-                ea
-            } else {
-                eb
-            })
+    for usable in tiers {
+        if let Some(picked) = two_choices(endpoints, usable, now, &mut rng) {
+            return Pick::Endpoint(picked);
         }
     }
+    Pick::Overloaded
+}
+
+/// Two distinct usable endpoints by random draws (a scan from a random
+/// start when draws keep missing), and the less loaded of them; one if only
+/// one is usable.
+fn two_choices<'a, E: AsRef<EndpointState>>(
+    endpoints: &'a [E],
+    usable: &dyn Fn(&EndpointState) -> bool,
+    now: Instant,
+    rng: &mut impl Rng,
+) -> Option<&'a E> {
+    let n = endpoints.len();
+    let usable_at = |i: usize| usable(endpoints[i].as_ref()).then_some(i);
+    let first = (0..DRAWS)
+        .find_map(|_| usable_at(rng.random_range(0..n)))
+        .or_else(|| {
+            let start = rng.random_range(0..n);
+            (0..n).find_map(|k| usable_at((start + k) % n))
+        })?;
+    let second = (0..DRAWS)
+        .find_map(|_| usable_at(rng.random_range(0..n)).filter(|&i| i != first))
+        .or_else(|| {
+            let start = rng.random_range(0..n);
+            (0..n).find_map(|k| usable_at((start + k) % n).filter(|&i| i != first))
+        });
+    let Some(second) = second else {
+        return Some(&endpoints[first]);
+    };
+    let (a, b) = (&endpoints[first], &endpoints[second]);
+    Some(if a.as_ref().load(now) <= b.as_ref().load(now) {
+        a
+    } else {
+        b
+    })
 }
 
 /// Picks an index with probability proportional to its weight; `None` if
@@ -296,6 +362,17 @@ impl RetryBudget {
                 false
             }
         })
+    }
+}
+
+/// The interface tower's retry layer spends budgets through.
+impl tower::retry::budget::Budget for RetryBudget {
+    fn deposit(&self) {
+        RetryBudget::deposit(self)
+    }
+
+    fn withdraw(&self) -> bool {
+        self.try_withdraw()
     }
 }
 

@@ -21,9 +21,13 @@ use weft_api::identity::SpiffeId;
 use weft_api::proto::destination::destination_client::DestinationClient;
 use weft_api::proto::destination::{DestinationUpdate, GetDestination};
 
-use crate::balance::{BreakerEvent, EndpointState, RetryBudget};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::balance::{BreakerEvent, EndpointState, Pick, RetryBudget};
 use crate::mesh::MeshPeer;
 use crate::metrics::{Dst, DstLabels, Metrics, RouteLabels};
+use crate::outbound::retry::RetryRules;
 use crate::tcp::Target;
 
 /// Backoff between attempts to reach the controller.
@@ -31,10 +35,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// A destination no connection used for this long is unsubscribed.
 const IDLE_EVICTION: Duration = Duration::from_secs(600);
-
-/// Share of requests that retries may add, and the floor per second.
-const RETRY_RATIO: f64 = 0.2;
-const RETRY_MIN_PER_SEC: u32 = 10;
 
 /// Which failures a route retries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub struct RetryOn {
 }
 
 impl RetryOn {
-    fn parse(conditions: &[String]) -> Self {
+    pub(crate) fn parse(conditions: &[String]) -> Self {
         let mut out = RetryOn::default();
         for c in conditions {
             match c.as_str() {
@@ -77,13 +77,36 @@ impl RetryOn {
 }
 
 /// Route policy, as the controller sent it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     pub retry_on: RetryOn,
     pub retry_limit: u32,
     pub timeout: Option<Duration>,
     /// Consecutive failures that eject an endpoint (0: never).
     pub failure_accrual: u32,
+    /// Requests in flight to one endpoint at most.
+    pub max_in_flight: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            retry_on: RetryOn::default(),
+            retry_limit: 0,
+            timeout: None,
+            failure_accrual: 0,
+            max_in_flight: weft_api::policy::DEFAULT_MAX_IN_FLIGHT as usize,
+        }
+    }
+}
+
+/// Why no endpoint was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoEndpoint {
+    /// No backend has a ready endpoint.
+    None,
+    /// Every endpoint of the chosen backend is at its in-flight limit.
+    Overloaded,
 }
 
 /// One backend service and its endpoints.
@@ -105,6 +128,12 @@ pub struct Routes {
     /// Labels of the route's own metrics (retries, breaker).
     pub route_labels: RouteLabels,
     pub policy: Policy,
+    /// The retry settings and counters, shared by the requests' policies.
+    pub(crate) retry: Arc<RetryRules>,
+    /// Breaker transitions, and requests shed at the in-flight limit.
+    pub ejected: Counter,
+    pub readmitted: Counter,
+    pub shed: Counter,
     pub backends: Vec<BackendSet>,
     /// Skip protocol detection.
     pub opaque: bool,
@@ -128,16 +157,41 @@ impl Routes {
         }
     }
 
-    /// A backend by weight, then one of its endpoints by two choices,
-    /// skipping `avoid` while there is another.
-    pub fn pick_endpoint(&self, avoid: Option<&EndpointState>) -> Option<Arc<EndpointState>> {
-        let backend = self.pick_backend()?;
-        crate::balance::pick(&backend.endpoints, avoid).cloned()
+    /// For a request: a backend by weight, then one of its endpoints below
+    /// the in-flight limit by two choices, skipping `avoid` while there is
+    /// another.
+    pub fn pick_endpoint(
+        &self,
+        avoid: Option<&EndpointState>,
+    ) -> Result<Arc<EndpointState>, NoEndpoint> {
+        self.pick_with_limit(avoid, self.policy.max_in_flight)
+    }
+
+    /// For an opaque connection, which may last for hours: the request
+    /// limit does not apply.
+    pub fn pick_for_connection(
+        &self,
+        avoid: Option<&EndpointState>,
+    ) -> Result<Arc<EndpointState>, NoEndpoint> {
+        self.pick_with_limit(avoid, usize::MAX)
+    }
+
+    fn pick_with_limit(
+        &self,
+        avoid: Option<&EndpointState>,
+        limit: usize,
+    ) -> Result<Arc<EndpointState>, NoEndpoint> {
+        let backend = self.pick_backend().ok_or(NoEndpoint::None)?;
+        match crate::balance::pick(&backend.endpoints, avoid, limit) {
+            Pick::Endpoint(endpoint) => Ok(endpoint.clone()),
+            Pick::Overloaded => Err(NoEndpoint::Overloaded),
+            Pick::Empty => Err(NoEndpoint::None),
+        }
     }
 
     /// Feeds an outcome into the endpoint's breaker with this route's
     /// failure accrual, and reports ejections and recoveries.
-    pub fn record_outcome(&self, endpoint: &EndpointState, failed: bool, metrics: &Metrics) {
+    pub fn record_outcome(&self, endpoint: &EndpointState, failed: bool) {
         let event = if failed {
             endpoint.failure(self.policy.failure_accrual)
         } else {
@@ -146,11 +200,11 @@ impl Routes {
         match event {
             BreakerEvent::Ejected(backoff) => {
                 tracing::info!(service = %self.service, endpoint = %endpoint.target.addr, ?backoff, "endpoint ejected after consecutive failures");
-                metrics.breaker(&self.route_labels, "open");
+                self.ejected.inc();
             }
             BreakerEvent::Recovered => {
                 tracing::info!(service = %self.service, endpoint = %endpoint.target.addr, "endpoint back in the balancer");
-                metrics.breaker(&self.route_labels, "closed");
+                self.readmitted.inc();
             }
             BreakerEvent::None => {}
         }
@@ -164,7 +218,7 @@ pub struct Destination {
     /// `None` while discovery does not know it.
     routes: ArcSwapOption<Routes>,
     answered: watch::Sender<bool>,
-    pub budget: RetryBudget,
+    pub budget: Arc<RetryBudget>,
     /// Seconds since the resolver started, at the last lookup.
     last_used: AtomicU64,
     cancel: CancellationToken,
@@ -243,7 +297,7 @@ impl Resolver {
             addr,
             routes: ArcSwapOption::empty(),
             answered: watch::Sender::new(false),
-            budget: RetryBudget::new(RETRY_RATIO, RETRY_MIN_PER_SEC),
+            budget: Arc::new(crate::outbound::retry::destination_budget()),
             last_used: AtomicU64::new(0),
             cancel: CancellationToken::new(),
         });
@@ -364,17 +418,43 @@ fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
             endpoints,
         });
     }
+    let route_labels = RouteLabels {
+        authority: Arc::new(update.authority.clone()),
+    };
+    let retry_on = RetryOn::parse(&policy.retry_on);
+    // A pod addressed directly has no route metrics: its counters count
+    // into the void.
+    let named = !route_labels.authority.is_empty();
+    let counter = |family: &Family<RouteLabels, Counter>| match named {
+        true => family.get_or_create(&route_labels).clone(),
+        false => Counter::default(),
+    };
+    let breaker = |state| match named {
+        true => metrics.breaker_counter(&route_labels, state),
+        false => Counter::default(),
+    };
     let routes = Routes {
-        route_labels: RouteLabels {
-            authority: Arc::new(update.authority.clone()),
-        },
+        retry: Arc::new(RetryRules {
+            retry_on: retry_on.clone(),
+            limit: policy.retry_limit,
+            retries: counter(&metrics.retries),
+            exhausted: counter(&metrics.retry_budget_exhausted),
+        }),
+        ejected: breaker("open"),
+        readmitted: breaker("closed"),
+        shed: counter(&metrics.requests_shed),
+        route_labels,
         service: Arc::new(update.service),
         authority: (!update.authority.is_empty()).then(|| Arc::new(update.authority)),
         policy: Policy {
-            retry_on: RetryOn::parse(&policy.retry_on),
+            retry_on,
             retry_limit: policy.retry_limit,
             timeout: (policy.timeout_ms > 0).then(|| Duration::from_millis(policy.timeout_ms)),
             failure_accrual: policy.failure_accrual_consecutive,
+            max_in_flight: match policy.max_in_flight {
+                0 => weft_api::policy::DEFAULT_MAX_IN_FLIGHT as usize,
+                n => n as usize,
+            },
         },
         backends,
         opaque: update.opaque,
@@ -459,6 +539,10 @@ mod tests {
             authority: None,
             route_labels: RouteLabels::default(),
             policy: Policy::default(),
+            retry: Arc::default(),
+            ejected: Counter::default(),
+            readmitted: Counter::default(),
+            shed: Counter::default(),
             opaque: false,
             backends: weights
                 .iter()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::header::HOST;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::body::{Body, Frame};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,19 +21,21 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::balance::EndpointState;
 use crate::config::Config;
 use crate::detect::Protocol;
-use crate::discovery::{Destination, Routes};
+use crate::discovery::{Destination, NoEndpoint, Routes};
 use crate::io::PrefixedIo;
 use crate::metrics::{
     Direction, DirectionLabels, Metrics, PeerLabels, RequestLabels, ResponseLabels,
 };
+use crate::outbound::error::Error as OutboundError;
+use crate::outbound::retry::Served;
 use crate::pool::{BoxBody, BoxError, Pool, UpstreamError, Version};
 use crate::tcp::{Connector, Target};
 use crate::trace::{RequestSpan, Tracer};
 
-mod headers;
+pub(crate) mod headers;
+pub(crate) mod replay;
 pub use headers::strip_hop_by_hop;
 use headers::{error_response, header_list_size, proxy_error, wants_upgrade};
 
@@ -373,46 +375,6 @@ struct Forwarder {
     remote: PeerLabels,
 }
 
-/// Request bodies up to this size are kept so the request can be retried;
-/// larger or unsized ones are streamed and never retried.
-const MAX_REPLAY_BODY: u64 = 64 * 1024;
-
-/// A request body that may be sent more than once.
-enum ReplayBody {
-    /// Read in full: each attempt gets a copy.
-    Buffered(Bytes, Option<HeaderMap>),
-    /// Streamed: only one attempt can have it.
-    Streaming(Option<Incoming>),
-}
-
-impl ReplayBody {
-    fn can_replay(&self) -> bool {
-        matches!(self, ReplayBody::Buffered(..))
-    }
-
-    fn take(&mut self) -> Option<BoxBody> {
-        match self {
-            ReplayBody::Buffered(data, trailers) => {
-                let mut frames = Vec::with_capacity(2);
-                if !data.is_empty() {
-                    frames.push(Ok(Frame::data(data.clone())));
-                }
-                if let Some(t) = trailers {
-                    frames.push(Ok(Frame::trailers(t.clone())));
-                }
-                Some(StreamBody::new(futures_util::stream::iter(frames)).boxed())
-            }
-            ReplayBody::Streaming(body) => Some(body.take()?.map_err(BoxError::from).boxed()),
-        }
-    }
-}
-
-/// How an attempt went, for retries and the breaker.
-enum Attempt {
-    Response(Response<BoxBody>),
-    Failed(UpstreamError),
-}
-
 impl Forwarder {
     /// An HTTP/2 peer refuses a header list over its limit with a bare
     /// stream error, so a response over ours is refused here, saying why.
@@ -529,7 +491,8 @@ impl Forwarder {
             Route::Balanced(dest) => {
                 match dest.routes() {
                     Some(routes) => routes
-                        .pick_endpoint(None)
+                        .pick_for_connection(None)
+                        .ok()
                         .map(|e| Arc::new(e.target.clone())),
                     // Gone from discovery since the connection started.
                     None => Some(Arc::new(Target::plain(dest.addr))),
@@ -547,40 +510,16 @@ impl Forwarder {
         self.send(target, req).await
     }
 
-    /// Sends one request to one target: hop-by-hop fields go, and HTTP/1
-    /// between two proxies travels as HTTP/2 (see [`ORIG_PROTO_HEADER`]).
     async fn send(
         &self,
         target: &Target,
-        mut req: Request<BoxBody>,
+        req: Request<BoxBody>,
     ) -> Result<Response<BoxBody>, UpstreamError> {
-        strip_hop_by_hop(req.headers_mut(), false);
-        let version = match (self.ctx.direction, self.version) {
-            (Direction::Outbound, Version::Http1) if target.mesh.is_some() => {
-                to_mesh_h2(&mut req, target);
-                Version::Http2
-            }
-            (Direction::Inbound, Version::Http2)
-                if req.headers().contains_key(ORIG_PROTO_HEADER) =>
-            {
-                from_mesh_h2(&mut req);
-                Version::Http1
-            }
-            (_, Version::Http2) => {
-                // HTTP/2 carries the authority in the URI; keep Host out.
-                req.headers_mut().remove(HOST);
-                Version::Http2
-            }
-            (_, Version::Http1) => Version::Http1,
-        };
-        let mut resp = self.ctx.pool.send(target, version, req).await?;
-        strip_hop_by_hop(resp.headers_mut(), false);
-        Ok(resp)
+        send(&self.ctx, target, req).await
     }
 
-    /// Per-request balancing with the destination's policy: pick a backend
-    /// by split weight, an endpoint by two choices, bound the whole by the
-    /// route timeout and retry within the budget.
+    /// Per-request balancing with the destination's policy, through the
+    /// outbound stack (see [`crate::outbound`]).
     async fn forward_balanced(
         &self,
         req: Request<Incoming>,
@@ -601,27 +540,35 @@ impl Forwarder {
         };
         // The first endpoint is chosen now, so the request is counted on
         // arrival under the hop it takes.
-        let first = routes.pick_endpoint(None);
-        let first_remote = first
-            .as_ref()
-            .map_or_else(PeerLabels::plain, |e| e.target.peer_labels());
+        let first = match routes.pick_endpoint(None) {
+            Ok(first) => first,
+            Err(why) => {
+                self.count_request(authority, PeerLabels::plain());
+                return (routes.no_endpoint(why).into_response(), PeerLabels::plain());
+            }
+        };
+        let first_remote = first.target.peer_labels();
         self.count_request(authority, first_remote.clone());
-        let attempts = self.attempts(req, dest, &routes, first);
-        match routes.policy.timeout {
-            None => attempts.await,
-            Some(timeout) => match tokio::time::timeout(timeout, attempts).await {
-                Ok(done) => done,
-                Err(_) => {
-                    tracing::info!(service = %routes.service, ?timeout, "request timed out");
-                    (
-                        proxy_error(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            format!("request to {} timed out after {timeout:?}", routes.service),
-                        ),
-                        first_remote,
-                    )
-                }
-            },
+        let req = req.map(|body| body.map_err(BoxError::from).boxed());
+        let sender = EndpointSender(self.ctx.clone());
+        let outcome =
+            crate::outbound::send(routes.clone(), dest.budget.clone(), first, sender, req).await;
+        match outcome {
+            Ok(resp) => {
+                let remote = match resp.extensions().get::<Served>() {
+                    Some(Served(endpoint)) => endpoint.target.peer_labels(),
+                    None => first_remote,
+                };
+                (resp, remote)
+            }
+            Err(error) => {
+                let remote = match &error {
+                    OutboundError::Upstream { endpoint, .. } => endpoint.target.peer_labels(),
+                    _ => first_remote,
+                };
+                tracing::info!(service = %routes.service, %error, "request failed");
+                (error.into_response(), remote)
+            }
         }
     }
 
@@ -635,119 +582,6 @@ impl Forwarder {
                 remote,
             })
             .inc();
-    }
-
-    async fn attempts(
-        &self,
-        req: Request<Incoming>,
-        dest: &Arc<Destination>,
-        routes: &Routes,
-        mut first: Option<Arc<EndpointState>>,
-    ) -> (Response<BoxBody>, PeerLabels) {
-        let policy = &routes.policy;
-        let (parts, body) = req.into_parts();
-        let retries_on = !policy.retry_on.is_empty() && policy.retry_limit > 0;
-        let mut body = if retries_on
-            && body
-                .size_hint()
-                .upper()
-                .is_some_and(|n| n <= MAX_REPLAY_BODY)
-        {
-            match body.collect().await {
-                Ok(collected) => {
-                    let trailers = collected.trailers().cloned();
-                    ReplayBody::Buffered(collected.to_bytes(), trailers)
-                }
-                Err(error) => {
-                    return (
-                        proxy_error(
-                            StatusCode::BAD_REQUEST,
-                            format!("reading the request body: {error}"),
-                        ),
-                        PeerLabels::plain(),
-                    );
-                }
-            }
-        } else {
-            ReplayBody::Streaming(Some(body))
-        };
-        // Safe to send twice: RFC 9110's idempotent methods.
-        let idempotent = matches!(
-            parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::TRACE
-                | Method::PUT
-                | Method::DELETE
-        );
-        let metrics = &self.ctx.metrics;
-        let route_labels = &routes.route_labels;
-        dest.budget.deposit();
-        let mut avoid: Option<Arc<EndpointState>> = None;
-        let mut attempt = 0;
-        loop {
-            let picked = first
-                .take()
-                .or_else(|| routes.pick_endpoint(avoid.as_deref()));
-            let Some(endpoint) = picked else {
-                return (no_endpoints(dest), PeerLabels::plain());
-            };
-            let Some(attempt_body) = body.take() else {
-                return (no_endpoints(dest), PeerLabels::plain());
-            };
-            let mut req = Request::new(attempt_body);
-            *req.method_mut() = parts.method.clone();
-            *req.uri_mut() = parts.uri.clone();
-            *req.version_mut() = parts.version;
-            *req.headers_mut() = parts.headers.clone();
-            let sent = Instant::now();
-            let outcome = {
-                let _in_flight = endpoint.start();
-                match self.send(&endpoint.target, req).await {
-                    Ok(resp) => Attempt::Response(resp),
-                    Err(error) => Attempt::Failed(error),
-                }
-            };
-            let failed = match &outcome {
-                Attempt::Response(resp) => {
-                    endpoint.observe(sent.elapsed());
-                    resp.status().is_server_error()
-                }
-                Attempt::Failed(_) => true,
-            };
-            routes.record_outcome(&endpoint, failed, metrics);
-            let retryable = match &outcome {
-                Attempt::Response(resp) => {
-                    idempotent && policy.retry_on.status(resp.status().as_u16())
-                }
-                // Never sent: safe for any method.
-                Attempt::Failed(UpstreamError::Connect(_)) => policy.retry_on.connect_failure,
-                // Lost mid-exchange: the proxy would answer 502.
-                Attempt::Failed(_) => idempotent && policy.retry_on.status(502),
-            };
-            if retryable && attempt < policy.retry_limit && body.can_replay() {
-                if dest.budget.try_withdraw() {
-                    metrics.retries.get_or_create(route_labels).inc();
-                    tracing::debug!(service = %routes.service, endpoint = %endpoint.target.addr, attempt, "retrying");
-                    attempt += 1;
-                    avoid = Some(endpoint);
-                    continue;
-                }
-                metrics
-                    .retry_budget_exhausted
-                    .get_or_create(route_labels)
-                    .inc();
-            }
-            let remote = endpoint.target.peer_labels();
-            return match outcome {
-                Attempt::Response(resp) => (resp, remote),
-                Attempt::Failed(error) => {
-                    tracing::info!(service = %routes.service, endpoint = %endpoint.target.addr, %error, "upstream request failed");
-                    (error_response(&error), remote)
-                }
-            };
-        }
     }
 
     /// WebSocket-style upgrades and CONNECT: forward the request on a fresh
@@ -808,6 +642,65 @@ impl Forwarder {
             strip_hop_by_hop(resp.headers_mut(), false);
         }
         Ok(resp.map(|body| body.map_err(BoxError::from).boxed()))
+    }
+}
+
+/// Sends one request to one target: hop-by-hop fields go, and HTTP/1
+/// between two proxies travels as HTTP/2 (see [`ORIG_PROTO_HEADER`]). The
+/// request's version is the client's.
+async fn send(
+    ctx: &HttpContext,
+    target: &Target,
+    mut req: Request<BoxBody>,
+) -> Result<Response<BoxBody>, UpstreamError> {
+    strip_hop_by_hop(req.headers_mut(), false);
+    let downstream = if req.version() == http::Version::HTTP_2 {
+        Version::Http2
+    } else {
+        Version::Http1
+    };
+    let version = match (ctx.direction, downstream) {
+        (Direction::Outbound, Version::Http1) if target.mesh.is_some() => {
+            to_mesh_h2(&mut req, target);
+            Version::Http2
+        }
+        (Direction::Inbound, Version::Http2) if req.headers().contains_key(ORIG_PROTO_HEADER) => {
+            from_mesh_h2(&mut req);
+            Version::Http1
+        }
+        (_, Version::Http2) => {
+            // HTTP/2 carries the authority in the URI; keep Host out.
+            req.headers_mut().remove(HOST);
+            Version::Http2
+        }
+        (_, Version::Http1) => Version::Http1,
+    };
+    let mut resp = ctx.pool.send(target, version, req).await?;
+    strip_hop_by_hop(resp.headers_mut(), false);
+    Ok(resp)
+}
+
+/// The bottom of the outbound stack: one request to one endpoint over the
+/// pool.
+#[derive(Clone, Debug)]
+struct EndpointSender(Arc<HttpContext>);
+
+impl tower::Service<(Target, Request<BoxBody>)> for EndpointSender {
+    type Response = Response<BoxBody>;
+    type Error = UpstreamError;
+    type Future = crate::outbound::EndpointFuture;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), UpstreamError>> {
+        // The pool dials on demand: there is nothing to wait for.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, (target, req): (Target, Request<BoxBody>)) -> Self::Future {
+        let ctx = self.0.clone();
+        Box::pin(async move { send(&ctx, &target, req).await })
     }
 }
 
@@ -874,13 +767,12 @@ fn from_mesh_h2(req: &mut Request<BoxBody>) {
 }
 
 fn no_endpoints(dest: &Destination) -> Response<BoxBody> {
-    let service = dest
-        .routes()
-        .map(|r| r.service.to_string())
-        .unwrap_or_else(|| dest.addr.to_string());
+    if let Some(routes) = dest.routes() {
+        return routes.no_endpoint(NoEndpoint::None).into_response();
+    }
     proxy_error(
         StatusCode::SERVICE_UNAVAILABLE,
-        format!("no ready endpoints for {service}"),
+        format!("no ready endpoints for {}", dest.addr),
     )
 }
 

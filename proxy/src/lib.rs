@@ -24,6 +24,7 @@ pub mod io;
 pub mod mesh;
 pub mod metrics;
 pub mod orig_dst;
+pub(crate) mod outbound;
 pub mod pool;
 pub mod tcp;
 pub mod tls;

@@ -299,6 +299,7 @@ pub struct Metrics {
     pub destination_reconnects: Counter,
     pub retries: Family<RouteLabels, Counter>,
     pub retry_budget_exhausted: Family<RouteLabels, Counter>,
+    pub requests_shed: Family<RouteLabels, Counter>,
     pub breaker_transitions: Family<BreakerLabels, Counter>,
     pub authorities: Authorities,
 }
@@ -352,6 +353,7 @@ impl Metrics {
             destination_reconnects: Counter::default(),
             retries: Family::default(),
             retry_budget_exhausted: Family::default(),
+            requests_shed: Family::default(),
             breaker_transitions: Family::default(),
             authorities: Authorities::default(),
             registry: Registry::default(),
@@ -449,6 +451,12 @@ impl Metrics {
             m.retry_budget_exhausted.clone(),
         );
         registry.register(
+            "requests_shed",
+            "HTTP requests answered 503 at once because every endpoint had \
+             balancer.weft.io/max-in-flight requests in flight",
+            m.requests_shed.clone(),
+        );
+        registry.register(
             "circuit_breaker_transitions",
             "Endpoints ejected (open) after consecutive failures, or readmitted (closed)",
             m.breaker_transitions.clone(),
@@ -501,6 +509,7 @@ impl Metrics {
         }
         let _ = self.retries.get_or_create(route);
         let _ = self.retry_budget_exhausted.get_or_create(route);
+        let _ = self.requests_shed.get_or_create(route);
         for state in ["open", "closed"] {
             let _ = self.breaker_transitions.get_or_create(&BreakerLabels {
                 authority: route.authority.clone(),
@@ -546,13 +555,14 @@ impl Metrics {
         self.destination_reconnects.inc();
     }
 
-    pub fn breaker(&self, route: &RouteLabels, state: &'static str) {
+    /// The counter of a route's breaker transitions to `state`.
+    pub fn breaker_counter(&self, route: &RouteLabels, state: &'static str) -> Counter {
         self.breaker_transitions
             .get_or_create(&BreakerLabels {
                 authority: route.authority.clone(),
                 state,
             })
-            .inc();
+            .clone()
     }
 
     /// Renders the Prometheus text exposition format.

@@ -222,7 +222,7 @@ pub async fn forward_balanced<C>(
     };
     let mut avoid: Option<Arc<EndpointState>> = None;
     for _ in 0..OPAQUE_CONNECT_ATTEMPTS {
-        let Some(endpoint) = routes.pick_endpoint(avoid.as_deref()) else {
+        let Ok(endpoint) = routes.pick_for_connection(avoid.as_deref()) else {
             break;
         };
         let in_flight = endpoint.start();
@@ -233,7 +233,7 @@ pub async fn forward_balanced<C>(
         {
             Ok((upstream, upstream_guard)) => {
                 endpoint.observe(started.elapsed());
-                routes.record_outcome(&endpoint, false, &connector.metrics);
+                routes.record_outcome(&endpoint, false);
                 splice(
                     client,
                     client_guard,
@@ -247,7 +247,7 @@ pub async fn forward_balanced<C>(
             }
             Err(error) => {
                 tracing::info!(service = %routes.service, %error, "endpoint unreachable; trying another");
-                routes.record_outcome(&endpoint, true, &connector.metrics);
+                routes.record_outcome(&endpoint, true);
                 drop(in_flight);
                 avoid = Some(endpoint);
             }

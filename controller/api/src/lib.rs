@@ -114,6 +114,13 @@ pub mod policy {
     /// `consecutive:N` ejects an endpoint after N failures in a row; `off`
     /// disables ejection.
     pub const FAILURE_ACCRUAL: &str = "balancer.weft.io/failure-accrual";
+    /// Requests in flight to one endpoint from one proxy at most (a
+    /// number, or `off`): beyond it a request goes to another endpoint, or
+    /// is answered 503 at once when all are full, instead of queueing.
+    pub const MAX_IN_FLIGHT: &str = "balancer.weft.io/max-in-flight";
+    /// The in-flight limit when a service does not say: generous, so that
+    /// it only stops a runaway queue in front of a stuck endpoint.
+    pub const DEFAULT_MAX_IN_FLIGHT: u32 = 10_000;
     /// Failure accrual when a service does not say.
     pub const DEFAULT_FAILURE_ACCRUAL: u32 = 5;
     /// Retry limit when retries are on and the service does not say.

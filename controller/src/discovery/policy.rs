@@ -17,6 +17,7 @@ const MAX_RETRY_LIMIT: u32 = 10;
 pub fn from_annotations(annotations: &BTreeMap<String, String>) -> (RoutePolicy, Vec<Invalid>) {
     let mut policy = RoutePolicy {
         failure_accrual_consecutive: names::DEFAULT_FAILURE_ACCRUAL,
+        max_in_flight: names::DEFAULT_MAX_IN_FLIGHT,
         ..Default::default()
     };
     let mut invalid = Vec::new();
@@ -68,7 +69,24 @@ pub fn from_annotations(annotations: &BTreeMap<String, String>) -> (RoutePolicy,
             Err(why) => bad(names::FAILURE_ACCRUAL, v, "bad_failure_accrual", why),
         }
     }
+    if let Some(v) = annotations.get(names::MAX_IN_FLIGHT) {
+        match parse_max_in_flight(v) {
+            Ok(n) => policy.max_in_flight = n,
+            Err(why) => bad(names::MAX_IN_FLIGHT, v, "bad_max_in_flight", why),
+        }
+    }
     (policy, invalid)
+}
+
+fn parse_max_in_flight(v: &str) -> Result<u32, String> {
+    let v = v.trim();
+    if v == "off" {
+        return Ok(u32::MAX);
+    }
+    match v.parse::<u32>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{v:?} is not a positive number or off")),
+    }
 }
 
 fn parse_retry_on(v: &str) -> Result<Vec<String>, String> {
@@ -129,6 +147,7 @@ mod tests {
             p.failure_accrual_consecutive,
             names::DEFAULT_FAILURE_ACCRUAL
         );
+        assert_eq!(p.max_in_flight, names::DEFAULT_MAX_IN_FLIGHT);
     }
 
     #[test]
@@ -138,14 +157,20 @@ mod tests {
             (names::RETRY_LIMIT, "3"),
             (names::TIMEOUT_REQUEST, "750ms"),
             (names::FAILURE_ACCRUAL, "consecutive:4"),
+            (names::MAX_IN_FLIGHT, "64"),
         ]);
         assert!(invalid.is_empty(), "{invalid:?}");
         assert_eq!(p.retry_on, vec!["5xx", "connect-failure", "429"]);
         assert_eq!(p.retry_limit, 3);
         assert_eq!(p.timeout_ms, 750);
         assert_eq!(p.failure_accrual_consecutive, 4);
-        let (p, _) = policy(&[(names::FAILURE_ACCRUAL, "off")]);
+        assert_eq!(p.max_in_flight, 64);
+        let (p, _) = policy(&[
+            (names::FAILURE_ACCRUAL, "off"),
+            (names::MAX_IN_FLIGHT, "off"),
+        ]);
         assert_eq!(p.failure_accrual_consecutive, 0);
+        assert_eq!(p.max_in_flight, u32::MAX);
     }
 
     #[test]
@@ -155,6 +180,7 @@ mod tests {
             (names::RETRY_LIMIT, "many"),
             (names::TIMEOUT_REQUEST, "0s"),
             (names::FAILURE_ACCRUAL, "consecutive:0"),
+            (names::MAX_IN_FLIGHT, "0"),
         ]);
         let reasons: Vec<_> = invalid.iter().map(|i| i.reason.as_str()).collect();
         assert_eq!(
@@ -163,7 +189,8 @@ mod tests {
                 "bad_retry_conditions",
                 "bad_retry_limit",
                 "bad_timeout",
-                "bad_failure_accrual"
+                "bad_failure_accrual",
+                "bad_max_in_flight"
             ]
         );
         assert!(invalid[0].detail.contains("sometimes"), "{invalid:?}");

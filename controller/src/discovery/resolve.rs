@@ -243,6 +243,7 @@ impl Resolver<'_> {
             service: String::new(),
             policy: Some(RoutePolicy {
                 failure_accrual_consecutive: 0,
+                max_in_flight: weft_api::policy::DEFAULT_MAX_IN_FLIGHT,
                 ..Default::default()
             }),
             backends: vec![Backend {

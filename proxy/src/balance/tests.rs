@@ -13,7 +13,9 @@ fn endpoint(port: u16) -> Arc<EndpointState> {
 fn share(endpoints: &[Arc<EndpointState>], rounds: usize) -> Vec<usize> {
     let mut counts = vec![0; endpoints.len()];
     for _ in 0..rounds {
-        let picked = pick(endpoints, None).unwrap();
+        let Pick::Endpoint(picked) = pick(endpoints, None, usize::MAX) else {
+            panic!("no pick");
+        };
         let i = endpoints
             .iter()
             .position(|e| Arc::ptr_eq(e, picked))
@@ -79,7 +81,7 @@ fn probation_failure_ejects_again_for_longer() {
         other => panic!("{other:?}"),
     };
     // Pretend the ejection ran out.
-    e.breaker.lock().unwrap().ejected_until = Some(Instant::now());
+    e.set_ejected_until(&mut e.breaker.lock().unwrap(), Some(Instant::now()));
     assert!(e.is_available(Instant::now()));
     let second = match e.failure(3) {
         BreakerEvent::Ejected(d) => d,
@@ -87,7 +89,7 @@ fn probation_failure_ejects_again_for_longer() {
     };
     // Doubling with ±50 % jitter: 2 s × [0.5, 1.5) vs 1 s × [0.5, 1.5).
     assert!(second >= Duration::from_secs(1) && first < Duration::from_millis(1500));
-    e.breaker.lock().unwrap().ejected_until = Some(Instant::now());
+    e.set_ejected_until(&mut e.breaker.lock().unwrap(), Some(Instant::now()));
     assert_eq!(e.success(), BreakerEvent::Recovered);
     assert_eq!(e.success(), BreakerEvent::None);
 }
@@ -111,12 +113,73 @@ fn an_ejected_endpoint_gets_no_traffic_unless_all_are() {
 fn retries_avoid_the_endpoint_that_failed() {
     let endpoints: Vec<_> = (1..=2).map(endpoint).collect();
     for _ in 0..100 {
-        let picked = pick(&endpoints, Some(&endpoints[0])).unwrap();
-        assert!(Arc::ptr_eq(picked, &endpoints[1]));
+        let picked = pick(&endpoints, Some(&endpoints[0]), usize::MAX);
+        assert!(matches!(picked, Pick::Endpoint(e) if Arc::ptr_eq(e, &endpoints[1])));
     }
     // With nothing else, the only endpoint is used.
-    assert!(pick(&endpoints[..1], Some(&endpoints[0])).is_some());
-    assert!(pick::<Arc<EndpointState>>(&[], None).is_none());
+    assert!(matches!(
+        pick(&endpoints[..1], Some(&endpoints[0]), usize::MAX),
+        Pick::Endpoint(_)
+    ));
+    assert!(matches!(
+        pick::<Arc<EndpointState>>(&[], None, usize::MAX),
+        Pick::Empty
+    ));
+}
+
+#[test]
+fn an_endpoint_at_its_limit_is_skipped_and_all_full_sheds() {
+    let endpoints: Vec<_> = (1..=3).map(endpoint).collect();
+    let _full: Vec<_> = (0..2).map(|_| endpoints[0].start()).collect();
+    // Even when it is the fastest by far, and when the others are ejected.
+    endpoints[1].observe(Duration::from_millis(80));
+    endpoints[2].observe(Duration::from_millis(80));
+    for e in &endpoints[1..] {
+        for _ in 0..5 {
+            e.failure(5);
+        }
+    }
+    for _ in 0..200 {
+        match pick(&endpoints, None, 2) {
+            Pick::Endpoint(e) => assert!(!Arc::ptr_eq(e, &endpoints[0])),
+            other => panic!("{other:?}"),
+        }
+    }
+    let _more: Vec<_> = endpoints[1..]
+        .iter()
+        .flat_map(|e| [e.start(), e.start()])
+        .collect();
+    assert!(matches!(pick(&endpoints, None, 2), Pick::Overloaded));
+    // A retry's avoided endpoint is no way around the limit either.
+    assert!(matches!(
+        pick(&endpoints, Some(&endpoints[1]), 2),
+        Pick::Overloaded
+    ));
+    assert!(matches!(pick(&endpoints, None, 3), Pick::Endpoint(_)));
+}
+
+#[test]
+fn many_endpoints_with_few_usable_are_still_found() {
+    // Random draws miss: the scan finds the two usable ones.
+    let endpoints: Vec<_> = (1..=200).map(endpoint).collect();
+    let _full: Vec<_> = endpoints[2..].iter().map(|e| e.start()).collect();
+    let counts = share_limited(&endpoints, 400, 1);
+    assert_eq!(counts[0] + counts[1], 400, "{:?}", &counts[..4]);
+    assert!(counts[0] > 0 && counts[1] > 0);
+}
+
+fn share_limited(endpoints: &[Arc<EndpointState>], rounds: usize, limit: usize) -> Vec<usize> {
+    let mut counts = vec![0; endpoints.len()];
+    for _ in 0..rounds {
+        let Pick::Endpoint(picked) = pick(endpoints, None, limit) else {
+            panic!("no pick");
+        };
+        counts[endpoints
+            .iter()
+            .position(|e| Arc::ptr_eq(e, picked))
+            .unwrap()] += 1;
+    }
+    counts
 }
 
 #[test]

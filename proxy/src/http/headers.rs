@@ -70,7 +70,7 @@ pub(super) fn header_list_size(headers: &HeaderMap) -> usize {
         .sum()
 }
 
-pub(super) fn error_response(error: &UpstreamError) -> Response<BoxBody> {
+pub(crate) fn error_response(error: &UpstreamError) -> Response<BoxBody> {
     let status = match error {
         UpstreamError::Connect(ConnectError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
@@ -79,7 +79,7 @@ pub(super) fn error_response(error: &UpstreamError) -> Response<BoxBody> {
 }
 
 /// A response the proxy makes itself, naming the cause in a header.
-pub(super) fn proxy_error(status: StatusCode, reason: String) -> Response<BoxBody> {
+pub(crate) fn proxy_error(status: StatusCode, reason: String) -> Response<BoxBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from(format!("{reason}\n")))
             .map_err(BoxError::from)

@@ -1,0 +1,93 @@
+//! Outbound HTTP to a destination discovery knows, as a stack of tower
+//! layers, from the top:
+//!
+//! 1. the route timeout (`tower::timeout`), over all attempts;
+//! 2. retries (`tower::retry`, with [`retry::RetryPolicy`] and the
+//!    destination's `TpsBudget`), each attempt replaying the body copy;
+//! 3. [`pick::Balance`]: the split's backend by weight, then an endpoint by
+//!    two choices over peak-EWMA load, skipping ejected endpoints and those
+//!    at their in-flight limit; it feeds the outcome back to the breaker;
+//! 4. the endpoint service: hop-by-hop stripping, the HTTP/1→HTTP/2 mesh
+//!    upgrade, and the pooled connection (`crate::http::EndpointSender`).
+//!
+//! The logical layer above it (span, request and response metrics, the
+//! header limit) is `crate::http::Forwarder`; errors become responses in
+//! one place, [`error::Error::into_response`].
+
+pub(crate) mod error;
+pub(crate) mod pick;
+pub(crate) mod retry;
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use tower::ServiceExt;
+use tower::retry::Retry;
+use tower::timeout::Timeout;
+
+use crate::balance::{EndpointState, RetryBudget};
+use crate::discovery::Routes;
+use crate::http::replay::{MAX_REPLAY_BYTES, ReplayBody};
+use crate::pool::BoxBody;
+use crate::tcp::Target;
+use error::Error;
+
+/// The endpoint service's future. Boxed: a generic `S::Future: Send`
+/// bound trips a rustc limitation with `BoxError`'s lifetime.
+pub(crate) type EndpointFuture =
+    futures_util::future::BoxFuture<'static, Result<Response<BoxBody>, crate::pool::UpstreamError>>;
+
+/// Which attempt a request is; the retry policy sets it for each retry.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Attempt {
+    /// The endpoint the previous attempt failed on.
+    pub avoid: Option<Arc<EndpointState>>,
+    /// Already picked (the first attempt is picked by the caller, which
+    /// counts the request under that hop on arrival).
+    pub chosen: Option<Arc<EndpointState>>,
+}
+
+/// Sends `req` to the destination of `routes`, starting with `first`, with
+/// the route's timeout and retries. `endpoint` sends one request to one
+/// endpoint.
+pub(crate) async fn send<S>(
+    routes: Arc<Routes>,
+    budget: Arc<RetryBudget>,
+    first: Arc<EndpointState>,
+    endpoint: S,
+    req: Request<BoxBody>,
+) -> Result<Response<BoxBody>, Error>
+where
+    S: tower::Service<(Target, Request<BoxBody>), Response = Response<BoxBody>>
+        + Clone
+        + Send
+        + 'static,
+    S: tower::Service<
+            (Target, Request<BoxBody>),
+            Error = crate::pool::UpstreamError,
+            Future = EndpointFuture,
+        >,
+{
+    let retries_on = routes.retry.is_on();
+    let (parts, body) = req.into_parts();
+    let body = if retries_on {
+        ReplayBody::replayable(body, MAX_REPLAY_BYTES)
+    } else {
+        ReplayBody::once(body)
+    };
+    let mut req = Request::from_parts(parts, body);
+    req.extensions_mut().insert(Attempt {
+        avoid: None,
+        chosen: Some(first),
+    });
+    budget.deposit();
+    let balance = pick::Balance::new(routes.clone(), endpoint);
+    let retry = Retry::new(routes.retry.policy(budget), balance);
+    match routes.policy.timeout {
+        None => retry.oneshot(req).await,
+        Some(after) => Timeout::new(retry, after)
+            .oneshot(req)
+            .await
+            .map_err(|error| Error::from_boxed(error, &routes.service, after)),
+    }
+}
