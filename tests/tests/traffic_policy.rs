@@ -444,3 +444,153 @@ async fn bad_annotations_and_splits_are_ignored_not_fatal() {
     let log = c.mesh.controller_log(&controller);
     assert!(log.contains("retry.weft.io/http=\"sometimes\""), "{log}");
 }
+
+/// One GET through the client pod's proxy to `web`: status, served-by and
+/// `weft-proxy-error`, on a connection of its own.
+async fn get_once(c: &Cluster, path: &str) -> (u16, String, String) {
+    let stream = c.client.connect(web()).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, "web.demo")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("response");
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    (
+        resp.status().as_u16(),
+        header("x-served-by"),
+        header(weft_proxy::http::PROXY_ERROR_HEADER),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_endpoint_is_skipped_and_all_full_sheds_at_once() {
+    let c = Arc::new(web_cluster("limit", &[(policy::MAX_IN_FLIGHT, "1")], &[&[], &[]]).await);
+    assert_eq!(get_once(&c, "/").await.0, 200);
+    // Two slow requests: the second finds the first endpoint full and
+    // takes the other.
+    let slow: Vec<_> = (0..2)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100 * i)).await;
+                get_once(&c, "/delay?ms=2000").await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let started = Instant::now();
+    let (status, _, cause) = get_once(&c, "/").await;
+    let waited = started.elapsed();
+    println!("with both endpoints full: {status} after {waited:?}: {cause}");
+    assert_eq!(status, 503);
+    assert!(cause.ends_with("overloaded"), "{cause}");
+    assert!(cause.contains("max-in-flight"), "{cause}");
+    assert!(
+        waited < Duration::from_millis(800),
+        "not at once: {waited:?}"
+    );
+    let mut servers = Vec::new();
+    for task in slow {
+        let (status, server, cause) = task.await.unwrap();
+        assert_eq!(status, 200, "{cause}");
+        servers.push(server);
+    }
+    servers.sort();
+    servers.dedup();
+    assert_eq!(
+        servers.len(),
+        2,
+        "both slow requests on one endpoint: {servers:?}"
+    );
+    // Room again once they are done.
+    assert_eq!(get_once(&c, "/").await.0, 200);
+    let shed = client_metric(
+        &c,
+        "requests_shed_total",
+        &[("authority", "web.demo.svc.cluster.local:80")],
+    )
+    .await;
+    assert_eq!(shed, 1.0);
+}
+
+/// PUT /upload with a body in `chunks` chunks of `size` bytes and no
+/// `content-length`, as a gRPC stream sends it; the server's answer.
+async fn put_chunked(c: &Cluster, chunks: usize, size: usize) -> (u16, String) {
+    let stream = c.client.connect(web()).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let frames = (0..chunks).map(move |_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(vec![
+            b'z';
+            size
+        ])))
+    });
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let req = http::Request::put("/upload")
+        .header(http::header::HOST, "web.demo")
+        .body(body)
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsized_bodies_under_the_cap_are_retried_whole() {
+    let c = web_cluster(
+        "replay",
+        &[
+            (policy::RETRY_HTTP, "5xx"),
+            (policy::RETRY_LIMIT, "3"),
+            (policy::FAILURE_ACCRUAL, "off"),
+        ],
+        &[&[("DEMO_FAIL_STATUS", "503")], &[]],
+    )
+    .await;
+    // 3 × 16 KiB, streamed without content-length: under the 64 KiB copy.
+    for _ in 0..30 {
+        let (status, body) = put_chunked(&c, 3, 16 * 1024).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, format!("received {} bytes", 3 * 16 * 1024));
+    }
+    let retries = client_metric(
+        &c,
+        "retries_total",
+        &[("authority", "web.demo.svc.cluster.local:80")],
+    )
+    .await;
+    println!("30 unsized uploads, all answered by the healthy server, after {retries} retries");
+    assert!(retries >= 1.0, "the failing server was never picked");
+    // Over the copy's cap a failure cannot be retried: the app sees it,
+    // and every upload that succeeds arrived whole.
+    let mut failed = 0;
+    for _ in 0..30 {
+        match put_chunked(&c, 5, 16 * 1024).await {
+            (200, body) => assert_eq!(body, format!("received {} bytes", 5 * 16 * 1024)),
+            // The failing server answers without reading the body, so its
+            // proxy may see the upload cut off (502) before the 503.
+            (503 | 502, _) => failed += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    println!("30 uploads over the cap: {failed} failed at the failing server");
+    assert!(failed > 0, "over the cap, no failure reached the app");
+}

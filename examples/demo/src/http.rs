@@ -2,7 +2,7 @@
 //!
 //! Routes:
 //! - `GET /` answers `hello from <name>`;
-//! - `POST /upload` reads the body as a stream and answers with its size
+//! - `POST /upload` (or `PUT`) reads the body as a stream and answers with its size
 //!   (`received <n> bytes`), so a 100 MB upload never sits in memory;
 //! - `GET /download?bytes=N` streams N bytes back;
 //! - `GET /ws` is a WebSocket that echoes every message;
@@ -46,7 +46,7 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Bod
     let path = req.uri().path().to_string();
     let mut resp = match (req.method().as_str(), path.as_str()) {
         ("GET", "/") => Response::new(full(format!("hello from {name}\n"))),
-        ("POST", "/upload") => {
+        ("POST" | "PUT", "/upload") => {
             let mut body = req.into_body();
             let mut total: u64 = 0;
             while let Some(frame) = body.frame().await {
