@@ -34,6 +34,7 @@ use crate::pool::{BoxBody, BoxError, Pool, UpstreamError, Version};
 use crate::tcp::{Connector, Target};
 use crate::trace::{RequestSpan, Tracer};
 
+pub(crate) mod expect;
 pub(crate) mod headers;
 pub(crate) mod replay;
 pub use headers::strip_hop_by_hop;
@@ -646,8 +647,9 @@ impl Forwarder {
 }
 
 /// Sends one request to one target: hop-by-hop fields go, and HTTP/1
-/// between two proxies travels as HTTP/2 (see [`ORIG_PROTO_HEADER`]). The
-/// request's version is the client's.
+/// between two proxies travels as HTTP/2 (see [`ORIG_PROTO_HEADER`]),
+/// except a request that expects `100 Continue`, whose body waits for the
+/// server's 100 (see [`expect`]). The request's version is the client's.
 async fn send(
     ctx: &HttpContext,
     target: &Target,
@@ -659,8 +661,9 @@ async fn send(
     } else {
         Version::Http1
     };
+    let expect = downstream == Version::Http1 && expect::expects_continue(req.headers());
     let version = match (ctx.direction, downstream) {
-        (Direction::Outbound, Version::Http1) if target.mesh.is_some() => {
+        (Direction::Outbound, Version::Http1) if target.mesh.is_some() && !expect => {
             to_mesh_h2(&mut req, target);
             Version::Http2
         }
@@ -675,7 +678,19 @@ async fn send(
         }
         (_, Version::Http1) => Version::Http1,
     };
-    let mut resp = ctx.pool.send(target, version, req).await?;
+    let (req, gate) = match expect && version == Version::Http1 {
+        true => {
+            let (req, gate) = expect::gate(req, expect::CONTINUE_WAIT);
+            (req, Some(gate))
+        }
+        false => (req, None),
+    };
+    let sent = ctx.pool.send(target, version, req).await;
+    if let Some(gate) = gate {
+        // A final answer without a 100: the client's body is not wanted.
+        gate.close();
+    }
+    let mut resp = sent?;
     strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp)
 }

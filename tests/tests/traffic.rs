@@ -749,3 +749,55 @@ async fn http1_response_trailers_cross_both_proxies() {
         );
     }
 }
+
+/// Reads one response head (up to the blank line) from a raw connection.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("a response head within 5 s")
+            .unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_continue_is_answered_by_the_server() {
+    use weft_testbed::identity::ControllerOptions;
+    let meshed = meshed_pair("expect", ControllerOptions::default(), &[]).await;
+    let plain = pair("expectplain", &[]).await;
+    for p in [&meshed.pair, &plain] {
+        let id = &p.mesh.id;
+        // A server that refuses at once is heard before the body is sent.
+        let mut s = p.client.connect(p.http_addr()).await.unwrap();
+        s.write_all(
+            b"PUT /refuse HTTP/1.1\r\nhost: server\r\ncontent-length: 1000000\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 413"), "{id}: {head}");
+        // A server that wants the body sends the 100 itself: before the
+        // proxies' one-second fallback.
+        let mut s = p.client.connect(p.http_addr()).await.unwrap();
+        let started = Instant::now();
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nhost: server\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let head = read_head(&mut s).await;
+        let waited = started.elapsed();
+        assert!(head.starts_with("HTTP/1.1 100"), "{id}: {head}");
+        assert!(waited < Duration::from_millis(900), "{id}: 100 after {waited:?}");
+        s.write_all(b"hello").await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{id}: {head}");
+        println!("{id}: 413 before the body; 100 from the server after {waited:?}");
+    }
+}

@@ -4,6 +4,7 @@
 //! - `GET /` answers `hello from <name>`;
 //! - `POST /upload` (or `PUT`) reads the body as a stream and answers with its size
 //!   (`received <n> bytes`), so a 100 MB upload never sits in memory;
+//! - `/refuse` answers 413 at once, without reading the body;
 //! - `GET /download?bytes=N` streams N bytes back;
 //! - `GET /ws` is a WebSocket that echoes every message;
 //! - `GET /delay?ms=N` answers after N ms;
@@ -46,6 +47,12 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Bod
     let path = req.uri().path().to_string();
     let mut resp = match (req.method().as_str(), path.as_str()) {
         ("GET", "/") => Response::new(full(format!("hello from {name}\n"))),
+        // Refuses any upload at once, without reading it (so hyper sends no
+        // `100 Continue`).
+        (_, "/refuse") => Response::builder()
+            .status(StatusCode::PAYLOAD_TOO_LARGE)
+            .body(full("upload refused\n"))
+            .unwrap_or_default(),
         ("POST" | "PUT", "/upload") => {
             let mut body = req.into_body();
             let mut total: u64 = 0;
