@@ -662,13 +662,17 @@ async fn send(
         Version::Http1
     };
     let expect = downstream == Version::Http1 && expect::expects_continue(req.headers());
+    // Whether this hop turns HTTP/1 into mesh HTTP/2, or back.
+    let (mut to_mesh, mut from_mesh) = (false, false);
     let version = match (ctx.direction, downstream) {
         (Direction::Outbound, Version::Http1) if target.mesh.is_some() && !expect => {
             to_mesh_h2(&mut req, target);
+            to_mesh = true;
             Version::Http2
         }
         (Direction::Inbound, Version::Http2) if req.headers().contains_key(ORIG_PROTO_HEADER) => {
             from_mesh_h2(&mut req);
+            from_mesh = true;
             Version::Http1
         }
         (_, Version::Http2) => {
@@ -692,7 +696,31 @@ async fn send(
     }
     let mut resp = sent?;
     strip_hop_by_hop(resp.headers_mut(), false);
+    if from_mesh {
+        carry_reason(&mut resp);
+    } else if to_mesh {
+        restore_reason(&mut resp);
+    }
     Ok(resp)
+}
+
+/// Carries an HTTP/1 server's own reason phrase across the mesh's HTTP/2
+/// hop, which has none: the client's proxy puts it back.
+pub const REASON_HEADER: &str = "weft-orig-reason";
+
+fn carry_reason(resp: &mut Response<BoxBody>) {
+    let reason = resp.extensions().get::<hyper::ext::ReasonPhrase>();
+    if let Some(value) = reason.and_then(|r| HeaderValue::from_bytes(r.as_bytes()).ok()) {
+        resp.headers_mut().insert(REASON_HEADER, value);
+    }
+}
+
+fn restore_reason(resp: &mut Response<BoxBody>) {
+    if let Some(value) = resp.headers_mut().remove(REASON_HEADER)
+        && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(value.as_bytes())
+    {
+        resp.extensions_mut().insert(reason);
+    }
 }
 
 /// The bottom of the outbound stack: one request to one endpoint over the

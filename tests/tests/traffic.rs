@@ -794,10 +794,41 @@ async fn expect_continue_is_answered_by_the_server() {
         let head = read_head(&mut s).await;
         let waited = started.elapsed();
         assert!(head.starts_with("HTTP/1.1 100"), "{id}: {head}");
-        assert!(waited < Duration::from_millis(900), "{id}: 100 after {waited:?}");
+        assert!(
+            waited < Duration::from_millis(900),
+            "{id}: 100 after {waited:?}"
+        );
         s.write_all(b"hello").await.unwrap();
         let head = read_head(&mut s).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{id}: {head}");
         println!("{id}: 413 before the body; 100 from the server after {waited:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lines_keep_the_server_reason_and_http10_gets_http10() {
+    use weft_testbed::identity::ControllerOptions;
+    let meshed = meshed_pair("reason", ControllerOptions::default(), &[]).await;
+    let plain = pair("reasonplain", &[]).await;
+    for p in [&meshed.pair, &plain] {
+        let id = &p.mesh.id;
+        let mut s = p.client.connect(p.http_addr()).await.unwrap();
+        s.write_all(b"GET /reason HTTP/1.1\r\nhost: server\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(
+            head.starts_with("HTTP/1.1 200 Fine Indeed\r\n"),
+            "{id}: {head}"
+        );
+        assert!(!head.contains("weft-orig-reason"), "{id}: {head}");
+        // An HTTP/1.0 client is answered in HTTP/1.0, as hyper's server
+        // does for any HTTP/1.0 peer (and as such a client can parse).
+        let mut s = p.client.connect(p.http_addr()).await.unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nhost: server\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{id}: {head}");
     }
 }

@@ -4,6 +4,7 @@
 //! - `GET /` answers `hello from <name>`;
 //! - `POST /upload` (or `PUT`) reads the body as a stream and answers with its size
 //!   (`received <n> bytes`), so a 100 MB upload never sits in memory;
+//! - `GET /reason` answers `200 Fine Indeed`, a reason phrase of its own;
 //! - `/refuse` answers 413 at once, without reading the body;
 //! - `GET /download?bytes=N` streams N bytes back;
 //! - `GET /ws` is a WebSocket that echoes every message;
@@ -47,6 +48,12 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Bod
     let path = req.uri().path().to_string();
     let mut resp = match (req.method().as_str(), path.as_str()) {
         ("GET", "/") => Response::new(full(format!("hello from {name}\n"))),
+        ("GET", "/reason") => {
+            let mut resp = Response::new(full("a reason of its own\n"));
+            resp.extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::from_static(b"Fine Indeed"));
+            resp
+        }
         // Refuses any upload at once, without reading it (so hyper sends no
         // `100 Continue`).
         (_, "/refuse") => Response::builder()
