@@ -135,8 +135,9 @@ pub struct Routes {
     pub readmitted: Counter,
     pub shed: Counter,
     pub backends: Vec<BackendSet>,
-    /// Skip protocol detection.
-    pub opaque: bool,
+    /// The protocol the port declares (opaque-ports annotations, or the
+    /// Service port's `appProtocol`): no detection needed.
+    pub protocol: Option<crate::detect::Protocol>,
 }
 
 impl Routes {
@@ -384,6 +385,7 @@ fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
         .flat_map(|b| &b.endpoints)
         .map(|e| (&e.target, e))
         .collect();
+    let protocol = declared_protocol(&update);
     let policy = update.policy.unwrap_or_default();
     let mut backends = Vec::with_capacity(update.backends.len());
     for backend in update.backends {
@@ -457,7 +459,7 @@ fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
             },
         },
         backends,
-        opaque: update.opaque,
+        protocol,
     };
     tracing::debug!(
         addr = %dest.addr,
@@ -468,6 +470,18 @@ fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
     metrics.route_known(&routes.route_labels);
     dest.routes.store(Some(Arc::new(routes)));
     dest.answered.send_replace(true);
+}
+
+fn declared_protocol(update: &DestinationUpdate) -> Option<crate::detect::Protocol> {
+    use crate::detect::Protocol;
+    use weft_api::proto::destination::AppProtocol;
+    match update.protocol() {
+        AppProtocol::Http1 => Some(Protocol::Http1),
+        AppProtocol::Http2 => Some(Protocol::Http2),
+        AppProtocol::Opaque => Some(Protocol::Opaque),
+        // An older controller says only `opaque`.
+        AppProtocol::Detect => update.opaque.then_some(Protocol::Opaque),
+    }
 }
 
 fn target_of(address: &str, identity: &str) -> Option<Target> {
@@ -543,7 +557,7 @@ mod tests {
             ejected: Counter::default(),
             readmitted: Counter::default(),
             shed: Counter::default(),
-            opaque: false,
+            protocol: None,
             backends: weights
                 .iter()
                 .enumerate()

@@ -327,10 +327,10 @@ fn local_app(orig_dst: SocketAddr, port: u16) -> SocketAddr {
     }
 }
 
-/// Where a connection should go, given where the client sent it, and
-/// whether discovery says the port is opaque.
-async fn route_for(ctx: &Listener, orig_dst: SocketAddr) -> (Route, bool) {
-    let fixed = |target: Target| (Route::Fixed(Arc::new(target)), false);
+/// Where a connection should go, given where the client sent it, and the
+/// protocol discovery says the port speaks, if it says.
+async fn route_for(ctx: &Listener, orig_dst: SocketAddr) -> (Route, Option<Protocol>) {
+    let fixed = |target: Target| (Route::Fixed(Arc::new(target)), None);
     match ctx.direction {
         Direction::Inbound => fixed(Target::plain(local_app(orig_dst, orig_dst.port()))),
         Direction::Outbound => {
@@ -345,8 +345,8 @@ async fn route_for(ctx: &Listener, orig_dst: SocketAddr) -> (Route, bool) {
                 return fixed(Target::plain(orig_dst));
             };
             let dest = resolver.resolve(orig_dst).await;
-            let opaque = dest.routes().is_some_and(|r| r.opaque);
-            (Route::Balanced(dest), opaque)
+            let declared = dest.routes().and_then(|r| r.protocol);
+            (Route::Balanced(dest), declared)
         }
     }
 }
@@ -415,14 +415,23 @@ fn detection_timed_out(ctx: &Listener, port: u16) {
 /// Detects the protocol of an accepted connection and forwards it.
 async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
     let direction = ctx.direction;
-    let (route, opaque_hint) = route_for(&ctx, orig_dst).await;
+    let (route, declared) = route_for(&ctx, orig_dst).await;
     // The accepted side of this connection is never mesh TLS: outbound it
     // is the app, inbound an unmeshed client.
     let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", PeerLabels::plain());
     let mut io = tcp::counting(&ctx.metrics, stream, guard.labels());
     let mut buf = BytesMut::with_capacity(1024);
-    let (protocol, outcome) = if opaque_hint || ctx.config.opaque_ports.contains(&orig_dst.port()) {
-        (Protocol::Opaque, "opaque_port")
+    // The proxy's own opaque ports win over what discovery declares.
+    let declared = match ctx.config.opaque_ports.contains(&orig_dst.port()) {
+        true => Some(Protocol::Opaque),
+        false => declared,
+    };
+    let (protocol, outcome) = if let Some(protocol) = declared {
+        let outcome = match protocol {
+            Protocol::Opaque | Protocol::Tls => "opaque_port",
+            http => http.as_str(),
+        };
+        (protocol, outcome)
     } else {
         match detect::detect(&mut io, &mut buf, ctx.config.detect_timeout).await {
             Ok(Detection::Found(protocol)) => (protocol, protocol.as_str()),

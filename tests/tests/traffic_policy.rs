@@ -594,3 +594,70 @@ async fn unsized_bodies_under_the_cap_are_retried_whole() {
     println!("30 uploads over the cap: {failed} failed at the failing server");
     assert!(failed > 0, "over the cap, no failure reached the app");
 }
+
+/// Time until a banner server behind `addr` greets a client of the client
+/// pod (the server speaks first).
+async fn greeting_after(c: &Cluster, addr: SocketAddr) -> Duration {
+    use tokio::io::AsyncBufReadExt;
+    let started = Instant::now();
+    let stream = c.client.connect(addr).await.expect("connect");
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    let greeting = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("a greeting")
+        .expect("read")
+        .expect("a line");
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_app_protocol_skips_detection() {
+    const DB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+    let c = cluster("appproto").await;
+    let server = c.add_server("db-0", "db", &[]).await.expect("server");
+    c.mesh
+        .spawn_demo(&server.pod, "banner", 2525, "db-0")
+        .await
+        .expect("banner");
+    // Port 25 declares its protocol; port 26 reaches the same server
+    // without saying.
+    c.extra_documents(&format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: demo}}
+spec:
+  clusterIP: {DB_IP}
+  ports:
+    - {{name: smtp, port: 25, targetPort: 2525, appProtocol: smtp}}
+    - {{name: mail, port: 26, targetPort: 2525}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: db-abc
+  namespace: demo
+  labels: {{kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{{name: smtp, port: 2525}}, {{name: mail, port: 2525}}]
+endpoints:
+  - addresses: ["{}"]
+    conditions: {{ready: true}}
+    targetRef: {{kind: Pod, name: db-0}}"#,
+        server.pod.ip
+    ));
+    c.sync(false).await.expect("publish");
+    let declared = greeting_after(&c, SocketAddr::from((DB_IP, 25))).await;
+    let undeclared = greeting_after(&c, SocketAddr::from((DB_IP, 26))).await;
+    println!("greeting with appProtocol after {declared:?}, without after {undeclared:?}");
+    assert!(declared < Duration::from_millis(500), "{declared:?}");
+    // Without it the client's proxy waits out its 1 s detection.
+    assert!(undeclared >= Duration::from_millis(900), "{undeclared:?}");
+    let detected = client_metric(
+        &c,
+        "protocol_detect_total",
+        &[("direction", "outbound"), ("protocol", "opaque_port")],
+    )
+    .await;
+    assert_eq!(detected, 1.0);
+}

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use weft_api::proto::destination::RoutePolicy;
+use weft_api::proto::destination::{AppProtocol, RoutePolicy};
 use weft_api::split::TrafficSplit;
 
 use super::policy;
@@ -40,6 +40,24 @@ pub struct ServicePort {
     /// A number, a name (looked up in the endpoints' ports) or nothing
     /// (same as `port`).
     pub target: Option<TargetPort>,
+    /// What `appProtocol` declares.
+    pub protocol: AppProtocol,
+}
+
+/// What a Service port's `appProtocol` means to the proxy: any declared
+/// protocol skips detection. HTTP values are served as HTTP at once; every
+/// other value (`tcp`, `mysql`, `https`, `kubernetes.io/wss`, ...) is a
+/// byte stream the proxy forwards without looking, as detection could only
+/// have found it opaque (or made a server-speaks-first client wait).
+pub fn app_protocol(declared: Option<&str>) -> AppProtocol {
+    let Some(value) = declared.map(str::trim).filter(|v| !v.is_empty()) else {
+        return AppProtocol::Detect;
+    };
+    match value.to_ascii_lowercase().as_str() {
+        "http" | "http1" | "kubernetes.io/ws" => AppProtocol::Http1,
+        "kubernetes.io/h2c" | "h2c" | "http2" | "grpc" | "grpc-web" => AppProtocol::Http2,
+        _ => AppProtocol::Opaque,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +149,7 @@ impl ServiceInfo {
             .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
             .filter_map(|p| {
                 Some(ServicePort {
+                    protocol: app_protocol(p.app_protocol.as_deref()),
                     name: p.name.clone().unwrap_or_default(),
                     port: u16::try_from(p.port).ok()?,
                     target: p.target_port.as_ref().and_then(|t| match t {

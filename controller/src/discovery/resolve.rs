@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use weft_api::identity::SpiffeId;
 use weft_api::proto::destination::{
-    Backend, DestinationUpdate, Endpoint, ProtocolHint, RoutePolicy,
+    AppProtocol, Backend, DestinationUpdate, Endpoint, ProtocolHint, RoutePolicy,
 };
 
 use super::model::{Key, ServiceInfo, ServicePort, TargetPort};
@@ -135,13 +135,20 @@ impl Resolver<'_> {
                     .iter()
                     .flat_map(|b| &b.endpoints)
                     .all(|e| e.hint.as_ref().is_some_and(|h| h.opaque)));
+        // The opaque-ports annotations win over what the port declares.
+        let protocol = if opaque {
+            AppProtocol::Opaque
+        } else {
+            sp.protocol
+        };
         DestinationUpdate {
             known: true,
             service: format!("{}.{}", key.1, key.0),
             policy: Some(svc.policy.clone()),
             backends,
-            opaque,
+            opaque: protocol == AppProtocol::Opaque,
             authority: format!("{}.{}.svc.{}:{port}", key.1, key.0, self.cluster_domain),
+            protocol: protocol.into(),
         }
     }
 
@@ -253,6 +260,11 @@ impl Resolver<'_> {
             }],
             opaque,
             authority: String::new(),
+            protocol: if opaque {
+                AppProtocol::Opaque.into()
+            } else {
+                AppProtocol::Detect.into()
+            },
         }
     }
 }

@@ -414,3 +414,48 @@ async fn changes_are_pushed_to_subscribers() {
         .unwrap();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 }
+
+#[test]
+fn a_declared_app_protocol_skips_detection() {
+    use weft_api::proto::destination::AppProtocol;
+    let store = Store::new("cluster.local", "cluster.local", Metrics::new());
+    let docs = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: demo}
+spec:
+  clusterIP: 10.96.0.20
+  ports:
+    - {name: sql, port: 3307, appProtocol: mysql}
+    - {name: web, port: 80, appProtocol: http}
+    - {name: grpc, port: 81, appProtocol: kubernetes.io/h2c}
+    - {name: raw, port: 82, appProtocol: tcp}
+    - {name: plain, port: 83}
+"#;
+    store.replace(
+        &[super::Kind::Service],
+        parse(Path::new("db.yaml"), docs).unwrap(),
+    );
+    store.mark_synced();
+    let protocol = |port: u16| {
+        let update = resolve(&store, &format!("10.96.0.20:{port}"));
+        (update.protocol(), update.opaque)
+    };
+    assert_eq!(protocol(3307), (AppProtocol::Opaque, true));
+    assert_eq!(protocol(80), (AppProtocol::Http1, false));
+    assert_eq!(protocol(81), (AppProtocol::Http2, false));
+    assert_eq!(protocol(82), (AppProtocol::Opaque, true));
+    assert_eq!(protocol(83), (AppProtocol::Detect, false));
+    for (declared, meant) in [
+        (None, AppProtocol::Detect),
+        (Some(" "), AppProtocol::Detect),
+        (Some("HTTP"), AppProtocol::Http1),
+        (Some("kubernetes.io/ws"), AppProtocol::Http1),
+        (Some("grpc"), AppProtocol::Http2),
+        (Some("https"), AppProtocol::Opaque),
+        (Some("kubernetes.io/wss"), AppProtocol::Opaque),
+        (Some("postgresql"), AppProtocol::Opaque),
+    ] {
+        assert_eq!(super::model::app_protocol(declared), meant, "{declared:?}");
+    }
+}
