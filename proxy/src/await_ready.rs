@@ -24,7 +24,12 @@ impl AwaitArgs {
             Some(v) => v
                 .trim()
                 .parse::<SocketAddr>()
-                .map_err(|_| format!("WEFT_ADMIN_ADDR={v:?} is not host:port"))?
+                .map_err(|_| {
+                    format!(
+                        "{}={v:?} is not host:port",
+                        weft_api::proxy_env::ADMIN_ADDR.name
+                    )
+                })?
                 .port(),
             None => weft_api::ports::ADMIN,
         };

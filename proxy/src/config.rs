@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use weft_api::identity::SpiffeId;
+use weft_api::proxy_env as env;
 use weft_api::{DEFAULT_OPAQUE_PORTS, ports};
 
 use crate::identity::IdentityConfig;
@@ -101,7 +102,7 @@ impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         for (key, _) in std::env::vars() {
-            if key.starts_with("WEFT_") && !KNOWN.contains(&key.as_str()) {
+            if key.starts_with("WEFT_") && env::find(&key).is_none() {
                 // Warn, don't fail: a newer injector may set variables an
                 // older proxy does not know yet.
                 eprintln!("weft-proxy: ignoring unknown variable {key}");
@@ -112,179 +113,178 @@ impl Config {
 
     /// Builds the configuration from any variable lookup (tests use a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let var = |name: &'static str| get(name).filter(|v| !v.trim().is_empty());
-        let config = Config {
-            outbound_port: parse_or(
-                var("WEFT_OUTBOUND_PORT"),
-                "WEFT_OUTBOUND_PORT",
-                ports::OUTBOUND,
-                parse_port,
-            )?,
-            inbound_port: parse_or(
-                var("WEFT_INBOUND_PORT"),
-                "WEFT_INBOUND_PORT",
-                ports::INBOUND,
-                parse_port,
-            )?,
-            admin_addr: parse_or(
-                var("WEFT_ADMIN_ADDR"),
-                "WEFT_ADMIN_ADDR",
-                SocketAddr::from(([0, 0, 0, 0], ports::ADMIN)),
-                |v| v.parse().map_err(|e| format!("not a socket address: {e}")),
-            )?,
-            detect_timeout: parse_or(
-                var("WEFT_DETECT_TIMEOUT"),
-                "WEFT_DETECT_TIMEOUT",
-                Duration::from_secs(1),
-                parse_duration,
-            )?,
-            opaque_ports: parse_or(
-                var("WEFT_OPAQUE_PORTS"),
-                "WEFT_OPAQUE_PORTS",
-                DEFAULT_OPAQUE_PORTS.iter().copied().collect(),
-                weft_api::port_list::parse_set,
-            )?,
-            shutdown_grace: parse_or(
-                var("WEFT_SHUTDOWN_GRACE"),
-                "WEFT_SHUTDOWN_GRACE",
-                Duration::from_secs(30),
-                parse_duration,
-            )?,
-            connect_timeout: parse_or(
-                var("WEFT_CONNECT_TIMEOUT"),
-                "WEFT_CONNECT_TIMEOUT",
-                Duration::from_secs(3),
-                parse_duration,
-            )?,
-            http_header_timeout: parse_or(
-                var("WEFT_HTTP_HEADER_TIMEOUT"),
-                "WEFT_HTTP_HEADER_TIMEOUT",
-                Duration::from_secs(10),
-                parse_duration,
-            )?,
-            http_idle_timeout: parse_or(
-                var("WEFT_HTTP_IDLE_TIMEOUT"),
-                "WEFT_HTTP_IDLE_TIMEOUT",
-                Duration::from_secs(90),
-                parse_duration,
-            )?,
-            http_max_header_bytes: parse_or(
-                var("WEFT_HTTP_MAX_HEADER_BYTES"),
-                "WEFT_HTTP_MAX_HEADER_BYTES",
-                64 * 1024,
-                |v| {
-                    let n: usize = v.parse().map_err(|e| format!("not a byte count: {e}"))?;
-                    // hyper refuses buffers below 8 KiB.
-                    if !(8192..=16 * 1024 * 1024).contains(&n) {
-                        return Err("must be between 8192 and 16777216".into());
+        let var = |var: env::Var| get(var.name).filter(|v| !v.trim().is_empty());
+        let config =
+            Config {
+                outbound_port: parse_or(
+                    var(env::OUTBOUND_PORT),
+                    env::OUTBOUND_PORT,
+                    ports::OUTBOUND,
+                    parse_port,
+                )?,
+                inbound_port: parse_or(
+                    var(env::INBOUND_PORT),
+                    env::INBOUND_PORT,
+                    ports::INBOUND,
+                    parse_port,
+                )?,
+                admin_addr: parse_or(
+                    var(env::ADMIN_ADDR),
+                    env::ADMIN_ADDR,
+                    SocketAddr::from(([0, 0, 0, 0], ports::ADMIN)),
+                    |v| v.parse().map_err(|e| format!("not a socket address: {e}")),
+                )?,
+                detect_timeout: parse_or(
+                    var(env::DETECT_TIMEOUT),
+                    env::DETECT_TIMEOUT,
+                    Duration::from_secs(1),
+                    parse_duration,
+                )?,
+                opaque_ports: parse_or(
+                    var(env::OPAQUE_PORTS),
+                    env::OPAQUE_PORTS,
+                    DEFAULT_OPAQUE_PORTS.iter().copied().collect(),
+                    weft_api::port_list::parse_set,
+                )?,
+                shutdown_grace: parse_or(
+                    var(env::SHUTDOWN_GRACE),
+                    env::SHUTDOWN_GRACE,
+                    Duration::from_secs(30),
+                    parse_duration,
+                )?,
+                connect_timeout: parse_or(
+                    var(env::CONNECT_TIMEOUT),
+                    env::CONNECT_TIMEOUT,
+                    Duration::from_secs(3),
+                    parse_duration,
+                )?,
+                http_header_timeout: parse_or(
+                    var(env::HTTP_HEADER_TIMEOUT),
+                    env::HTTP_HEADER_TIMEOUT,
+                    Duration::from_secs(10),
+                    parse_duration,
+                )?,
+                http_idle_timeout: parse_or(
+                    var(env::HTTP_IDLE_TIMEOUT),
+                    env::HTTP_IDLE_TIMEOUT,
+                    Duration::from_secs(90),
+                    parse_duration,
+                )?,
+                http_max_header_bytes: parse_or(
+                    var(env::HTTP_MAX_HEADER_BYTES),
+                    env::HTTP_MAX_HEADER_BYTES,
+                    64 * 1024,
+                    |v| {
+                        let n: usize = v.parse().map_err(|e| format!("not a byte count: {e}"))?;
+                        // hyper refuses buffers below 8 KiB.
+                        if !(8192..=16 * 1024 * 1024).contains(&n) {
+                            return Err("must be between 8192 and 16777216".into());
+                        }
+                        Ok(n)
+                    },
+                )?,
+                log_level: parse_or(
+                    var(env::LOG_LEVEL),
+                    env::LOG_LEVEL,
+                    "info".to_string(),
+                    |v| {
+                        tracing_subscriber::EnvFilter::builder()
+                            .parse(v)
+                            .map(|_| v.to_string())
+                            .map_err(|e| format!("not a log filter: {e}"))
+                    },
+                )?,
+                worker_threads: parse_or(var(env::PROXY_CORES), env::PROXY_CORES, 1, |v| match v
+                    .parse::<usize>(
+                ) {
+                    Ok(n) if (1..=64).contains(&n) => Ok(n),
+                    _ => Err("must be a whole number from 1 to 64".into()),
+                })?,
+                identity: identity_config(&var)?,
+                inbound_mtls: parse_or(
+                    var(env::INBOUND_MTLS),
+                    env::INBOUND_MTLS,
+                    InboundMtls::Permissive,
+                    |v| match v {
+                        "permissive" => Ok(InboundMtls::Permissive),
+                        "strict" => Ok(InboundMtls::Strict),
+                        _ => Err("must be permissive or strict".into()),
+                    },
+                )?,
+                mesh_endpoints: parse_or(
+                    var(env::MESH_ENDPOINTS),
+                    env::MESH_ENDPOINTS,
+                    Vec::new(),
+                    parse_endpoints,
+                )?,
+                discovery: parse_or(var(env::DISCOVERY), env::DISCOVERY, true, |v| match v {
+                    "on" | "true" => Ok(true),
+                    "off" | "false" => Ok(false),
+                    _ => Err("must be on or off".into()),
+                })?,
+                discovery_wait: parse_or(
+                    var(env::DISCOVERY_WAIT),
+                    env::DISCOVERY_WAIT,
+                    Duration::from_secs(3),
+                    parse_duration,
+                )?,
+                trace_collector: parse_or(
+                    var(env::TRACE_COLLECTOR),
+                    env::TRACE_COLLECTOR,
+                    None,
+                    |v| {
+                        let uri: http::Uri = v.trim().parse().map_err(|e| format!("{e}"))?;
+                        match (uri.scheme_str(), uri.authority()) {
+                            (Some("http" | "https"), Some(_)) => Ok(Some(uri)),
+                            _ => Err(
+                                "must be an http:// or https:// URL of an OTLP/gRPC collector"
+                                    .into(),
+                            ),
+                        }
+                    },
+                )?,
+                trace_sample_ratio: parse_or(
+                    var(env::TRACE_SAMPLE_RATIO),
+                    env::TRACE_SAMPLE_RATIO,
+                    1.0,
+                    |v| match v.trim().parse::<f64>() {
+                        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                        _ => Err("must be a number from 0 to 1".into()),
+                    },
+                )?,
+                exit_with_app: parse_or(var(env::EXIT_WITH_APP), env::EXIT_WITH_APP, false, |v| {
+                    match v {
+                        "true" => Ok(true),
+                        "false" => Ok(false),
+                        _ => Err("must be true or false".into()),
                     }
-                    Ok(n)
+                })?,
+                redirect_exemptions: RedirectExemptions {
+                    inbound_ports: parse_or(
+                        var(env::SKIP_INBOUND_PORTS),
+                        env::SKIP_INBOUND_PORTS,
+                        Vec::new(),
+                        weft_api::port_list::parse_ranges,
+                    )?,
+                    outbound_ports: parse_or(
+                        var(env::SKIP_OUTBOUND_PORTS),
+                        env::SKIP_OUTBOUND_PORTS,
+                        Vec::new(),
+                        weft_api::port_list::parse_ranges,
+                    )?,
+                    outbound_cidrs: parse_or(
+                        var(env::SKIP_OUTBOUND_CIDRS),
+                        env::SKIP_OUTBOUND_CIDRS,
+                        Vec::new(),
+                        parse_cidrs,
+                    )?,
                 },
-            )?,
-            log_level: parse_or(
-                var("WEFT_LOG_LEVEL"),
-                "WEFT_LOG_LEVEL",
-                "info".to_string(),
-                |v| {
-                    tracing_subscriber::EnvFilter::builder()
-                        .parse(v)
-                        .map(|_| v.to_string())
-                        .map_err(|e| format!("not a log filter: {e}"))
-                },
-            )?,
-            worker_threads: parse_or(var("WEFT_PROXY_CORES"), "WEFT_PROXY_CORES", 1, |v| match v
-                .parse::<usize>(
-            ) {
-                Ok(n) if (1..=64).contains(&n) => Ok(n),
-                _ => Err("must be a whole number from 1 to 64".into()),
-            })?,
-            identity: identity_config(&var)?,
-            inbound_mtls: parse_or(
-                var("WEFT_INBOUND_MTLS"),
-                "WEFT_INBOUND_MTLS",
-                InboundMtls::Permissive,
-                |v| match v {
-                    "permissive" => Ok(InboundMtls::Permissive),
-                    "strict" => Ok(InboundMtls::Strict),
-                    _ => Err("must be permissive or strict".into()),
-                },
-            )?,
-            mesh_endpoints: parse_or(
-                var("WEFT_MESH_ENDPOINTS"),
-                "WEFT_MESH_ENDPOINTS",
-                Vec::new(),
-                parse_endpoints,
-            )?,
-            discovery: parse_or(var("WEFT_DISCOVERY"), "WEFT_DISCOVERY", true, |v| match v {
-                "on" | "true" => Ok(true),
-                "off" | "false" => Ok(false),
-                _ => Err("must be on or off".into()),
-            })?,
-            discovery_wait: parse_or(
-                var("WEFT_DISCOVERY_WAIT"),
-                "WEFT_DISCOVERY_WAIT",
-                Duration::from_secs(3),
-                parse_duration,
-            )?,
-            trace_collector: parse_or(
-                var("WEFT_TRACE_COLLECTOR"),
-                "WEFT_TRACE_COLLECTOR",
-                None,
-                |v| {
-                    let uri: http::Uri = v.trim().parse().map_err(|e| format!("{e}"))?;
-                    match (uri.scheme_str(), uri.authority()) {
-                        (Some("http" | "https"), Some(_)) => Ok(Some(uri)),
-                        _ => Err(
-                            "must be an http:// or https:// URL of an OTLP/gRPC collector".into(),
-                        ),
-                    }
-                },
-            )?,
-            trace_sample_ratio: parse_or(
-                var("WEFT_TRACE_SAMPLE_RATIO"),
-                "WEFT_TRACE_SAMPLE_RATIO",
-                1.0,
-                |v| match v.trim().parse::<f64>() {
-                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                    _ => Err("must be a number from 0 to 1".into()),
-                },
-            )?,
-            exit_with_app: parse_or(
-                var("WEFT_EXIT_WITH_APP"),
-                "WEFT_EXIT_WITH_APP",
-                false,
-                |v| match v {
-                    "true" => Ok(true),
-                    "false" => Ok(false),
-                    _ => Err("must be true or false".into()),
-                },
-            )?,
-            redirect_exemptions: RedirectExemptions {
-                inbound_ports: parse_or(
-                    var("WEFT_SKIP_INBOUND_PORTS"),
-                    "WEFT_SKIP_INBOUND_PORTS",
-                    Vec::new(),
-                    weft_api::port_list::parse_ranges,
-                )?,
-                outbound_ports: parse_or(
-                    var("WEFT_SKIP_OUTBOUND_PORTS"),
-                    "WEFT_SKIP_OUTBOUND_PORTS",
-                    Vec::new(),
-                    weft_api::port_list::parse_ranges,
-                )?,
-                outbound_cidrs: parse_or(
-                    var("WEFT_SKIP_OUTBOUND_CIDRS"),
-                    "WEFT_SKIP_OUTBOUND_CIDRS",
-                    Vec::new(),
-                    parse_cidrs,
-                )?,
-            },
-        };
+            };
         if config.identity.is_none() {
             for (name, set) in [
-                ("WEFT_MESH_ENDPOINTS", !config.mesh_endpoints.is_empty()),
+                (env::MESH_ENDPOINTS.name, !config.mesh_endpoints.is_empty()),
                 (
-                    "WEFT_INBOUND_MTLS",
+                    env::INBOUND_MTLS.name,
                     config.inbound_mtls == InboundMtls::Strict,
                 ),
             ] {
@@ -308,15 +308,15 @@ impl Config {
             || listeners[1] == listeners[2]
         {
             return Err(ConfigError {
-                var: "WEFT_OUTBOUND_PORT",
+                var: env::OUTBOUND_PORT.name,
                 value: format!("{listeners:?}"),
                 reason: "outbound, inbound and admin ports must differ".into(),
             });
         }
         if config.detect_timeout.is_zero() {
             return Err(ConfigError {
-                var: "WEFT_DETECT_TIMEOUT",
-                value: get("WEFT_DETECT_TIMEOUT").unwrap_or_default(),
+                var: env::DETECT_TIMEOUT.name,
+                value: get(env::DETECT_TIMEOUT.name).unwrap_or_default(),
                 reason: "must be greater than zero".into(),
             });
         }
@@ -324,43 +324,11 @@ impl Config {
     }
 }
 
-/// Variables this proxy understands.
-const KNOWN: &[&str] = &[
-    "WEFT_TRACE_COLLECTOR",
-    "WEFT_TRACE_SAMPLE_RATIO",
-    "WEFT_EXIT_WITH_APP",
-    "WEFT_OUTBOUND_PORT",
-    "WEFT_INBOUND_PORT",
-    "WEFT_ADMIN_ADDR",
-    "WEFT_DETECT_TIMEOUT",
-    "WEFT_OPAQUE_PORTS",
-    "WEFT_SHUTDOWN_GRACE",
-    "WEFT_CONNECT_TIMEOUT",
-    "WEFT_HTTP_HEADER_TIMEOUT",
-    "WEFT_HTTP_IDLE_TIMEOUT",
-    "WEFT_HTTP_MAX_HEADER_BYTES",
-    "WEFT_LOG_LEVEL",
-    "WEFT_PROXY_CORES",
-    "WEFT_CONTROLLER_ADDR",
-    "WEFT_CONTROLLER_IDENTITY",
-    "WEFT_IDENTITY",
-    "WEFT_IDENTITY_TOKEN_FILE",
-    "WEFT_TRUST_ANCHORS",
-    "WEFT_TRUST_ANCHORS_FILE",
-    "WEFT_INBOUND_MTLS",
-    "WEFT_MESH_ENDPOINTS",
-    "WEFT_DISCOVERY",
-    "WEFT_DISCOVERY_WAIT",
-    "WEFT_SKIP_INBOUND_PORTS",
-    "WEFT_SKIP_OUTBOUND_PORTS",
-    "WEFT_SKIP_OUTBOUND_CIDRS",
-];
-
 /// The identity settings: all or nothing, keyed on `WEFT_CONTROLLER_ADDR`.
 fn identity_config(
-    var: &impl Fn(&'static str) -> Option<String>,
+    var: &impl Fn(env::Var) -> Option<String>,
 ) -> Result<Option<IdentityConfig>, ConfigError> {
-    let Some(controller_addr) = var("WEFT_CONTROLLER_ADDR") else {
+    let Some(controller_addr) = var(env::CONTROLLER_ADDR) else {
         return Ok(None);
     };
     let controller_addr = controller_addr.trim().to_string();
@@ -369,14 +337,14 @@ fn identity_config(
         .is_some_and(|(host, port)| !host.is_empty() && parse_port(port).is_ok());
     if !valid_addr {
         return Err(ConfigError {
-            var: "WEFT_CONTROLLER_ADDR",
+            var: env::CONTROLLER_ADDR.name,
             value: controller_addr,
             reason: "must be host:port".into(),
         });
     }
-    let required = |name: &'static str| {
-        var(name).ok_or_else(|| ConfigError {
-            var: name,
+    let required = |v: env::Var| {
+        var(v).ok_or_else(|| ConfigError {
+            var: v.name,
             value: String::new(),
             reason: "required when WEFT_CONTROLLER_ADDR is set".into(),
         })
@@ -388,34 +356,34 @@ fn identity_config(
             reason: e.to_string(),
         })
     };
-    let identity = parse_id("WEFT_IDENTITY", required("WEFT_IDENTITY")?)?;
-    let controller_identity = match var("WEFT_CONTROLLER_IDENTITY") {
-        Some(v) => parse_id("WEFT_CONTROLLER_IDENTITY", v)?,
+    let identity = parse_id(env::IDENTITY.name, required(env::IDENTITY)?)?;
+    let controller_identity = match var(env::CONTROLLER_IDENTITY) {
+        Some(v) => parse_id(env::CONTROLLER_IDENTITY.name, v)?,
         None => SpiffeId::new(
             identity.trust_domain(),
             weft_api::controller::NAMESPACE,
             weft_api::controller::SERVICE_ACCOUNT,
         )
         .map_err(|e| ConfigError {
-            var: "WEFT_IDENTITY",
+            var: env::IDENTITY.name,
             value: identity.to_string(),
             reason: e.to_string(),
         })?,
     };
-    let token_file = PathBuf::from(required("WEFT_IDENTITY_TOKEN_FILE")?.trim());
-    let (anchors_var, pem) = match (var("WEFT_TRUST_ANCHORS"), var("WEFT_TRUST_ANCHORS_FILE")) {
-        (Some(pem), None) => ("WEFT_TRUST_ANCHORS", pem.into_bytes()),
+    let token_file = PathBuf::from(required(env::IDENTITY_TOKEN_FILE)?.trim());
+    let (anchors_var, pem) = match (var(env::TRUST_ANCHORS), var(env::TRUST_ANCHORS_FILE)) {
+        (Some(pem), None) => (env::TRUST_ANCHORS.name, pem.into_bytes()),
         (None, Some(path)) => (
-            "WEFT_TRUST_ANCHORS_FILE",
+            env::TRUST_ANCHORS_FILE.name,
             std::fs::read(path.trim()).map_err(|e| ConfigError {
-                var: "WEFT_TRUST_ANCHORS_FILE",
+                var: env::TRUST_ANCHORS_FILE.name,
                 value: path.clone(),
                 reason: format!("cannot read: {e}"),
             })?,
         ),
         _ => {
             return Err(ConfigError {
-                var: "WEFT_TRUST_ANCHORS",
+                var: env::TRUST_ANCHORS.name,
                 value: String::new(),
                 reason: "set exactly one of WEFT_TRUST_ANCHORS (PEM) and WEFT_TRUST_ANCHORS_FILE"
                     .into(),
@@ -457,13 +425,17 @@ fn parse_endpoints(v: &str) -> Result<Vec<(IpAddr, SpiffeId)>, String> {
 
 fn parse_or<T>(
     value: Option<String>,
-    var: &'static str,
+    var: env::Var,
     default: T,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<T, ConfigError> {
     match value {
         None => Ok(default),
-        Some(value) => parse(value.trim()).map_err(|reason| ConfigError { var, value, reason }),
+        Some(value) => parse(value.trim()).map_err(|reason| ConfigError {
+            var: var.name,
+            value,
+            reason,
+        }),
     }
 }
 

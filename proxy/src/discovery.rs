@@ -15,20 +15,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use weft_api::identity::SpiffeId;
 use weft_api::proto::destination::destination_client::DestinationClient;
 use weft_api::proto::destination::{DestinationUpdate, GetDestination};
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-
 use crate::balance::{BreakerEvent, EndpointState, Pick, RetryBudget};
 use crate::mesh::MeshPeer;
 use crate::metrics::{Dst, DstLabels, Metrics, RouteLabels};
-use crate::outbound::retry::RetryRules;
-use crate::tcp::Target;
+use crate::transport::Target;
 
 /// Backoff between attempts to reach the controller.
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -73,6 +71,23 @@ impl RetryOn {
 
     pub fn is_empty(&self) -> bool {
         self.statuses.is_empty() && !self.connect_failure
+    }
+}
+
+/// A route's retry settings with its counters, resolved once per
+/// discovery update rather than per request.
+#[derive(Debug, Default)]
+pub(crate) struct RetryRules {
+    pub retry_on: RetryOn,
+    /// Retries allowed on top of the first attempt.
+    pub limit: u32,
+    pub retries: Counter,
+    pub exhausted: Counter,
+}
+
+impl RetryRules {
+    pub(crate) fn is_on(&self) -> bool {
+        !self.retry_on.is_empty() && self.limit > 0
     }
 }
 
@@ -298,7 +313,7 @@ impl Resolver {
             addr,
             routes: ArcSwapOption::empty(),
             answered: watch::Sender::new(false),
-            budget: Arc::new(crate::outbound::retry::destination_budget()),
+            budget: Arc::new(RetryBudget::destination()),
             last_used: AtomicU64::new(0),
             cancel: CancellationToken::new(),
         });

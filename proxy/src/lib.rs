@@ -25,10 +25,11 @@ pub mod mesh;
 pub mod metrics;
 pub mod orig_dst;
 pub(crate) mod outbound;
-pub mod pool;
+pub(crate) mod serve;
 pub mod tcp;
 pub mod tls;
 pub mod trace;
+pub mod transport;
 pub mod validate;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -43,14 +44,14 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, InboundMtls};
 use crate::detect::{Detection, Protocol};
 use crate::discovery::Resolver;
-use crate::http::{HttpContext, Route};
 use crate::mesh::{Endpoints, MeshClient};
 use crate::metrics::{
     ConnectionGuard, DetectLabels, DetectTimeoutLabels, Direction, DirectionLabels, Metrics,
     PeerLabels,
 };
-use crate::tcp::{Connector, Target};
+use crate::serve::{HttpContext, Route};
 use crate::tls::CertStore;
+use crate::transport::{Connector, Target};
 
 /// Fatal startup errors.
 #[derive(Debug, thiserror::Error)]
@@ -419,7 +420,7 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
     // The accepted side of this connection is never mesh TLS: outbound it
     // is the app, inbound an unmeshed client.
     let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", PeerLabels::plain());
-    let mut io = tcp::counting(&ctx.metrics, stream, guard.labels());
+    let mut io = transport::counting(&ctx.metrics, stream, guard.labels());
     let mut buf = BytesMut::with_capacity(1024);
     // The proxy's own opaque ports win over what discovery declares.
     let declared = match ctx.config.opaque_ports.contains(&orig_dst.port()) {
@@ -459,7 +460,7 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
                 Route::Fixed(target) => target.peer_labels(),
                 Route::Balanced(_) => PeerLabels::plain(),
             };
-            http::serve(
+            serve::serve(
                 ctx.http.clone(),
                 io,
                 buf,
@@ -519,7 +520,7 @@ async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr)
             } else {
                 Protocol::Http1
             };
-            http::serve(
+            serve::serve(
                 ctx.http.clone(),
                 tls,
                 BytesMut::new(),

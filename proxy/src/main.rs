@@ -3,17 +3,67 @@
 
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
+/// Weft's per-pod sidecar proxy. With no command it proxies the pod's
+/// redirected traffic, configured only by the WEFT_* variables below (the
+/// injector sets them).
+#[derive(Debug, Parser)]
+#[command(name = "weft-proxy", version, after_help = weft_api::proxy_env::help())]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Waits until this pod's proxy is ready: the app container's
+    /// postStart hook, so the app starts only once the mesh can carry its
+    /// traffic.
+    ///
+    /// Example: weft-proxy await-ready --timeout 120s
+    AwaitReady {
+        /// How long to wait.
+        #[arg(long, default_value = "120s")]
+        timeout: String,
+        /// The proxy's admin address (default: loopback, WEFT_ADMIN_ADDR's port).
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Proves the pod's redirect rules are in place: the first init
+    /// container; exits non-zero so the pod never runs unmeshed.
+    ///
+    /// Example: weft-proxy validate --timeout 5s
+    Validate {
+        /// How long the check may take.
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+    },
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            // --help and --version are not errors; a bad command line is
+            // EX_USAGE (64), as for a bad configuration.
+            return if error.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
         None => {}
-        Some("await-ready") => return await_ready(&args[1..]),
-        Some("validate") => return validate(&args[1..]),
-        Some(other) => {
-            eprintln!(
-                "weft-proxy: unknown command {other:?}; run with no arguments (configured by WEFT_* variables) `await-ready [--timeout 120s] [--addr 127.0.0.1:6191]` or `validate [--timeout 5s]`"
-            );
-            return ExitCode::from(64);
+        Some(Command::AwaitReady { timeout, addr }) => {
+            let mut args = vec!["--timeout".to_string(), timeout];
+            args.extend(addr.into_iter().flat_map(|a| ["--addr".to_string(), a]));
+            return await_ready(&args);
+        }
+        Some(Command::Validate { timeout }) => {
+            return validate(&["--timeout".to_string(), timeout]);
         }
     }
     let config = match weft_proxy::config::Config::from_env() {
@@ -54,7 +104,7 @@ fn main() -> ExitCode {
 /// `weft-proxy await-ready`: see [`weft_proxy::await_ready`].
 fn await_ready(args: &[String]) -> ExitCode {
     use weft_proxy::await_ready::{AwaitArgs, await_ready};
-    let admin = std::env::var("WEFT_ADMIN_ADDR").ok();
+    let admin = std::env::var(weft_api::proxy_env::ADMIN_ADDR.name).ok();
     let parsed = match AwaitArgs::parse(args, admin.as_deref()) {
         Ok(parsed) => parsed,
         Err(error) => {

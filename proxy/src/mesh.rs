@@ -1,7 +1,7 @@
 //! Proxy-to-proxy connections (framing in [`weft_api::mesh`]).
 //!
 //! Outbound, a destination known to be meshed gets an mTLS connection to
-//! its proxy's inbound port (see [`crate::tcp::Connector`]). Inbound, a
+//! its proxy's inbound port (see `transport::Connector`). Inbound, a
 //! connection addressed to the inbound port itself is mesh traffic: the
 //! TLS handshake must succeed with a client certificate under the trust
 //! anchors and Weft's ALPN, then the header says where the app wanted to go

@@ -159,7 +159,7 @@ pub struct ResponseLabels {
 /// client inventing Host headers cannot grow the metrics without bound;
 /// past the cap, new authorities are counted as `other`. Destinations
 /// discovery knows use the service's canonical name instead (bounded by
-/// the services there are), see [`crate::discovery::Routes::authority`].
+/// the services there are), see `Routes::authority` in discovery.
 #[derive(Debug)]
 pub struct Authorities {
     seen: std::sync::RwLock<std::collections::HashMap<String, Arc<String>>>,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_api::port_list::PortRange;
+use weft_api::proxy_env as env;
 
 /// What the check needs, from the proxy's own variables.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,21 +38,21 @@ impl ValidateArgs {
             skip_outbound_cidrs: Vec::new(),
             timeout: Duration::from_secs(5),
         };
-        if let Some(v) = var("WEFT_OUTBOUND_PORT") {
+        if let Some(v) = var(env::OUTBOUND_PORT.name) {
             parsed.outbound_port = v
                 .trim()
                 .parse()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("WEFT_OUTBOUND_PORT={v:?} is not a port"))?;
+                .ok_or_else(|| format!("{}={v:?} is not a port", env::OUTBOUND_PORT.name))?;
         }
-        if let Some(v) = var("WEFT_SKIP_OUTBOUND_PORTS") {
+        if let Some(v) = var(env::SKIP_OUTBOUND_PORTS.name) {
             parsed.skip_outbound_ports = weft_api::port_list::parse_ranges(&v)
-                .map_err(|e| format!("WEFT_SKIP_OUTBOUND_PORTS: {e}"))?;
+                .map_err(|e| format!("{}: {e}", env::SKIP_OUTBOUND_PORTS.name))?;
         }
-        if let Some(v) = var("WEFT_SKIP_OUTBOUND_CIDRS") {
+        if let Some(v) = var(env::SKIP_OUTBOUND_CIDRS.name) {
             parsed.skip_outbound_cidrs = crate::config::parse_cidrs(&v)
-                .map_err(|e| format!("WEFT_SKIP_OUTBOUND_CIDRS: {e}"))?;
+                .map_err(|e| format!("{}: {e}", env::SKIP_OUTBOUND_CIDRS.name))?;
         }
         let mut it = args.iter();
         while let Some(flag) = it.next() {

@@ -197,3 +197,29 @@ async fn bad_configuration_exits_64_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_proxy_explains_itself_and_refuses_unknown_commands() {
+    let bins = weft_testbed::Bins::locate().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(bins.path("weft-proxy"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let help = run(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for var in weft_api::proxy_env::ALL {
+        assert!(text.contains(var.name), "--help does not list {}", var.name);
+    }
+    assert!(text.contains("[default: 1s]"), "{text}");
+    let version = run(&["--version"]);
+    assert_eq!(version.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&version.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let unknown = run(&["frob"]);
+    assert_eq!(unknown.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("frob"));
+    let bad = run(&["validate", "--timeout"]);
+    assert_eq!(bad.status.code(), Some(64));
+}

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod mesh;
 pub mod port_list;
 pub mod process;
+pub mod proxy_env;
 pub mod split;
 
 pub use error_chain::error_chain;

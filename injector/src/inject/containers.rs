@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use weft_api::proxy_env as env;
 use weft_api::{PROXY_CONTAINER_NAME, PROXY_UID, VALIDATOR_CONTAINER_NAME, VALIDATOR_UID, ports};
 
 use super::{TOKEN_DIR, TOKEN_VOLUME};
@@ -83,44 +84,44 @@ pub(super) fn proxy_container(
         field_env("_WEFT_POD_NS", "metadata.namespace"),
         field_env("_WEFT_POD_SA", "spec.serviceAccountName"),
         env(
-            "WEFT_IDENTITY",
+            env::IDENTITY.name,
             format!(
                 "spiffe://{}/ns/$(_WEFT_POD_NS)/sa/$(_WEFT_POD_SA)",
                 settings.trust_domain
             ),
         ),
-        env("WEFT_CONTROLLER_ADDR", settings.controller_addr.clone()),
+        env(env::CONTROLLER_ADDR.name, settings.controller_addr.clone()),
         env(
-            "WEFT_CONTROLLER_IDENTITY",
+            env::CONTROLLER_IDENTITY.name,
             settings.controller_identity.to_string(),
         ),
-        env("WEFT_IDENTITY_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
-        env("WEFT_TRUST_ANCHORS", settings.trust_anchors_pem.clone()),
-        env("WEFT_OUTBOUND_PORT", ports::OUTBOUND.to_string()),
-        env("WEFT_INBOUND_PORT", ports::INBOUND.to_string()),
+        env(env::IDENTITY_TOKEN_FILE.name, format!("{TOKEN_DIR}/token")),
+        env(env::TRUST_ANCHORS.name, settings.trust_anchors_pem.clone()),
+        env(env::OUTBOUND_PORT.name, ports::OUTBOUND.to_string()),
+        env(env::INBOUND_PORT.name, ports::INBOUND.to_string()),
         // On all addresses: kubelet probes it on the pod IP. `/shutdown`
         // answers only on loopback.
-        env("WEFT_ADMIN_ADDR", format!("0.0.0.0:{}", ports::ADMIN)),
-        env("WEFT_LOG_LEVEL", config.log_level.clone()),
-        env("WEFT_PROXY_CORES", config.cores.to_string()),
+        env(env::ADMIN_ADDR.name, format!("0.0.0.0:{}", ports::ADMIN)),
+        env(env::LOG_LEVEL.name, config.log_level.clone()),
+        env(env::PROXY_CORES.name, config.cores.to_string()),
     ];
     if exit_with_app {
-        env_vars.push(env("WEFT_EXIT_WITH_APP", "true"));
+        env_vars.push(env(env::EXIT_WITH_APP.name, "true"));
     }
     if let Some(extra) = &config.opaque_ports {
         let mut all: std::collections::BTreeSet<u16> =
             weft_api::DEFAULT_OPAQUE_PORTS.iter().copied().collect();
         all.extend(extra);
         let list: Vec<String> = all.iter().map(u16::to_string).collect();
-        env_vars.push(env("WEFT_OPAQUE_PORTS", list.join(",")));
+        env_vars.push(env(env::OPAQUE_PORTS.name, list.join(",")));
     }
     for (name, value) in [
-        ("WEFT_TRACE_COLLECTOR", &settings.trace_collector),
-        ("WEFT_TRACE_SAMPLE_RATIO", &settings.trace_sample_ratio),
-        ("WEFT_INBOUND_MTLS", &config.inbound_mtls),
-        ("WEFT_SKIP_INBOUND_PORTS", &config.skip_inbound_ports),
-        ("WEFT_SKIP_OUTBOUND_PORTS", &config.skip_outbound_ports),
-        ("WEFT_SKIP_OUTBOUND_CIDRS", &config.skip_outbound_cidrs),
+        (env::TRACE_COLLECTOR.name, &settings.trace_collector),
+        (env::TRACE_SAMPLE_RATIO.name, &settings.trace_sample_ratio),
+        (env::INBOUND_MTLS.name, &config.inbound_mtls),
+        (env::SKIP_INBOUND_PORTS.name, &config.skip_inbound_ports),
+        (env::SKIP_OUTBOUND_PORTS.name, &config.skip_outbound_ports),
+        (env::SKIP_OUTBOUND_CIDRS.name, &config.skip_outbound_cidrs),
     ] {
         if let Some(v) = value {
             env_vars.push(env(name, v.clone()));
@@ -219,10 +220,10 @@ fn hardened(uid: u32) -> SecurityContext {
 /// `weft-proxy validate` as the pod's first init container: it fails the
 /// pod fast when the pod's redirect rules are missing.
 pub(super) fn validator_container(settings: &MeshSettings, config: &ProxyConfig) -> Container {
-    let mut env_vars = vec![env("WEFT_OUTBOUND_PORT", ports::OUTBOUND.to_string())];
+    let mut env_vars = vec![env(env::OUTBOUND_PORT.name, ports::OUTBOUND.to_string())];
     for (name, value) in [
-        ("WEFT_SKIP_OUTBOUND_PORTS", &config.skip_outbound_ports),
-        ("WEFT_SKIP_OUTBOUND_CIDRS", &config.skip_outbound_cidrs),
+        (env::SKIP_OUTBOUND_PORTS.name, &config.skip_outbound_ports),
+        (env::SKIP_OUTBOUND_CIDRS.name, &config.skip_outbound_cidrs),
     ] {
         if let Some(v) = value {
             env_vars.push(env(name, v.clone()));

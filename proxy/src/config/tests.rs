@@ -150,3 +150,22 @@ fn identity_settings_are_all_or_nothing() {
     assert_eq!(c.mesh_endpoints.len(), 1);
     assert_eq!(c.inbound_mtls, InboundMtls::Strict);
 }
+
+#[test]
+fn the_documented_defaults_are_the_defaults() {
+    let unset = format!("{:?}", config(&[]).unwrap());
+    for var in weft_api::proxy_env::ALL {
+        if var.default.is_empty() {
+            continue;
+        }
+        let set = config(&[(var.name, var.default)])
+            .unwrap_or_else(|e| panic!("{}: default {:?}: {e}", var.name, var.default));
+        assert_eq!(
+            format!("{set:?}"),
+            unset,
+            "{} = {:?}",
+            var.name,
+            var.default
+        );
+    }
+}

@@ -21,7 +21,7 @@ use http::header::EXPECT;
 use http::{HeaderMap, Request, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::pool::{BoxBody, BoxError};
+use crate::http::pool::{BoxBody, BoxError};
 
 /// How long the body waits for the server's 100 before it is sent anyway
 /// (curl waits 1 s too), for servers that read the body without a 100.

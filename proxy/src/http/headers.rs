@@ -9,10 +9,10 @@ use http_body_util::{BodyExt, Full};
 use bytes::Bytes;
 
 use super::PROXY_ERROR_HEADER;
-use crate::pool::{BoxBody, BoxError, UpstreamError};
-use crate::tcp::ConnectError;
+use crate::http::pool::{BoxBody, BoxError, UpstreamError};
+use crate::transport::ConnectError;
 
-pub(super) fn wants_upgrade<B>(req: &Request<B>) -> bool {
+pub(crate) fn wants_upgrade<B>(req: &Request<B>) -> bool {
     req.version() <= http::Version::HTTP_11
         && req.headers().contains_key(UPGRADE)
         && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
@@ -63,7 +63,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// A header list's size as HTTP/2 counts it: each field's name and value
 /// plus 32 bytes (RFC 9113, section 6.5.2).
-pub(super) fn header_list_size(headers: &HeaderMap) -> usize {
+pub(crate) fn header_list_size(headers: &HeaderMap) -> usize {
     headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 32)
@@ -90,4 +90,69 @@ pub(crate) fn proxy_error(status: StatusCode, reason: String) -> Response<BoxBod
         resp.headers_mut().insert(PROXY_ERROR_HEADER, value);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use http::header::{CONNECTION, TE, UPGRADE};
+
+    use super::*;
+
+    #[test]
+    fn header_lists_are_sized_as_http2_counts_them() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("abc"));
+        h.append("cookie", HeaderValue::from_static("de"));
+        assert_eq!(header_list_size(&h), (6 + 3 + 32) + (6 + 2 + 32));
+        // The allowance covers the configured head plus field overhead.
+        assert!(crate::http::pool::header_list_limit(65536) as usize > 65536);
+        assert_eq!(crate::http::pool::header_list_limit(usize::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn strips_hop_by_hop_fields() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(TE, HeaderValue::from_static("gzip"));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("x-end-to-end", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-end-to-end"));
+    }
+
+    #[test]
+    fn keeps_te_trailers_and_upgrade_when_upgrading() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade, x-private"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get(UPGRADE).unwrap(), "websocket");
+        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
+        assert_eq!(h.get(TE).unwrap(), "trailers");
+        assert!(!h.contains_key("x-private"));
+    }
+
+    #[test]
+    fn recognises_upgrade_requests() {
+        let req = Request::builder()
+            .header(CONNECTION, "keep-alive, Upgrade")
+            .header(UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(wants_upgrade(&req));
+        let req = Request::builder()
+            .header(UPGRADE, "websocket")
+            .body(())
+            .unwrap();
+        assert!(!wants_upgrade(&req));
+    }
 }

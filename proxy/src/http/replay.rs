@@ -20,7 +20,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::pool::{BoxBody, BoxError};
+use crate::http::pool::{BoxBody, BoxError};
 
 /// Bytes of request body kept for a retry at most.
 pub(crate) const MAX_REPLAY_BYTES: usize = 64 * 1024;

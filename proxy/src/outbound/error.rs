@@ -8,7 +8,7 @@ use http::{Response, StatusCode};
 
 use crate::balance::EndpointState;
 use crate::http::headers::{error_response, proxy_error};
-use crate::pool::{BoxBody, BoxError, UpstreamError};
+use crate::http::pool::{BoxBody, BoxError, UpstreamError};
 
 /// Why a balanced request got no response from an endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,7 @@ impl Error {
 mod tests {
     use super::*;
     use crate::http::PROXY_ERROR_HEADER as PROXY_ERROR_HEADER_NAME;
-    use crate::tcp::{ConnectError, Target};
+    use crate::transport::{ConnectError, Target};
 
     fn header(resp: &Response<BoxBody>) -> &str {
         resp.headers()[PROXY_ERROR_HEADER_NAME].to_str().unwrap()

@@ -27,15 +27,10 @@ use tower::timeout::Timeout;
 
 use crate::balance::{EndpointState, RetryBudget};
 use crate::discovery::Routes;
+use crate::http::pool::BoxBody;
 use crate::http::replay::{MAX_REPLAY_BYTES, ReplayBody};
-use crate::pool::BoxBody;
-use crate::tcp::Target;
+use crate::transport::Target;
 use error::Error;
-
-/// The endpoint service's future. Boxed: a generic `S::Future: Send`
-/// bound trips a rustc limitation with `BoxError`'s lifetime.
-pub(crate) type EndpointFuture =
-    futures_util::future::BoxFuture<'static, Result<Response<BoxBody>, crate::pool::UpstreamError>>;
 
 /// Which attempt a request is; the retry policy sets it for each retry.
 #[derive(Clone, Debug, Default)]
@@ -64,8 +59,8 @@ where
         + 'static,
     S: tower::Service<
             (Target, Request<BoxBody>),
-            Error = crate::pool::UpstreamError,
-            Future = EndpointFuture,
+            Error = crate::http::pool::UpstreamError,
+            Future = crate::http::endpoint::EndpointFuture,
         >,
 {
     let retries_on = routes.retry.is_on();
@@ -82,7 +77,10 @@ where
     });
     budget.deposit();
     let balance = pick::Balance::new(routes.clone(), endpoint);
-    let retry = Retry::new(routes.retry.policy(budget), balance);
+    let retry = Retry::new(
+        retry::RetryPolicy::new(routes.retry.clone(), budget),
+        balance,
+    );
     match routes.policy.timeout {
         None => retry.oneshot(req).await,
         Some(after) => Timeout::new(retry, after)

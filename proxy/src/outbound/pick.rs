@@ -21,9 +21,9 @@ use super::Attempt;
 use super::error::Error;
 use super::retry::Served;
 use crate::discovery::{NoEndpoint, Routes};
+use crate::http::pool::{BoxBody, UpstreamError};
 use crate::http::replay::ReplayBody;
-use crate::pool::{BoxBody, UpstreamError};
-use crate::tcp::Target;
+use crate::transport::Target;
 use http_body_util::BodyExt;
 
 /// Picks an endpoint for each attempt and sends it there.
@@ -45,7 +45,7 @@ where
             (Target, Request<BoxBody>),
             Response = Response<BoxBody>,
             Error = UpstreamError,
-            Future = super::EndpointFuture,
+            Future = crate::http::endpoint::EndpointFuture,
         > + Clone
         + Send
         + 'static,

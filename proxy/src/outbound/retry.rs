@@ -4,60 +4,18 @@
 use std::sync::Arc;
 
 use http::{Method, Request, Response};
-use prometheus_client::metrics::counter::Counter;
 use tower::retry::budget::Budget;
 
 use super::Attempt;
 use super::error::Error;
 use crate::balance::{EndpointState, RetryBudget};
-use crate::discovery::RetryOn;
+use crate::discovery::RetryRules;
+use crate::http::pool::{BoxBody, UpstreamError};
 use crate::http::replay::ReplayBody;
-use crate::pool::{BoxBody, UpstreamError};
-
-/// The budget every destination gets: retries may add 20 % to the
-/// requests of the last 10 s, plus 10 a second so a quiet service can
-/// retry at all. Retries then add to a failing backend's load, never
-/// multiply it.
-///
-/// tower's `TpsBudget` has the same shape but does not keep the ratio: it
-/// spends `(1.0 / percent) as isize` deposits per retry in `f32`, which
-/// truncates 0.2 to 4 deposits, so 25 % (measured: 984 retries for 4,000
-/// failing requests where 900 were allowed); and it checks the balance and
-/// spends in two steps, so concurrent retries overdraw it. `RetryBudget`
-/// implements tower's `Budget` trait instead.
-pub(crate) fn destination_budget() -> RetryBudget {
-    RetryBudget::new(0.2, 10)
-}
 
 /// The endpoint that produced a response, so that a retry avoids it.
 #[derive(Clone, Debug)]
 pub(crate) struct Served(pub Arc<EndpointState>);
-
-/// A route's retry settings with its counters, resolved once per
-/// discovery update rather than per request.
-#[derive(Debug, Default)]
-pub(crate) struct RetryRules {
-    pub retry_on: RetryOn,
-    /// Retries allowed on top of the first attempt.
-    pub limit: u32,
-    pub retries: Counter,
-    pub exhausted: Counter,
-}
-
-impl RetryRules {
-    pub(crate) fn is_on(&self) -> bool {
-        !self.retry_on.is_empty() && self.limit > 0
-    }
-
-    /// A fresh policy for one request.
-    pub(crate) fn policy(self: &Arc<Self>, budget: Arc<RetryBudget>) -> RetryPolicy {
-        RetryPolicy {
-            rules: self.clone(),
-            retried: 0,
-            budget,
-        }
-    }
-}
 
 /// One request's retry state; cloned per request by `Retry`.
 #[derive(Clone, Debug)]
@@ -65,6 +23,17 @@ pub(crate) struct RetryPolicy {
     rules: Arc<RetryRules>,
     retried: u32,
     budget: Arc<RetryBudget>,
+}
+
+impl RetryPolicy {
+    /// A fresh policy for one request to a route.
+    pub(crate) fn new(rules: Arc<RetryRules>, budget: Arc<RetryBudget>) -> Self {
+        RetryPolicy {
+            rules,
+            retried: 0,
+            budget,
+        }
+    }
 }
 
 /// Safe to send twice: RFC 9110's idempotent methods.
@@ -158,9 +127,10 @@ mod tests {
     use tower::{Service, ServiceExt};
 
     use super::*;
+    use crate::discovery::RetryOn;
+    use crate::http::pool::BoxError;
     use crate::http::replay::MAX_REPLAY_BYTES;
-    use crate::pool::BoxError;
-    use crate::tcp::{ConnectError, Target};
+    use crate::transport::{ConnectError, Target};
 
     fn endpoint(port: u16) -> Arc<EndpointState> {
         Arc::new(EndpointState::new(Target::plain(
@@ -175,7 +145,7 @@ mod tests {
             limit,
             ..Default::default()
         });
-        rules.policy(Arc::new(budget))
+        RetryPolicy::new(rules, Arc::new(budget))
     }
 
     fn request(method: Method, body: &'static str) -> Request<ReplayBody> {
@@ -267,7 +237,7 @@ mod tests {
     #[tokio::test]
     async fn retries_a_listed_status_with_the_whole_body_and_avoids_the_endpoint() {
         let backend = Scripted::new(&[503, 503, 200]);
-        let p = policy(&["5xx"], 2, destination_budget());
+        let p = policy(&["5xx"], 2, RetryBudget::destination());
         let retries = p.rules.retries.clone();
         assert_eq!(
             run(p, &backend, request(Method::PUT, "payload")).await,
@@ -285,7 +255,7 @@ mod tests {
     #[tokio::test]
     async fn the_limit_caps_attempts() {
         let backend = Scripted::new(&[503, 503, 503, 200]);
-        let p = policy(&["5xx"], 2, destination_budget());
+        let p = policy(&["5xx"], 2, RetryBudget::destination());
         assert_eq!(run(p, &backend, request(Method::GET, "")).await, Ok(503));
         assert_eq!(backend.calls.load(Ordering::SeqCst), 3);
     }
@@ -293,25 +263,25 @@ mod tests {
     #[tokio::test]
     async fn only_idempotent_methods_retry_a_response() {
         let backend = Scripted::new(&[503, 200]);
-        let p = policy(&["5xx"], 2, destination_budget());
+        let p = policy(&["5xx"], 2, RetryBudget::destination());
         assert_eq!(run(p, &backend, request(Method::POST, "x")).await, Ok(503));
         // A refused connection never reached anyone: any method retries.
         let backend = Scripted::new(&[0, 200]);
-        let p = policy(&["connect-failure"], 2, destination_budget());
+        let p = policy(&["connect-failure"], 2, RetryBudget::destination());
         assert_eq!(run(p, &backend, request(Method::POST, "x")).await, Ok(200));
         // Unless connect failures are not a condition.
         let backend = Scripted::new(&[0, 200]);
-        let p = policy(&["5xx"], 2, destination_budget());
+        let p = policy(&["5xx"], 2, RetryBudget::destination());
         assert_eq!(run(p, &backend, request(Method::POST, "x")).await, Err(()));
     }
 
     #[tokio::test]
     async fn unlisted_statuses_and_unreplayable_bodies_are_not_retried() {
         let backend = Scripted::new(&[500, 200]);
-        let p = policy(&["gateway-error"], 2, destination_budget());
+        let p = policy(&["gateway-error"], 2, RetryBudget::destination());
         assert_eq!(run(p, &backend, request(Method::GET, "")).await, Ok(500));
         let backend = Scripted::new(&[503, 200]);
-        let p = policy(&["5xx"], 2, destination_budget());
+        let p = policy(&["5xx"], 2, RetryBudget::destination());
         let mut req = request(Method::GET, "");
         *req.body_mut() = ReplayBody::once(Empty::new().map_err(BoxError::from).boxed());
         assert_eq!(run(p, &backend, req).await, Ok(503));
@@ -331,7 +301,7 @@ mod tests {
 
     #[test]
     fn the_destination_budget_is_a_share_plus_a_floor() {
-        let budget = destination_budget();
+        let budget = RetryBudget::destination();
         let floor = (0..10_000).take_while(|_| budget.withdraw()).count();
         assert_eq!(floor, 100);
         for _ in 0..1000 {

@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use weft_api::mesh::Protocol as MeshProtocol;
 
 use crate::metrics::ConnectionGuard;
-use crate::tcp::{ConnectError, Connector, Target};
+use crate::transport::{ConnectError, Connector, Target};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, BoxError>;

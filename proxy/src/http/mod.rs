@@ -1,0 +1,17 @@
+//! HTTP building blocks that know nothing of routing: header rules, the
+//! pooled upstream connections, the request sent to one endpoint (with the
+//! mesh's HTTP/1→HTTP/2 conversion), bodies that replay, wait for `100
+//! Continue` or count the response, and the proxy's own error responses.
+
+pub(crate) mod endpoint;
+pub(crate) mod expect;
+pub(crate) mod headers;
+pub(crate) mod metered;
+pub mod pool;
+pub(crate) mod replay;
+
+pub use endpoint::{ORIG_PROTO_HEADER, REASON_HEADER};
+pub use headers::strip_hop_by_hop;
+
+/// Header added to responses the proxy itself generates, naming the cause.
+pub const PROXY_ERROR_HEADER: &str = "weft-proxy-error";

@@ -1,0 +1,243 @@
+//! Serving one client HTTP connection: hyper's HTTP/1 or HTTP/2 server,
+//! the first request head bounded in time and size, and each request
+//! handed to the [`forwarder`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::detect::Protocol;
+use crate::discovery::Destination;
+use crate::http::PROXY_ERROR_HEADER;
+use crate::http::metered::ResponseMeter;
+use crate::http::pool::{Pool, Version};
+use crate::io::PrefixedIo;
+use crate::metrics::{Direction, DirectionLabels, Metrics, PeerLabels, ResponseLabels};
+use crate::trace::Tracer;
+use crate::transport::{Connector, Target};
+
+mod forwarder;
+use forwarder::Forwarder;
+
+/// What every HTTP connection of one direction shares.
+#[derive(Debug)]
+pub struct HttpContext {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub pool: Arc<Pool>,
+    pub direction: Direction,
+    /// Set when an OTLP collector is configured; `None` costs nothing.
+    pub tracer: Option<Arc<Tracer>>,
+    /// This direction's error counter, resolved once instead of per request.
+    pub(crate) http_errors: Counter,
+}
+
+impl HttpContext {
+    pub fn new(config: Arc<Config>, connector: Connector, tracer: Option<Arc<Tracer>>) -> Self {
+        let metrics = connector.metrics.clone();
+        let direction = connector.direction;
+        let labels = DirectionLabels {
+            direction: direction.as_str(),
+        };
+        let http_errors = metrics.http_errors.get_or_create(&labels).clone();
+        HttpContext {
+            pool: Pool::new(
+                connector,
+                config.http_idle_timeout,
+                config.http_max_header_bytes,
+            ),
+            http_errors,
+            config,
+            metrics,
+            direction,
+            tracer,
+        }
+    }
+}
+
+/// Where a connection's requests go.
+#[derive(Clone, Debug)]
+pub enum Route {
+    /// One address: the original destination, or the app on loopback.
+    Fixed(Arc<Target>),
+    /// A destination from discovery, balanced per request.
+    Balanced(Arc<Destination>),
+}
+
+/// Serves one detected HTTP connection until it ends or the proxy drains.
+/// `buf` holds the bytes protocol detection already read; `remote` labels
+/// the requests' metrics with the hop they crossed (for a balanced route,
+/// each request's endpoint says instead).
+pub async fn serve<I>(
+    ctx: Arc<HttpContext>,
+    mut io: I,
+    mut buf: BytesMut,
+    protocol: Protocol,
+    route: Route,
+    remote: PeerLabels,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let version = if protocol == Protocol::Http2 {
+        Version::Http2
+    } else {
+        Version::Http1
+    };
+    if version == Version::Http1 && !read_first_head(&ctx, &mut io, &mut buf, &remote).await {
+        return;
+    }
+    let io = TokioIo::new(PrefixedIo::new(buf, io));
+    let forwarder = Forwarder {
+        ctx: ctx.clone(),
+        route,
+        version,
+        remote,
+    };
+    let service = hyper::service::service_fn(move |req| forwarder.clone().call(req));
+    let result = match version {
+        Version::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                // hyper's header timer also runs while a keep-alive
+                // connection idles, so it is the idle timeout here; the
+                // first request's head is bounded by `read_first_head`.
+                .header_read_timeout(ctx.config.http_idle_timeout)
+                .max_buf_size(ctx.config.http_max_header_bytes);
+            let conn = builder.serve_connection(io, service).with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        Version::Http2 => {
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(crate::http::pool::header_list_limit(
+                    ctx.config.http_max_header_bytes,
+                ))
+                .serve_connection(io, service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => result,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    if let Err(error) = result {
+        if error.is_parse() || error.is_parse_too_large() || error.is_timeout() {
+            ctx.http_errors.inc();
+        }
+        tracing::debug!(direction = %ctx.direction, %error, "HTTP connection ended with an error");
+    }
+}
+
+/// Reads until the first request's head is complete. A client that stalls
+/// mid-head gets 408 and the connection is closed; one whose head is too
+/// large gets 431 naming the limit. (hyper answers a later request's
+/// oversized head on a kept-alive connection with a bare 431.)
+async fn read_first_head<I>(
+    ctx: &HttpContext,
+    io: &mut I,
+    buf: &mut BytesMut,
+    remote: &PeerLabels,
+) -> bool
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + ctx.config.http_header_timeout;
+    while !contains(buf, b"\r\n\r\n") && buf.len() < ctx.config.http_max_header_bytes {
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+            Ok(Ok(0)) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                refuse_head(
+                    ctx,
+                    io,
+                    remote,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                )
+                .await;
+                return false;
+            }
+        }
+    }
+    if !contains(buf, b"\r\n\r\n") && buf.len() >= ctx.config.http_max_header_bytes {
+        let reason = format!(
+            "request head exceeds WEFT_HTTP_MAX_HEADER_BYTES ({})",
+            ctx.config.http_max_header_bytes
+        );
+        let answer = format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\n{PROXY_ERROR_HEADER}: {reason}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{reason}\n",
+            reason.len() + 1
+        );
+        refuse_head(
+            ctx,
+            io,
+            remote,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &answer,
+        )
+        .await;
+        return false;
+    }
+    true
+}
+
+/// Answers a first request head the proxy refuses, counts it, and closes.
+async fn refuse_head<I>(
+    ctx: &HttpContext,
+    io: &mut I,
+    remote: &PeerLabels,
+    status: StatusCode,
+    answer: &str,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    ctx.http_errors.inc();
+    ResponseMeter {
+        metrics: ctx.metrics.clone(),
+        labels: ResponseLabels {
+            direction: ctx.direction.as_str(),
+            authority: ctx.metrics.authorities.label(None),
+            remote: remote.clone(),
+            status_code: status.as_u16(),
+            grpc_status: None,
+            classification: "success",
+        },
+        latency_ms: None,
+        span: None,
+    }
+    .finish(None, false);
+    let _ = io.write_all(answer.as_bytes()).await;
+    let _ = io.shutdown().await;
+    // Closing with the rest of the head unread would reset the connection,
+    // and the reset can destroy the answer before the client reads it; so
+    // the rest is read and dropped for a moment first.
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

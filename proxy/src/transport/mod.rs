@@ -1,0 +1,239 @@
+//! Upstream connections: to a plain address, or over mesh mTLS to
+//! another proxy with the mesh header; the [`Target`] type every stage
+//! that connects names its destination with.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use weft_api::mesh::{Header, Protocol as MeshProtocol};
+
+use crate::io::CountingIo;
+use crate::mesh::{MeshClient, MeshPeer};
+use crate::metrics::{ConnectionGuard, Direction, Dst, Metrics, PeerLabels, TcpLabels};
+
+/// Why an upstream connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("connect to {addr}: {source}")]
+    Io {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mTLS to {addr} (expecting {identity}): {source}")]
+    Tls {
+        addr: SocketAddr,
+        identity: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no workload certificate yet; cannot open mTLS to {addr}")]
+    NoCertificate { addr: SocketAddr },
+}
+
+/// Where a connection goes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The address the app dialled (outbound), or the app's own loopback
+    /// address (inbound).
+    pub addr: SocketAddr,
+    /// Set when the destination is a meshed pod: the identity its proxy
+    /// must prove. The connection then goes to that proxy's inbound port
+    /// over mTLS.
+    pub mesh: Option<Arc<MeshPeer>>,
+    /// What discovery said the endpoint is (outbound only).
+    pub dst: Dst,
+}
+
+impl Target {
+    pub fn plain(addr: SocketAddr) -> Self {
+        Target {
+            addr,
+            mesh: None,
+            dst: Dst::default(),
+        }
+    }
+
+    /// Labels for metrics about this hop.
+    pub fn peer_labels(&self) -> PeerLabels {
+        let labels = match &self.mesh {
+            Some(peer) => PeerLabels::server(peer.label.clone()),
+            None => PeerLabels::plain(),
+        };
+        labels.with_dst(self.dst.clone())
+    }
+}
+
+/// An upstream connection with its metrics attached.
+#[derive(Debug)]
+pub enum Upstream {
+    Plain(CountingIo<TcpStream>),
+    Mesh(Box<tokio_rustls::client::TlsStream<CountingIo<TcpStream>>>),
+}
+
+/// Opens upstream connections for one direction.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    pub timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    pub direction: Direction,
+    /// Present when the proxy has a workload identity.
+    pub mesh: Option<Arc<MeshClient>>,
+}
+
+impl Connector {
+    /// Connects to `target`, counting the connection under `peer="dst"`.
+    /// A meshed target gets mTLS and the mesh header announcing `protocol`.
+    pub async fn connect(
+        &self,
+        target: &Target,
+        protocol: MeshProtocol,
+    ) -> Result<(Upstream, ConnectionGuard), ConnectError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let (peer, mesh) = match (&target.mesh, &self.mesh) {
+            (Some(peer), Some(mesh)) => (peer, mesh),
+            _ => {
+                let (io, guard) = self
+                    .tcp(target.addr, target.peer_labels(), deadline)
+                    .await?;
+                return Ok((Upstream::Plain(io), guard));
+            }
+        };
+        let addr = SocketAddr::new(target.addr.ip(), weft_api::ports::INBOUND);
+        if tokio::time::timeout_at(deadline, mesh.certs.wait_ready())
+            .await
+            .is_err()
+        {
+            self.metrics.mtls_refused(self.direction, "no_certificate");
+            return Err(ConnectError::NoCertificate { addr });
+        }
+        let (io, mut guard) = self.tcp(addr, target.peer_labels(), deadline).await?;
+        let tls_error = |source| ConnectError::Tls {
+            addr,
+            identity: peer.identity.to_string(),
+            source,
+        };
+        let connector = tokio_rustls::TlsConnector::from(mesh.config.clone());
+        let mut tls = match tokio::time::timeout_at(
+            deadline,
+            connector.connect(peer.server_name.clone(), io),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(ConnectError::Timeout {
+                    addr,
+                    timeout: self.timeout,
+                });
+            }
+            Ok(Err(source)) => {
+                guard.set_error(&source);
+                return Err(tls_error(source));
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        let header = Header {
+            port: target.addr.port(),
+            protocol,
+        };
+        tls.write_all(&header.encode()).await.map_err(tls_error)?;
+        Ok((Upstream::Mesh(Box::new(tls)), guard))
+    }
+
+    async fn tcp(
+        &self,
+        addr: SocketAddr,
+        remote: PeerLabels,
+        deadline: tokio::time::Instant,
+    ) -> Result<(CountingIo<TcpStream>, ConnectionGuard), ConnectError> {
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+            Err(_) => {
+                return Err(ConnectError::Timeout {
+                    addr,
+                    timeout: self.timeout,
+                });
+            }
+            Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+            Ok(Ok(stream)) => stream,
+        };
+        // Small request/response exchanges must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let guard = ConnectionGuard::open(&self.metrics, self.direction, "dst", remote);
+        let io = counting(&self.metrics, stream, guard.labels());
+        Ok((io, guard))
+    }
+}
+
+/// Wraps `stream` so its bytes count under `labels`.
+pub fn counting<T>(metrics: &Metrics, stream: T, labels: &TcpLabels) -> CountingIo<T> {
+    CountingIo::new(
+        stream,
+        metrics.tcp_read_bytes.get_or_create(labels).clone(),
+        metrics.tcp_write_bytes.get_or_create(labels).clone(),
+    )
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Upstream::Mesh(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Upstream::Mesh(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Upstream::Mesh(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Upstream::Plain(io) => io.is_write_vectored(),
+            Upstream::Mesh(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(io) => Pin::new(io).poll_flush(cx),
+            Upstream::Mesh(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Upstream::Mesh(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
