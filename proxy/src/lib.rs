@@ -16,10 +16,12 @@ pub mod app_watch;
 pub mod await_ready;
 pub mod balance;
 pub mod config;
+pub(crate) mod connection;
 pub mod detect;
 pub mod discovery;
 pub mod http;
 pub mod identity;
+pub(crate) mod inbound;
 pub mod io;
 pub mod mesh;
 pub mod metrics;
@@ -36,22 +38,18 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::BytesMut;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, InboundMtls};
-use crate::detect::{Detection, Protocol};
+use crate::config::Config;
+use crate::connection::Listener;
 use crate::discovery::Resolver;
 use crate::mesh::{Endpoints, MeshClient};
-use crate::metrics::{
-    ConnectionGuard, DetectLabels, DetectTimeoutLabels, Direction, DirectionLabels, Metrics,
-    PeerLabels,
-};
-use crate::serve::{HttpContext, Route};
+use crate::metrics::{Direction, Metrics};
+use crate::serve::HttpContext;
 use crate::tls::CertStore;
-use crate::transport::{Connector, Target};
+use crate::transport::Connector;
 
 /// Fatal startup errors.
 #[derive(Debug, thiserror::Error)]
@@ -81,31 +79,12 @@ pub fn init_tracing(filter: &str) {
         .try_init();
 }
 
-/// Everything a connection handler needs.
-#[derive(Debug)]
-struct Listener {
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
-    http: Arc<HttpContext>,
-    direction: Direction,
-    shutdown: CancellationToken,
-    /// Destinations pinned as meshed (outbound).
-    endpoints: Arc<Endpoints>,
-    /// Discovery (outbound), when a controller is configured.
-    resolver: Option<Arc<Resolver>>,
-    /// Terminates mesh mTLS (inbound), when the proxy has an identity.
-    mesh_server: Option<Arc<rustls::ServerConfig>>,
-}
-
 /// Mesh TLS state, present when the proxy has an identity.
 struct Mesh {
     certs: Arc<CertStore>,
     client: Arc<MeshClient>,
     server: Arc<rustls::ServerConfig>,
 }
-
-/// How long a peer may take to complete the mesh TLS handshake and header.
-const MESH_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs the proxy until SIGTERM, SIGINT or an admin `/shutdown`, then drains.
 pub async fn run(config: Config) -> Result<(), Error> {
@@ -308,231 +287,13 @@ async fn accept(listener: TcpListener, ctx: Arc<Listener>, tracker: TaskTracker)
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tracker.spawn(handle(ctx.clone(), stream, peer));
+                tracker.spawn(connection::handle(ctx.clone(), stream, peer));
             }
             Err(error) => {
                 // Usually EMFILE: back off instead of spinning.
                 tracing::warn!(direction = %ctx.direction, %error, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-        }
-    }
-}
-
-/// The app in this pod, reached over loopback so that the connection is
-/// not redirected again.
-fn local_app(orig_dst: SocketAddr, port: u16) -> SocketAddr {
-    match orig_dst {
-        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
-    }
-}
-
-/// Where a connection should go, given where the client sent it, and the
-/// protocol discovery says the port speaks, if it says.
-async fn route_for(ctx: &Listener, orig_dst: SocketAddr) -> (Route, Option<Protocol>) {
-    let fixed = |target: Target| (Route::Fixed(Arc::new(target)), None);
-    match ctx.direction {
-        Direction::Inbound => fixed(Target::plain(local_app(orig_dst, orig_dst.port()))),
-        Direction::Outbound => {
-            if let Some(peer) = ctx.endpoints.lookup(orig_dst.ip()) {
-                return fixed(Target {
-                    addr: orig_dst,
-                    mesh: Some(peer),
-                    dst: Default::default(),
-                });
-            }
-            let Some(resolver) = &ctx.resolver else {
-                return fixed(Target::plain(orig_dst));
-            };
-            let dest = resolver.resolve(orig_dst).await;
-            let declared = dest.routes().and_then(|r| r.protocol);
-            (Route::Balanced(dest), declared)
-        }
-    }
-}
-
-async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
-    let direction = ctx.direction;
-    let orig_dst = match orig_dst::original_dst(&stream) {
-        Ok(addr) => addr,
-        Err(error) => {
-            tracing::warn!(%direction, %peer, %error, "no original destination; was the connection redirected?");
-            return;
-        }
-    };
-    // Another proxy addresses the inbound port itself: mesh traffic.
-    if direction == Direction::Inbound && orig_dst.port() == ctx.config.inbound_port {
-        let _ = stream.set_nodelay(true);
-        let span = tracing::debug_span!("mesh", %peer);
-        tracing::Instrument::instrument(serve_mesh(ctx, stream, orig_dst), span).await;
-        return;
-    }
-    // Without NAT the "original" destination is the listener itself: a
-    // client dialled the proxy port directly. Forwarding would loop.
-    if stream.local_addr().is_ok_and(|local| local == orig_dst) {
-        tracing::warn!(%direction, %peer, %orig_dst, "refusing a connection addressed to the proxy itself");
-        return;
-    }
-    let _ = stream.set_nodelay(true);
-    if direction == Direction::Inbound && ctx.config.inbound_mtls == InboundMtls::Strict {
-        tracing::info!(%peer, %orig_dst, "refusing a connection that is not mesh mTLS (strict mode)");
-        ctx.metrics.mtls_refused(direction, "plaintext");
-        return;
-    }
-    let span = tracing::debug_span!("conn", %direction, %peer, dst = %orig_dst);
-    // Instrument the whole future: a span entered with `enter()` must not be
-    // held across an await.
-    tracing::Instrument::instrument(serve(ctx, stream, orig_dst), span).await;
-}
-
-/// Counts a detection timeout on `port`, and the first time for that port
-/// tells the operator how to stop the wait: a server-speaks-first protocol
-/// waits out the timeout on every connection otherwise.
-fn detection_timed_out(ctx: &Listener, port: u16) {
-    let direction = ctx.direction.as_str();
-    ctx.metrics
-        .detect_timeout
-        .get_or_create(&DirectionLabels { direction })
-        .inc();
-    let before = ctx
-        .metrics
-        .detect_timeout_by_port
-        .get_or_create(&DetectTimeoutLabels { direction, port })
-        .inc();
-    if before == 0 {
-        tracing::warn!(
-            direction,
-            port,
-            timeout = ?ctx.config.detect_timeout,
-            "protocol detection timed out: the client sent nothing, as with protocols where \
-             the server speaks first; if port {port} is one, list it in the pod annotation \
-             {} (or WEFT_OPAQUE_PORTS) to skip detection",
-            weft_api::annotations::OPAQUE_PORTS,
-        );
-    }
-}
-
-/// Detects the protocol of an accepted connection and forwards it.
-async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
-    let direction = ctx.direction;
-    let (route, declared) = route_for(&ctx, orig_dst).await;
-    // The accepted side of this connection is never mesh TLS: outbound it
-    // is the app, inbound an unmeshed client.
-    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", PeerLabels::plain());
-    let mut io = transport::counting(&ctx.metrics, stream, guard.labels());
-    let mut buf = BytesMut::with_capacity(1024);
-    // The proxy's own opaque ports win over what discovery declares.
-    let declared = match ctx.config.opaque_ports.contains(&orig_dst.port()) {
-        true => Some(Protocol::Opaque),
-        false => declared,
-    };
-    let (protocol, outcome) = if let Some(protocol) = declared {
-        let outcome = match protocol {
-            Protocol::Opaque | Protocol::Tls => "opaque_port",
-            http => http.as_str(),
-        };
-        (protocol, outcome)
-    } else {
-        match detect::detect(&mut io, &mut buf, ctx.config.detect_timeout).await {
-            Ok(Detection::Found(protocol)) => (protocol, protocol.as_str()),
-            Ok(Detection::TimedOut) => {
-                detection_timed_out(&ctx, orig_dst.port());
-                (Protocol::Opaque, Protocol::Opaque.as_str())
-            }
-            Err(error) => {
-                guard.set_error(&error);
-                return;
-            }
-        }
-    };
-    ctx.metrics
-        .detect
-        .get_or_create(&DetectLabels {
-            direction: direction.as_str(),
-            protocol: outcome,
-        })
-        .inc();
-    tracing::debug!(protocol = outcome, ?route, "forwarding");
-    match protocol {
-        Protocol::Http1 | Protocol::Http2 => {
-            let tls = match &route {
-                Route::Fixed(target) => target.peer_labels(),
-                Route::Balanced(_) => PeerLabels::plain(),
-            };
-            serve::serve(
-                ctx.http.clone(),
-                io,
-                buf,
-                protocol,
-                route,
-                tls,
-                ctx.shutdown.clone(),
-            )
-            .await
-        }
-        Protocol::Tls | Protocol::Opaque => {
-            let io = io::PrefixedIo::new(buf, io);
-            match &route {
-                Route::Fixed(target) => {
-                    tcp::forward(io, &mut guard, target, &ctx.http.pool.connector).await
-                }
-                Route::Balanced(dest) => {
-                    tcp::forward_balanced(io, &mut guard, dest, &ctx.http.pool.connector).await
-                }
-            }
-        }
-    }
-}
-
-/// Serves a connection from another proxy: mTLS, then the mesh header says
-/// which local port and protocol; no detection is needed.
-async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
-    let direction = ctx.direction;
-    let Some(server) = ctx.mesh_server.clone() else {
-        tracing::info!("mesh connection refused: this proxy has no identity");
-        ctx.metrics.mtls_refused(direction, "no_certificate");
-        return;
-    };
-    // Counted under the client's identity once the handshake tells it.
-    let io = io::CountingIo::new(stream, Default::default(), Default::default());
-    let (mut tls, client, header) = match mesh::accept(server, io, MESH_HANDSHAKE_TIMEOUT).await {
-        Ok(accepted) => accepted,
-        Err(error) => {
-            tracing::info!(%error, "mesh connection refused");
-            ctx.metrics.mtls_refused(direction, error.reason());
-            return;
-        }
-    };
-    let peer_labels = PeerLabels::client(Arc::new(client.to_string()));
-    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", peer_labels.clone());
-    let labels = guard.labels().clone();
-    tls.get_mut().0.set_counters(
-        ctx.metrics.tcp_read_bytes.get_or_create(&labels).clone(),
-        ctx.metrics.tcp_write_bytes.get_or_create(&labels).clone(),
-    );
-    let target = Target::plain(local_app(orig_dst, header.port));
-    tracing::debug!(%client, port = header.port, protocol = ?header.protocol, "mesh connection");
-    match header.protocol {
-        weft_api::mesh::Protocol::Http1 | weft_api::mesh::Protocol::Http2 => {
-            let protocol = if header.protocol == weft_api::mesh::Protocol::Http2 {
-                Protocol::Http2
-            } else {
-                Protocol::Http1
-            };
-            serve::serve(
-                ctx.http.clone(),
-                tls,
-                BytesMut::new(),
-                protocol,
-                Route::Fixed(Arc::new(target)),
-                peer_labels,
-                ctx.shutdown.clone(),
-            )
-            .await
-        }
-        weft_api::mesh::Protocol::Opaque => {
-            tcp::forward(tls, &mut guard, &target, &ctx.http.pool.connector).await
         }
     }
 }

@@ -1,0 +1,82 @@
+//! The inbound side: connections from other proxies, over mesh mTLS.
+//! The handshake proves the client's identity, the mesh header names the
+//! app's port and protocol, and the connection goes to the app on
+//! loopback with no detection. (Plaintext from unmeshed clients takes the
+//! detection path of [`crate::connection`].)
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+use crate::connection::Listener;
+use crate::detect::Protocol;
+use crate::metrics::{ConnectionGuard, PeerLabels};
+use crate::serve::Route;
+use crate::transport::Target;
+use crate::{io, mesh, serve, tcp};
+
+/// How long a peer may take to complete the mesh TLS handshake and header.
+pub(crate) const MESH_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The app in this pod, reached over loopback so that the connection is
+/// not redirected again.
+pub(crate) fn local_app(orig_dst: SocketAddr, port: u16) -> SocketAddr {
+    match orig_dst {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+    }
+}
+
+/// Serves a connection from another proxy: mTLS, then the mesh header says
+/// which local port and protocol; no detection is needed.
+pub(crate) async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
+    let direction = ctx.direction;
+    let Some(server) = ctx.mesh_server.clone() else {
+        tracing::info!("mesh connection refused: this proxy has no identity");
+        ctx.metrics.mtls_refused(direction, "no_certificate");
+        return;
+    };
+    // Counted under the client's identity once the handshake tells it.
+    let io = io::CountingIo::new(stream, Default::default(), Default::default());
+    let (mut tls, client, header) = match mesh::accept(server, io, MESH_HANDSHAKE_TIMEOUT).await {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            tracing::info!(%error, "mesh connection refused");
+            ctx.metrics.mtls_refused(direction, error.reason());
+            return;
+        }
+    };
+    let peer_labels = PeerLabels::client(Arc::new(client.to_string()));
+    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", peer_labels.clone());
+    let labels = guard.labels().clone();
+    tls.get_mut().0.set_counters(
+        ctx.metrics.tcp_read_bytes.get_or_create(&labels).clone(),
+        ctx.metrics.tcp_write_bytes.get_or_create(&labels).clone(),
+    );
+    let target = Target::plain(local_app(orig_dst, header.port));
+    tracing::debug!(%client, port = header.port, protocol = ?header.protocol, "mesh connection");
+    match header.protocol {
+        weft_api::mesh::Protocol::Http1 | weft_api::mesh::Protocol::Http2 => {
+            let protocol = if header.protocol == weft_api::mesh::Protocol::Http2 {
+                Protocol::Http2
+            } else {
+                Protocol::Http1
+            };
+            serve::serve(
+                ctx.http.clone(),
+                tls,
+                BytesMut::new(),
+                protocol,
+                Route::Fixed(Arc::new(target)),
+                peer_labels,
+                ctx.shutdown.clone(),
+            )
+            .await
+        }
+        weft_api::mesh::Protocol::Opaque => {
+            tcp::forward(tls, &mut guard, &target, &ctx.http.pool.connector).await
+        }
+    }
+}
