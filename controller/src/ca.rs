@@ -1,6 +1,7 @@
 //! The identity CA: signs workload certificates with the issuer, and
 //! reloads the issuer when its files change.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -358,6 +359,36 @@ pub fn humantime(t: SystemTime) -> String {
                 .ok()
         })
         .unwrap_or_else(|| secs.to_string())
+}
+
+/// `issue`: signs a workload certificate straight from the issuer files,
+/// for a peer outside the mesh (a gateway, a benchmark's TLS peer). Writes
+/// one PEM file with the chain (leaf first) and the key.
+pub fn issue_offline(
+    dir: &Path,
+    identity: &weft_api::identity::SpiffeId,
+    lifetime: Duration,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let ca = Ca::load(
+        IssuerPaths::in_dir(dir),
+        CaSettings {
+            trust_domain: identity.trust_domain().to_string(),
+            leaf_lifetime: lifetime,
+            clock_skew: Duration::from_secs(60),
+        },
+        Metrics::new(),
+    )?;
+    let (key, issued) = ca.issue_with_new_key(identity)?;
+    let mut pem = String::new();
+    for der in std::iter::once(&issued.leaf).chain(&issued.intermediates) {
+        pem.push_str(&::pem::encode(&::pem::Pem::new(
+            "CERTIFICATE",
+            der.to_vec(),
+        )));
+    }
+    pem.push_str(&key.serialize_pem());
+    crate::pki::write_atomic(out, pem.as_bytes(), true)
 }
 
 #[cfg(test)]

@@ -78,6 +78,8 @@ pub struct ServeConfig {
 /// Runs the identity service until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let metrics = Metrics::new();
+    metrics.known_refusals(&token::TokenRefusal::REASONS);
+    metrics.known_refusals(&ca::CsrRefusal::REASONS);
     let ca = Arc::new(
         Ca::load(
             pki::IssuerPaths::in_dir(&config.issuer_dir),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use weft_api::identity::{DEFAULT_TRUST_DOMAIN, SpiffeId, TOKEN_AUDIENCE};
-use weft_controller::{DiscoverySource, ServeConfig, TokenSource, pki, token};
+use weft_controller::{DiscoverySource, ServeConfig, TokenSource, ca, pki, token};
 
 fn duration(v: &str) -> Result<Duration, String> {
     weft_api::duration::parse(v)
@@ -295,7 +295,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             out,
         } => {
             let identity: SpiffeId = identity.parse()?;
-            pki::issue_offline(&dir, &identity, lifetime, &out)?;
+            ca::issue_offline(&dir, &identity, lifetime, &out)?;
             println!("wrote {} for {identity}", out.display());
             Ok(())
         }

@@ -200,17 +200,21 @@ impl Metrics {
         registry.register_collector(Box::new(weft_api::process::ProcessCollector));
         // Known label values start at zero, so dashboards show "none yet"
         // rather than "no data".
-        for reason in REQUEST_REFUSAL_REASONS
-            .into_iter()
-            .chain(crate::token::TokenRefusal::REASONS)
-            .chain(crate::ca::CsrRefusal::REASONS)
-        {
+        for reason in REQUEST_REFUSAL_REASONS {
             let _ = m.refused.get_or_create(&ReasonLabels { reason });
         }
         for result in ["success", "failure"] {
             let _ = m.issuer_reloads.get_or_create(&ResultLabels { result });
         }
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Starts the refusal reasons another part knows at zero (the CA's and
+    /// the token checker's), so that dashboards show "none yet".
+    pub fn known_refusals(&self, reasons: &[&'static str]) {
+        for &reason in reasons {
+            let _ = self.refused.get_or_create(&ReasonLabels { reason });
+        }
     }
 
     pub fn refuse(&self, reason: &'static str) {

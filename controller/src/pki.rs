@@ -201,33 +201,3 @@ pub fn generate_token_key(out: &Path, force: bool) -> anyhow::Result<()> {
     )?;
     Ok(())
 }
-
-/// `issue`: signs a workload certificate straight from the issuer files,
-/// for a peer outside the mesh (a gateway, a benchmark's TLS peer). Writes
-/// one PEM file with the chain (leaf first) and the key.
-pub fn issue_offline(
-    dir: &Path,
-    identity: &weft_api::identity::SpiffeId,
-    lifetime: Duration,
-    out: &Path,
-) -> anyhow::Result<()> {
-    let ca = crate::ca::Ca::load(
-        IssuerPaths::in_dir(dir),
-        crate::ca::CaSettings {
-            trust_domain: identity.trust_domain().to_string(),
-            leaf_lifetime: lifetime,
-            clock_skew: Duration::from_secs(60),
-        },
-        crate::metrics::Metrics::new(),
-    )?;
-    let (key, issued) = ca.issue_with_new_key(identity)?;
-    let mut pem = String::new();
-    for der in std::iter::once(&issued.leaf).chain(&issued.intermediates) {
-        pem.push_str(&::pem::encode(&::pem::Pem::new(
-            "CERTIFICATE",
-            der.to_vec(),
-        )));
-    }
-    pem.push_str(&key.serialize_pem());
-    write_atomic(out, pem.as_bytes(), true)
-}
