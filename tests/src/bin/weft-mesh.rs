@@ -20,28 +20,53 @@ use serde_json::json;
 use weft_testbed::identity::spiffe_id;
 use weft_testbed::{Mesh, Pod, ProxyOptions, http_request, nodes, sh};
 
+/// The mesh on one machine: network namespaces as nodes and pods, wired
+/// by Debian's CNI plugins and weft-cni, with real proxies and a real
+/// controller. Needs root.
+#[derive(Debug, clap::Parser)]
+#[command(name = "weft-mesh", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Builds two nodes with a client pod and two versions of a web
+    /// workload behind a TrafficSplit, sends HTTP/1.1, gRPC, WebSocket and
+    /// server-speaks-first TCP through it, and shows the metrics (the
+    /// default).
+    ///
+    /// Example: weft-mesh demo --keep --prometheus
+    Demo {
+        /// Leave it running, with steady traffic, until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+        /// Also start Prometheus on the node, at 127.0.0.1:9090.
+        #[arg(long)]
+        prometheus: bool,
+    },
+    /// wrk through two Weft proxies, directly, and through an HAProxy
+    /// pair, in the same run.
+    ///
+    /// Example: weft-mesh bench --duration 30
+    Bench {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().map_or("demo", String::as_str);
-    let flag = |name: &str| args.iter().any(|a| a == name);
-    let value = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let cli = <Cli as clap::Parser>::parse();
     let run = async {
-        match command {
-            "demo" => demo(flag("--keep"), flag("--prometheus")).await,
-            "bench" => {
-                let secs = value("--duration")
-                    .map(|d| d.parse::<u64>())
-                    .transpose()
-                    .context("--duration takes seconds")?;
-                bench(Duration::from_secs(secs.unwrap_or(10))).await
-            }
-            other => bail!("unknown command {other:?}; use demo or bench"),
+        match cli.command.unwrap_or(Command::Demo {
+            keep: false,
+            prometheus: false,
+        }) {
+            Command::Demo { keep, prometheus } => demo(keep, prometheus).await,
+            Command::Bench { duration } => bench(Duration::from_secs(duration)).await,
         }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
