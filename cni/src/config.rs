@@ -16,19 +16,9 @@ use weft_api::{PROXY_UID, ports};
 use crate::kubernetes::KubernetesConfig;
 use crate::{CniError, SUPPORTED_VERSIONS, codes};
 
-/// One port or an inclusive range.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange(pub u16, pub u16);
-
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 == self.1 {
-            write!(f, "{}", self.0)
-        } else {
-            write!(f, "{}-{}", self.0, self.1)
-        }
-    }
-}
+/// One port or an inclusive range: the type the injector and the proxy
+/// use too.
+pub use weft_api::port_list::PortRange;
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -45,21 +35,14 @@ fn port_ranges(field: &str, raw: Vec<RawPort>) -> Result<Vec<PortRange>, CniErro
             format!("{v:?} is not a port (1-65535) or a range like \"8000-8100\""),
         )
     };
-    let port = |s: &str| s.trim().parse::<u16>().ok().filter(|p| *p != 0);
     raw.into_iter()
         .map(|r| match r {
             RawPort::Number(n) => u16::try_from(n)
                 .ok()
                 .filter(|p| *p != 0)
-                .map(|p| PortRange(p, p))
+                .map(PortRange::single)
                 .ok_or_else(|| bad(n.to_string())),
-            RawPort::Text(s) => match s.split_once('-') {
-                Some((lo, hi)) => match (port(lo), port(hi)) {
-                    (Some(lo), Some(hi)) if lo <= hi => Ok(PortRange(lo, hi)),
-                    _ => Err(bad(s)),
-                },
-                None => port(&s).map(|p| PortRange(p, p)).ok_or_else(|| bad(s)),
-            },
+            RawPort::Text(s) => PortRange::parse(&s).map_err(|_| bad(s)),
         })
         .collect()
 }

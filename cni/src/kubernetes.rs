@@ -97,9 +97,7 @@ pub fn verdict(pod: &Pod, base: &RedirectConfig) -> Result<Verdict, CniError> {
     let ranges = |key: &str| -> Result<Vec<PortRange>, CniError> {
         match notes.get(key) {
             None => Ok(Vec::new()),
-            Some(v) => port_list::parse_ranges(v)
-                .map(|rs| rs.into_iter().map(|r| PortRange(r.first, r.last)).collect())
-                .map_err(|e| bad(key, e.to_string())),
+            Some(v) => port_list::parse_ranges(v).map_err(|e| bad(key, e.to_string())),
         }
     };
     let mut config = base.clone();
@@ -224,7 +222,7 @@ mod tests {
     #[test]
     fn skip_annotations_add_to_the_config() {
         let base = RedirectConfig {
-            skip_outbound_ports: vec![PortRange(22, 22)],
+            skip_outbound_ports: vec![PortRange::single(22)],
             ..Default::default()
         };
         let p = pod(
@@ -241,11 +239,17 @@ mod tests {
         };
         assert_eq!(
             c.skip_inbound_ports,
-            [PortRange(9000, 9000), PortRange(9100, 9200)]
+            [
+                PortRange::single(9000),
+                PortRange {
+                    first: 9100,
+                    last: 9200
+                }
+            ]
         );
         assert_eq!(
             c.skip_outbound_ports,
-            [PortRange(22, 22), PortRange(5432, 5432)]
+            [PortRange::single(22), PortRange::single(5432)]
         );
         assert_eq!(
             c.skip_outbound_cidrs,

@@ -26,7 +26,7 @@ fn set<T: std::fmt::Display>(items: &[T]) -> String {
 
 /// The rule lines of each chain, in order.
 fn chains(c: &RedirectConfig) -> (Vec<String>, Vec<String>) {
-    let mut skip_in = vec![PortRange(c.admin_port, c.admin_port)];
+    let mut skip_in = vec![PortRange::single(c.admin_port)];
     skip_in.extend(c.skip_inbound_ports.iter().copied());
     let inbound = vec![
         "iifname \"lo\" return".to_string(),
@@ -240,8 +240,14 @@ mod tests {
     #[test]
     fn script_contains_every_exemption() {
         let c = RedirectConfig {
-            skip_inbound_ports: vec![PortRange(22, 22)],
-            skip_outbound_ports: vec![PortRange(5432, 5432), PortRange(8000, 8100)],
+            skip_inbound_ports: vec![PortRange::single(22)],
+            skip_outbound_ports: vec![
+                PortRange::single(5432),
+                PortRange {
+                    first: 8000,
+                    last: 8100,
+                },
+            ],
             skip_outbound_cidrs: vec!["10.96.0.0/12".parse().unwrap(), "fd00::/8".parse().unwrap()],
             ..RedirectConfig::default()
         };

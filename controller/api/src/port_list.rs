@@ -10,6 +10,30 @@ pub struct PortRange {
     pub last: u16,
 }
 
+impl PortRange {
+    pub const fn single(port: u16) -> Self {
+        PortRange {
+            first: port,
+            last: port,
+        }
+    }
+
+    /// One item: a port (`8080`) or an inclusive range (`8000-8100`).
+    pub fn parse(item: &str) -> Result<Self, String> {
+        let item = item.trim();
+        match item.split_once('-') {
+            Some((first, last)) => {
+                let (first, last) = (port(first)?, port(last)?);
+                if first > last {
+                    return Err(format!("range {item:?} is backwards"));
+                }
+                Ok(PortRange { first, last })
+            }
+            None => port(item).map(PortRange::single),
+        }
+    }
+}
+
 impl std::fmt::Display for PortRange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.first == self.last {
@@ -29,24 +53,11 @@ fn port(s: &str) -> Result<u16, String> {
 
 /// Parses a list of ports and ranges, keeping the ranges as written.
 pub fn parse_ranges(v: &str) -> Result<Vec<PortRange>, String> {
-    let mut out = Vec::new();
-    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let range = match item.split_once('-') {
-            Some((first, last)) => {
-                let (first, last) = (port(first)?, port(last)?);
-                if first > last {
-                    return Err(format!("range {item:?} is backwards"));
-                }
-                PortRange { first, last }
-            }
-            None => {
-                let p = port(item)?;
-                PortRange { first: p, last: p }
-            }
-        };
-        out.push(range);
-    }
-    Ok(out)
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(PortRange::parse)
+        .collect()
 }
 
 /// Parses a list of ports and ranges into the set of ports it names.
