@@ -340,9 +340,8 @@ fn write_if_changed(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<b
 
 /// Runs until SIGTERM or SIGINT, then uninstalls.
 pub async fn run(installer: Installer, interval: Duration) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let stop = weft_api::runtime::stop_signal()?;
+    tokio::pin!(stop);
     let client = match installer.node_name {
         Some(_) => Some(kube::Client::try_default().await.context(
             "cannot reach the API server to repair pods (unset NODE_NAME to skip repairs)",
@@ -385,8 +384,7 @@ pub async fn run(installer: Installer, interval: Duration) -> anyhow::Result<()>
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = &mut stop => break,
         }
     }
     let cleaned = installer.uninstall()?;

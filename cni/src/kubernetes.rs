@@ -129,9 +129,7 @@ pub fn verdict(pod: &Pod, base: &RedirectConfig) -> Result<Verdict, CniError> {
 /// starts without its rules because the API was briefly away.
 pub fn lookup(config: &KubernetesConfig, pod: &PodRef) -> Result<Pod, CniError> {
     let retry = |msg: String, details: String| CniError::new(codes::TRY_AGAIN_LATER, msg, details);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let runtime = weft_api::runtime::build("weft-cni", 1)
         .map_err(|e| CniError::io("cannot start the lookup", e.to_string()))?;
     let timeout = Duration::from_millis(config.timeout_ms);
     let path = config.kubeconfig.clone();

@@ -138,9 +138,7 @@ fn installer_main(cli: Cli) -> ExitCode {
                 .map_err(|e| anyhow::anyhow!("--log-level {log_level:?}: {e}"))?;
             tracing_subscriber::fmt().with_env_filter(filter).init();
             let installer = node.installer()?;
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
+            weft_api::runtime::build("weft-cni", 1)?
                 .block_on(weft_cni::install::run(installer, interval))
         })(),
         Command::Installed { node } => node.installer().and_then(|i| {

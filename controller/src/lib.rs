@@ -188,15 +188,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    match weft_api::runtime::stop_signal() {
+        Ok(stop) => tracing::info!(signal = stop.await.as_str(), "stopping"),
+        Err(error) => {
+            tracing::warn!(%error, "no signal handlers; stop with SIGKILL");
+            std::future::pending().await
+        }
     }
 }

@@ -224,11 +224,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 discovery,
                 cluster_domain,
             };
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?
-                .block_on(weft_controller::serve(config))
+            weft_api::runtime::build("weft-controller", 2)?.block_on(weft_controller::serve(config))
         }
         Command::Bootstrap {
             out,

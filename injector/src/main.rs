@@ -158,11 +158,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match weft_api::runtime::build("weft-injector", 2) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("weft-injector: cannot start runtime: {error}");
@@ -375,17 +371,12 @@ async fn reload(
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    match weft_api::runtime::stop_signal() {
+        Ok(stop) => tracing::info!(signal = stop.await.as_str(), "stopping"),
+        Err(error) => {
+            tracing::warn!(%error, "no signal handlers; stop with SIGKILL");
+            std::future::pending().await
+        }
     }
 }
 

@@ -258,12 +258,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
 }
 
 async fn wait_for_shutdown(shutdown: &CancellationToken) -> Result<(), Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signal)?;
+    let stop = weft_api::runtime::stop_signal().map_err(Error::Signal)?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+        stop = stop => tracing::info!(signal = stop.as_str(), "stopping"),
         _ = shutdown.cancelled() => {}
     }
     Ok(())

@@ -77,15 +77,7 @@ fn main() -> ExitCode {
     weft_proxy::init_tracing(&config.log_level);
     tracing::info!(?config, "starting weft-proxy {}", env!("CARGO_PKG_VERSION"));
 
-    // One core: a current-thread runtime avoids cross-thread wakeups.
-    let mut builder = if config.worker_threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(config.worker_threads);
-        b
-    };
-    let runtime = match builder.thread_name("weft-proxy").enable_all().build() {
+    let runtime = match weft_api::runtime::build("weft-proxy", config.worker_threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("weft-proxy: cannot start runtime: {error}");
@@ -112,10 +104,7 @@ fn await_ready(args: &[String]) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match weft_api::runtime::build("weft-proxy", 1) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("weft-proxy await-ready: cannot start runtime: {error}");
@@ -145,10 +134,7 @@ fn validate(args: &[String]) -> ExitCode {
         }
     };
     let routes = ipv4_routes(&std::fs::read_to_string("/proc/net/route").unwrap_or_default());
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match weft_api::runtime::build("weft-proxy", 1) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("weft-proxy validate: cannot start runtime: {error}");

@@ -12,6 +12,7 @@ pub mod mesh;
 pub mod port_list;
 pub mod process;
 pub mod proxy_env;
+pub mod runtime;
 pub mod split;
 
 pub use error_chain::error_chain;
