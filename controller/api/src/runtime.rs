@@ -75,8 +75,8 @@ mod tests {
 
     fn interrupt_self() {
         // SIGINT to this process; the handler installed above takes it.
-        let _ = std::process::Command::new("kill")
-            .args(["-INT", &std::process::id().to_string()])
+        let _ = std::process::Command::new("sh")
+            .args(["-c", &format!("kill -INT {}", std::process::id())])
             .status();
     }
 }
