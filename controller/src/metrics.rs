@@ -92,6 +92,7 @@ pub struct Metrics {
     pub discovery_updates: Counter,
     pub discovery_update_latency: Histogram,
     pub discovery_changes: Counter,
+    pub discovery_wakeups: Counter,
     pub connected_proxies: Gauge,
     /// Open subscriptions per proxy connection.
     peers: Mutex<HashMap<SocketAddr, usize>>,
@@ -113,10 +114,14 @@ impl Metrics {
             discovery_refused: Counter::default(),
             discovery_subscriptions: Gauge::default(),
             discovery_updates: Counter::default(),
+            // Up to 30 s: a controller behind on fan-out must show how far
+            // behind, not pile everything into the top bucket.
             discovery_update_latency: Histogram::new([
-                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0,
+                0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                10000.0, 30000.0,
             ]),
             discovery_changes: Counter::default(),
+            discovery_wakeups: Counter::default(),
             connected_proxies: Gauge::default(),
             peers: Mutex::default(),
             split_weights: Family::default(),
@@ -179,13 +184,18 @@ impl Metrics {
         );
         registry.register(
             "discovery_update_latency_ms",
-            "Time from a change to its update being handed to the proxy's stream",
+            "Time from the first change a subscription had not answered to its update being handed to the proxy's stream",
             m.discovery_update_latency.clone(),
         );
         registry.register(
             "discovery_changes",
-            "Changes to the objects discovery serves (each wakes the subscriptions)",
+            "Changes to the objects discovery serves",
             m.discovery_changes.clone(),
+        );
+        registry.register(
+            "discovery_wakeups",
+            "Subscriptions woken by changes (only those whose answer a change can alter)",
+            m.discovery_wakeups.clone(),
         );
         registry.register(
             "discovery_connected_proxies",

@@ -104,14 +104,22 @@ impl TrafficSplit {
     /// The backends and their weights in thousandths, or why the split is
     /// unusable.
     pub fn weighted_backends(&self) -> Result<Vec<(String, u64)>, SplitError> {
-        if self.spec.service.trim().is_empty() {
+        self.spec.weighted_backends()
+    }
+}
+
+impl TrafficSplitSpec {
+    /// The backends and their weights in thousandths, or why the split is
+    /// unusable.
+    pub fn weighted_backends(&self) -> Result<Vec<(String, u64)>, SplitError> {
+        if self.service.trim().is_empty() {
             return Err(SplitError::NoService);
         }
-        if self.spec.backends.is_empty() {
+        if self.backends.is_empty() {
             return Err(SplitError::NoBackends);
         }
-        let mut out = Vec::with_capacity(self.spec.backends.len());
-        for b in &self.spec.backends {
+        let mut out = Vec::with_capacity(self.backends.len());
+        for b in &self.backends {
             let w = b.weight.millis().ok_or_else(|| {
                 SplitError::BadWeight(b.service.clone(), format!("{:?}", b.weight))
             })?;

@@ -89,9 +89,8 @@ pub fn convert(mut value: Value, out: &mut Vec<Object>) -> Result<(), String> {
     Ok(())
 }
 
-/// Converts one object known to be of `kind` (API list items carry no
-/// `kind` field, so the Kubernetes source says which it watched).
-pub fn object_of(kind: Kind, value: Value) -> Result<Option<Object>, String> {
+/// Converts one document known to be of `kind`.
+fn object_of(kind: Kind, value: Value) -> Result<Option<Object>, String> {
     let name = value["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -129,7 +128,7 @@ pub fn object_of(kind: Kind, value: Value) -> Result<Option<Object>, String> {
 /// Reads an EndpointSlice of either served version. v1beta1 has the same
 /// fields discovery uses (plus `topology`, ignored), so it is read as v1
 /// once its `apiVersion` no longer says otherwise.
-pub fn endpoint_slice(mut value: Value) -> Result<EndpointSlice, serde_json::Error> {
+fn endpoint_slice(mut value: Value) -> Result<EndpointSlice, serde_json::Error> {
     if let Some(map) = value.as_object_mut() {
         map.remove("apiVersion");
         map.remove("kind");

@@ -2,28 +2,32 @@
 //!
 //! Sources (files, or the Kubernetes API) keep a [`Store`] of Services,
 //! EndpointSlices, Pods and TrafficSplits up to date. A proxy subscribes to
-//! an authority (`ip:port` or `host:port`); every change to the store wakes
-//! its subscription, which recomputes the destination and pushes it when it
-//! differs from what the proxy last got. Updates are whole snapshots: a
-//! proxy that reconnects, or missed one, is never left with half a picture.
+//! an authority (`ip:port` or `host:port`). A change wakes only the
+//! subscriptions whose answer it can alter (see [`interest`]); each woken
+//! one recomputes its destination and pushes it when it differs from what
+//! the proxy last got. Updates are whole snapshots: a proxy that
+//! reconnects, or missed one, is never left with half a picture.
 
 pub mod file;
+pub mod interest;
 pub mod kubernetes;
 pub mod model;
 pub mod policy;
 pub mod resolve;
 pub mod service;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use tokio::sync::watch;
-
 use crate::metrics::Metrics;
+use interest::{Interest, Subscription, Topic};
 use model::{Invalid, Key, PodInfo, ServiceInfo, SliceInfo, SplitInfo};
+
+/// The topics a change touched.
+type Touched = HashSet<Topic>;
 
 /// The discovery objects, with the indexes resolution needs.
 #[derive(Debug, Default)]
@@ -35,9 +39,14 @@ pub struct Objects {
     /// Keyed by `(namespace, split name)`.
     pub splits: HashMap<Key, SplitInfo>,
     service_by_ip: HashMap<IpAddr, Key>,
-    pod_by_ip: HashMap<IpAddr, Key>,
+    /// The pods holding each address: a replaced pod's IP can be reused
+    /// before the old pod is gone, and the one updated last wins. Removing a pod then touches only its own addresses.
+    pod_by_ip: HashMap<IpAddr, Vec<Key>>,
     /// `(namespace, service)` → its slices' names.
     slices_of: HashMap<Key, BTreeSet<String>>,
+    /// `(namespace, pod)` → the slices listing it, so a pod's change
+    /// reaches the Services it backs without a scan.
+    slices_of_pod: HashMap<Key, BTreeSet<String>>,
     /// `(namespace, apex service)` → names of splits naming it.
     splits_of: HashMap<Key, BTreeSet<String>>,
 }
@@ -92,44 +101,74 @@ impl Object {
 }
 
 impl Objects {
-    /// Inserts or replaces an object; returns the configuration problems it
-    /// has that its previous version did not (to be reported once).
-    fn upsert(&mut self, object: Object) -> Vec<Invalid> {
+    /// Inserts or replaces an object, adding the topics it touched to
+    /// `touched`; returns the configuration problems it has that its
+    /// previous version did not (to be reported once).
+    fn upsert(&mut self, object: Object, touched: &mut Touched) -> Vec<Invalid> {
         let kind = object.kind();
         let key = object.key().clone();
         let before = self.invalid_of(kind, &key);
-        self.remove(kind, &key);
+        self.remove(kind, &key, touched);
         match object {
             Object::Service(key, info) => {
                 for ip in &info.cluster_ips {
                     self.service_by_ip.insert(*ip, key.clone());
+                    touched.insert(Topic::Address(*ip));
                 }
+                touched.insert(Topic::Service(key.clone()));
                 self.services.insert(key, info);
             }
             Object::Slice(key, info) => {
+                let owner = (key.0.clone(), info.service.clone());
                 self.slices_of
-                    .entry((key.0.clone(), info.service.clone()))
+                    .entry(owner.clone())
                     .or_default()
                     .insert(key.1.clone());
+                for pod in info.endpoints.iter().filter_map(|e| e.pod.as_ref()) {
+                    self.slices_of_pod
+                        .entry((key.0.clone(), pod.clone()))
+                        .or_default()
+                        .insert(key.1.clone());
+                }
+                touched.insert(Topic::Service(owner));
                 self.slices.insert(key, info);
             }
             Object::Pod(key, info, _) => {
                 for ip in &info.ips {
-                    self.pod_by_ip.insert(*ip, key.clone());
+                    self.pod_by_ip.entry(*ip).or_default().push(key.clone());
                 }
+                self.touch_pod(&key, &info, touched);
                 self.pods.insert(key, info);
             }
             Object::Split(key, info) => {
+                let apex = (key.0.clone(), info.apex.clone());
                 self.splits_of
-                    .entry((key.0.clone(), info.apex.clone()))
+                    .entry(apex.clone())
                     .or_default()
                     .insert(key.1.clone());
+                touched.insert(Topic::Service(apex));
                 self.splits.insert(key, info);
             }
         }
         let mut after = self.invalid_of(kind, &key);
         after.retain(|i| !before.contains(i));
         after
+    }
+
+    /// What a pod's change can alter: answers for its addresses, and for
+    /// the Services whose slices list it.
+    fn touch_pod(&self, key: &Key, pod: &PodInfo, touched: &mut Touched) {
+        touched.extend(pod.ips.iter().map(|ip| Topic::Address(*ip)));
+        for slice in self.slices_of_pod.get(key).into_iter().flatten() {
+            if let Some(info) = self.slices.get(&(key.0.clone(), slice.clone())) {
+                touched.insert(Topic::Service((key.0.clone(), info.service.clone())));
+            }
+        }
+    }
+
+    /// The pod that answers for an address.
+    fn pod_at(&self, ip: &IpAddr) -> Option<&Key> {
+        self.pod_by_ip.get(ip).and_then(|keys| keys.last())
     }
 
     fn invalid_of(&self, kind: Kind, key: &Key) -> Vec<Invalid> {
@@ -151,7 +190,7 @@ impl Objects {
         }
     }
 
-    fn remove(&mut self, kind: Kind, key: &Key) -> bool {
+    fn remove(&mut self, kind: Kind, key: &Key, touched: &mut Touched) -> bool {
         match kind {
             Kind::Service => {
                 let Some(old) = self.services.remove(key) else {
@@ -161,12 +200,23 @@ impl Objects {
                     if self.service_by_ip.get(&ip) == Some(key) {
                         self.service_by_ip.remove(&ip);
                     }
+                    touched.insert(Topic::Address(ip));
                 }
+                touched.insert(Topic::Service(key.clone()));
             }
             Kind::Slice => {
                 let Some(old) = self.slices.remove(key) else {
                     return false;
                 };
+                for pod in old.endpoints.iter().filter_map(|e| e.pod.as_ref()) {
+                    let pod_key = (key.0.clone(), pod.clone());
+                    if let Some(names) = self.slices_of_pod.get_mut(&pod_key) {
+                        names.remove(&key.1);
+                        if names.is_empty() {
+                            self.slices_of_pod.remove(&pod_key);
+                        }
+                    }
+                }
                 let owner = (key.0.clone(), old.service);
                 if let Some(names) = self.slices_of.get_mut(&owner) {
                     names.remove(&key.1);
@@ -174,23 +224,21 @@ impl Objects {
                         self.slices_of.remove(&owner);
                     }
                 }
+                touched.insert(Topic::Service(owner));
             }
             Kind::Pod => {
                 let Some(old) = self.pods.remove(key) else {
                     return false;
                 };
-                for ip in old.ips {
-                    if self.pod_by_ip.get(&ip) == Some(key) {
-                        self.pod_by_ip.remove(&ip);
-                        // Another pod may hold the address now (a replaced
-                        // pod's IP reused): point the index at it.
-                        if let Some((other, _)) =
-                            self.pods.iter().find(|(_, p)| p.ips.contains(&ip))
-                        {
-                            self.pod_by_ip.insert(ip, other.clone());
+                for ip in &old.ips {
+                    if let Some(keys) = self.pod_by_ip.get_mut(ip) {
+                        keys.retain(|k| k != key);
+                        if keys.is_empty() {
+                            self.pod_by_ip.remove(ip);
                         }
                     }
                 }
+                self.touch_pod(key, &old, touched);
             }
             Kind::Split => {
                 let Some(old) = self.splits.remove(key) else {
@@ -203,6 +251,7 @@ impl Objects {
                         self.splits_of.remove(&apex);
                     }
                 }
+                touched.insert(Topic::Service(apex));
             }
         }
         true
@@ -237,12 +286,11 @@ impl Objects {
     }
 }
 
-/// The objects, and a version that wakes subscriptions when they change.
+/// The objects, and the index of who reads them.
 #[derive(Debug)]
 pub struct Store {
     objects: RwLock<Objects>,
-    /// When the objects last changed.
-    version: watch::Sender<Instant>,
+    interest: Arc<Interest>,
     synced: AtomicBool,
     pub trust_domain: String,
     pub cluster_domain: String,
@@ -253,7 +301,7 @@ impl Store {
     pub fn new(trust_domain: &str, cluster_domain: &str, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Store {
             objects: RwLock::default(),
-            version: watch::Sender::new(Instant::now()),
+            interest: Arc::default(),
             synced: AtomicBool::new(false),
             trust_domain: trust_domain.to_string(),
             cluster_domain: cluster_domain.trim_matches('.').to_string(),
@@ -261,9 +309,16 @@ impl Store {
         })
     }
 
-    /// Wakes on every change.
-    pub fn subscribe(&self) -> watch::Receiver<Instant> {
-        self.version.subscribe()
+    /// A subscription, woken by the changes that concern what it last
+    /// resolved (see [`Store::resolve_for`]) and by the first full
+    /// listing.
+    pub fn subscribe(&self) -> Subscription {
+        self.interest.subscribe()
+    }
+
+    /// How many topics are watched, and by how many subscriptions.
+    pub fn interest_size(&self) -> (usize, usize) {
+        self.interest.size()
     }
 
     /// Whether the source has loaded everything once.
@@ -274,7 +329,8 @@ impl Store {
     pub fn mark_synced(&self) {
         if !self.synced.swap(true, Ordering::AcqRel) {
             tracing::info!("discovery synced");
-            self.bump();
+            self.metrics.discovery_changes.inc();
+            self.interest.wake_all(Instant::now());
         }
     }
 
@@ -294,55 +350,51 @@ impl Store {
             Object::Pod(_, _, invalid) => invalid.clone(),
             _ => Vec::new(),
         };
-        let changed = {
+        let mut touched = Touched::new();
+        {
             let mut objects = self.write();
-            if objects.holds(&object) {
-                false
-            } else {
-                let new_problems = objects.upsert(object);
+            if !objects.holds(&object) {
+                let new_problems = objects.upsert(object, &mut touched);
                 self.report(kind, &key, &new_problems);
                 self.report(kind, &key, &pod_invalid);
                 self.metrics
                     .set_discovery_objects(kind.as_str(), objects.count(kind));
-                true
             }
-        };
-        self.metrics.discovery_event(kind.as_str(), "apply");
-        if changed {
-            self.bump_with(kind == Kind::Split);
         }
+        self.metrics.discovery_event(kind.as_str(), "apply");
+        self.changed(&touched, kind == Kind::Split);
     }
 
     /// Removes one object.
     pub fn delete(&self, kind: Kind, key: &Key) {
-        let removed = {
+        let mut touched = Touched::new();
+        {
             let mut objects = self.write();
-            let removed = objects.remove(kind, key);
+            objects.remove(kind, key, &mut touched);
             self.metrics
                 .set_discovery_objects(kind.as_str(), objects.count(kind));
-            removed
-        };
-        self.metrics.discovery_event(kind.as_str(), "delete");
-        if removed {
-            self.bump_with(kind == Kind::Split);
         }
+        self.metrics.discovery_event(kind.as_str(), "delete");
+        self.changed(&touched, kind == Kind::Split);
     }
 
     /// Makes `objects` the whole set of `kinds`: what is missing from it is
-    /// removed, what changed is replaced, and subscriptions wake once.
+    /// removed, what changed is replaced, and each concerned subscription
+    /// wakes once.
     pub fn replace(&self, kinds: &[Kind], objects: Vec<Object>) {
-        let mut changed = false;
+        let mut touched = Touched::new();
         {
             let mut current = self.write();
-            let wanted: std::collections::HashSet<(Kind, Key)> = objects
+            let wanted: HashSet<(Kind, Key)> = objects
                 .iter()
                 .map(|o| (o.kind(), o.key().clone()))
                 .collect();
             for kind in kinds {
                 for key in current.keys(*kind) {
-                    if !wanted.contains(&(*kind, key.clone())) && current.remove(*kind, &key) {
+                    if !wanted.contains(&(*kind, key.clone()))
+                        && current.remove(*kind, &key, &mut touched)
+                    {
                         self.metrics.discovery_event(kind.as_str(), "delete");
-                        changed = true;
                     }
                 }
             }
@@ -354,24 +406,26 @@ impl Store {
                 if let Object::Pod(_, _, invalid) = &object {
                     self.report(kind, &key, invalid);
                 }
-                let problems = current.upsert(object);
+                let problems = current.upsert(object, &mut touched);
                 self.report(kind, &key, &problems);
                 self.metrics.discovery_event(kind.as_str(), "apply");
-                changed = true;
             }
             for kind in kinds {
                 self.metrics
                     .set_discovery_objects(kind.as_str(), current.count(*kind));
             }
         }
-        if changed {
-            self.bump_with(kinds.contains(&Kind::Split));
-        }
+        self.changed(&touched, kinds.contains(&Kind::Split));
     }
 
-    /// Wakes the subscriptions; `splits` says TrafficSplits changed, so
-    /// the exported weights are redone (pod churn leaves them alone).
-    fn bump_with(&self, splits: bool) {
+    /// Wakes the subscriptions that read a touched topic; `splits` says
+    /// TrafficSplits may have changed, so the exported weights are redone
+    /// (pod churn leaves them alone). Called with no lock held (see
+    /// [`interest`]).
+    fn changed(&self, touched: &Touched, splits: bool) {
+        if touched.is_empty() {
+            return;
+        }
         if splits {
             let objects = self.read();
             self.metrics
@@ -384,12 +438,9 @@ impl Store {
                     )
                 }));
         }
-        self.bump();
-    }
-
-    fn bump(&self) {
         self.metrics.discovery_changes.inc();
-        self.version.send_replace(Instant::now());
+        let woken = self.interest.wake(touched, Instant::now());
+        self.metrics.discovery_wakeups.inc_by(woken as u64);
     }
 
     fn report(&self, kind: Kind, key: &Key, problems: &[Invalid]) {

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use weft_api::proto::destination::{AppProtocol, RoutePolicy};
-use weft_api::split::TrafficSplit;
+use weft_api::split::{TrafficSplit, TrafficSplitSpec};
 
 use super::policy;
 
@@ -182,19 +183,32 @@ impl ServiceInfo {
 
 impl SliceInfo {
     pub fn from_k8s(slice: &EndpointSlice) -> Option<Self> {
-        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+        Self::from_parts(
+            &slice.metadata,
+            &slice.address_type,
+            slice.ports.as_deref().unwrap_or_default(),
+            &slice.endpoints,
+        )
+    }
+
+    /// From the fields that `discovery.k8s.io/v1` and `v1beta1` share, so
+    /// either version's slices read into the same model.
+    pub fn from_parts(
+        metadata: &ObjectMeta,
+        address_type: &str,
+        ports: &[EndpointPort],
+        endpoints: &[Endpoint],
+    ) -> Option<Self> {
+        if address_type != "IPv4" && address_type != "IPv6" {
             return None;
         }
-        let service = slice
-            .metadata
+        let service = metadata
             .labels
             .as_ref()?
             .get("kubernetes.io/service-name")?
             .clone();
-        let ports = slice
-            .ports
+        let ports = ports
             .iter()
-            .flatten()
             .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
             .filter_map(|p| {
                 Some((
@@ -203,8 +217,7 @@ impl SliceInfo {
                 ))
             })
             .collect();
-        let endpoints = slice
-            .endpoints
+        let endpoints = endpoints
             .iter()
             .map(|e| SliceEndpoint {
                 addresses: e.addresses.iter().filter_map(|a| parse_ip(a)).collect(),
@@ -277,9 +290,12 @@ impl PodInfo {
 
 impl SplitInfo {
     pub fn from_split(split: &TrafficSplit) -> Self {
+        Self::from_spec(&split.spec)
+    }
+
+    pub fn from_spec(split: &TrafficSplitSpec) -> Self {
         // The apex may be written as a short name or as an FQDN.
         let apex = split
-            .spec
             .service
             .split('.')
             .next()

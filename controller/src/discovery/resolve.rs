@@ -1,5 +1,6 @@
 //! From an authority to a destination update.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 
 use weft_api::identity::SpiffeId;
@@ -7,6 +8,7 @@ use weft_api::proto::destination::{
     AppProtocol, Backend, DestinationUpdate, Endpoint, ProtocolHint, RoutePolicy,
 };
 
+use super::interest::{Subscription, Topic};
 use super::model::{Key, ServiceInfo, ServicePort, TargetPort};
 use super::{Objects, Store};
 
@@ -49,27 +51,35 @@ impl Store {
     /// The destination as it stands now.
     pub fn resolve(&self, authority: &Authority, context_namespace: &str) -> DestinationUpdate {
         let objects = self.read();
-        let resolver = Resolver {
-            objects: &objects,
+        self.resolver(&objects)
+            .resolve(authority, context_namespace)
+    }
+
+    /// The destination as it stands now, recording what the answer read
+    /// so that `subscription` wakes when that changes.
+    pub fn resolve_for(
+        &self,
+        subscription: &Subscription,
+        authority: &Authority,
+        context_namespace: &str,
+    ) -> DestinationUpdate {
+        let objects = self.read();
+        let resolver = self.resolver(&objects);
+        let update = resolver.resolve(authority, context_namespace);
+        let mut topics = resolver.topics.into_inner();
+        topics.sort_unstable();
+        topics.dedup();
+        // Still under the read lock: see the `interest` module.
+        self.interest.record(subscription, topics);
+        update
+    }
+
+    fn resolver<'a>(&'a self, objects: &'a Objects) -> Resolver<'a> {
+        Resolver {
+            objects,
             trust_domain: &self.trust_domain,
             cluster_domain: &self.cluster_domain,
-        };
-        match authority {
-            Authority::Addr(addr) => {
-                if let Some(key) = objects.service_by_ip.get(&addr.ip()) {
-                    return resolver.service(key, addr.port());
-                }
-                if let Some(key) = objects.pod_by_ip.get(&addr.ip()) {
-                    return resolver.pod(key, *addr);
-                }
-                DestinationUpdate::default()
-            }
-            Authority::Name { host, port } => {
-                match service_name(host, context_namespace, &self.cluster_domain) {
-                    Some(key) => resolver.service(&key, *port),
-                    None => DestinationUpdate::default(),
-                }
-            }
+            topics: RefCell::default(),
         }
     }
 }
@@ -92,10 +102,39 @@ struct Resolver<'a> {
     objects: &'a Objects,
     trust_domain: &'a str,
     cluster_domain: &'a str,
+    /// What the answer read, whether it was there or not: an object that
+    /// appears later changes the answer too.
+    topics: RefCell<Vec<Topic>>,
 }
 
 impl Resolver<'_> {
+    fn resolve(&self, authority: &Authority, context_namespace: &str) -> DestinationUpdate {
+        match authority {
+            Authority::Addr(addr) => {
+                self.read(Topic::Address(addr.ip()));
+                if let Some(key) = self.objects.service_by_ip.get(&addr.ip()) {
+                    return self.service(key, addr.port());
+                }
+                if let Some(key) = self.objects.pod_at(&addr.ip()) {
+                    return self.pod(key, *addr);
+                }
+                DestinationUpdate::default()
+            }
+            Authority::Name { host, port } => {
+                match service_name(host, context_namespace, self.cluster_domain) {
+                    Some(key) => self.service(&key, *port),
+                    None => DestinationUpdate::default(),
+                }
+            }
+        }
+    }
+
+    fn read(&self, topic: Topic) {
+        self.topics.borrow_mut().push(topic);
+    }
+
     fn service(&self, key: &Key, port: u16) -> DestinationUpdate {
+        self.read(Topic::Service(key.clone()));
         let Some(svc) = self.objects.services.get(key) else {
             return DestinationUpdate::default();
         };
@@ -107,6 +146,7 @@ impl Resolver<'_> {
                 .iter()
                 .map(|(name, weight)| {
                     let backend_key = (key.0.clone(), name.clone());
+                    self.read(Topic::Service(backend_key.clone()));
                     let endpoints = match self.objects.services.get(&backend_key) {
                         Some(b) => match backend_port(b, sp) {
                             Some(bp) => self.endpoints(&backend_key, bp),

@@ -49,14 +49,16 @@ impl Destination for DestinationService {
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let _subscription = metrics.discovery_subscription(peer);
-            let mut version = store.subscribe();
+            // Registered before the first look, so neither the first full
+            // listing nor a change after it can slip past.
+            let subscription = store.subscribe();
             let mut last: Option<DestinationUpdate> = None;
             loop {
-                let changed_at = *version.borrow_and_update();
+                let changed_at = subscription.wake.take_pending_since();
                 // Before the first full listing, "unknown" could be wrong;
                 // the proxy waits (bounded on its side) instead.
                 if store.is_synced() {
-                    let update = store.resolve(&authority, &namespace);
+                    let update = store.resolve_for(&subscription, &authority, &namespace);
                     if last.as_ref() != Some(&update) {
                         tracing::debug!(
                             ?authority,
@@ -68,17 +70,18 @@ impl Destination for DestinationService {
                             break;
                         }
                         // A first answer is not a change being propagated.
-                        if last.is_some() {
-                            metrics.discovery_update(changed_at.elapsed());
-                        } else {
-                            metrics.discovery_updates.inc();
+                        match (&last, changed_at) {
+                            (Some(_), Some(at)) => metrics.discovery_update(at.elapsed()),
+                            _ => {
+                                metrics.discovery_updates.inc();
+                            }
                         }
                         last = Some(update);
                     }
                 }
                 tokio::select! {
-                    changed = version.changed() => if changed.is_err() { break },
-                    _ = tx.closed() => break,
+                    () = subscription.wake.changed() => {}
+                    () = tx.closed() => break,
                 }
             }
         });

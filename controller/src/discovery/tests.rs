@@ -459,3 +459,149 @@ spec:
         assert_eq!(super::model::app_protocol(declared), meant, "{declared:?}");
     }
 }
+
+/// One document as a store object.
+fn object(yaml: &str) -> Object {
+    let mut objects = parse(Path::new("change.yaml"), yaml).unwrap();
+    assert_eq!(objects.len(), 1);
+    objects.remove(0)
+}
+
+#[test]
+fn a_change_wakes_only_the_subscriptions_whose_answer_it_can_alter() {
+    let store = store();
+    let watch = |authority: &str| {
+        let subscription = store.subscribe();
+        let update =
+            store.resolve_for(&subscription, &Authority::parse(authority).unwrap(), "demo");
+        // The first full listing woke everyone; start from a clean slate.
+        subscription.wake.take_pending_since();
+        (subscription, update)
+    };
+    let woken = |s: &super::interest::Subscription| s.wake.take_pending_since().is_some();
+    let (apex, first) = watch("web:80");
+    let (backend, _) = watch("web-v2.demo.svc.cluster.local:80");
+    let (pod, _) = watch("10.42.0.6:8080");
+    let (later_name, unknown) = watch("later:80");
+    let (later_addr, _) = watch("10.96.0.77:80");
+    let (other, _) = watch("web-v1:80");
+    assert!(!unknown.known);
+    assert_eq!(first.backends[1].endpoints[0].identity, "");
+
+    // web-v2's pod joins the mesh: its Services' clients and its own
+    // address change; nobody else's answer can.
+    store.apply(object(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-v2-0, namespace: demo, labels: {weft.io/control-plane-ns: weft-system}}\nspec: {serviceAccountName: v2, containers: [{name: app}]}\nstatus: {podIP: 10.42.0.6}\n",
+    ));
+    assert_eq!(
+        [&apex, &backend, &pod, &later_name, &later_addr, &other].map(woken),
+        [true, true, true, false, false, false]
+    );
+    let update = store.resolve_for(&apex, &Authority::parse("web:80").unwrap(), "demo");
+    assert_eq!(
+        update.backends[1].endpoints[0].identity,
+        "spiffe://cluster.local/ns/demo/sa/v2"
+    );
+
+    // A Service that did not exist yet: those who asked for its name or
+    // its address wake.
+    store.apply(object(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: later, namespace: demo}\nspec: {clusterIP: 10.96.0.77, ports: [{port: 80}]}\n",
+    ));
+    assert_eq!(
+        [&apex, &backend, &pod, &later_name, &later_addr, &other].map(woken),
+        [false, false, false, true, true, false]
+    );
+
+    // The split moves: only the apex's clients.
+    store.delete(super::Kind::Split, &("demo".into(), "web-split".into()));
+    assert_eq!(
+        [&apex, &backend, &pod, &later_name, &later_addr, &other].map(woken),
+        [true, false, false, false, false, false]
+    );
+
+    // A slice of web-v1 changes: web-v1's clients. The apex no longer
+    // splits, so it does not read web-v1 any more once it looked again.
+    let _ = store.resolve_for(&apex, &Authority::parse("web:80").unwrap(), "demo");
+    store.delete(super::Kind::Slice, &("demo".into(), "web-v1-abc".into()));
+    assert_eq!(
+        [&apex, &backend, &pod, &later_name, &later_addr, &other].map(woken),
+        [false, false, false, false, false, true]
+    );
+
+    // Dropped subscriptions leave nothing behind in the index.
+    drop((apex, backend, pod, later_name, later_addr, other));
+    assert_eq!(store.interest_size(), (0, 0));
+}
+
+#[test]
+fn a_reused_pod_address_answers_for_the_pod_still_holding_it() {
+    let store = store();
+    let pod = |name: &str, account: &str| {
+        object(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: demo, labels: {{weft.io/control-plane-ns: weft-system}}}}\nspec: {{serviceAccountName: {account}, containers: [{{name: app}}]}}\nstatus: {{podIP: 10.42.0.50}}\n"
+        ))
+    };
+    let identity = |store: &Store| {
+        resolve(store, "10.42.0.50:80").backends[0].endpoints[0]
+            .identity
+            .clone()
+    };
+    store.apply(pod("old", "old-sa"));
+    store.apply(pod("new", "new-sa"));
+    assert_eq!(identity(&store), "spiffe://cluster.local/ns/demo/sa/new-sa");
+    store.delete(super::Kind::Pod, &("demo".into(), "new".into()));
+    assert_eq!(identity(&store), "spiffe://cluster.local/ns/demo/sa/old-sa");
+    store.delete(super::Kind::Pod, &("demo".into(), "old".into()));
+    assert!(!resolve(&store, "10.42.0.50:80").known);
+}
+
+#[tokio::test]
+async fn the_update_latency_counts_from_the_first_unanswered_change() {
+    let metrics = Metrics::new();
+    let store = Store::new("cluster.local", "cluster.local", metrics.clone());
+    store.replace(
+        &[
+            super::Kind::Service,
+            super::Kind::Slice,
+            super::Kind::Pod,
+            super::Kind::Split,
+        ],
+        parse(Path::new("demo.yaml"), DEMO).unwrap(),
+    );
+    store.mark_synced();
+    let service = DestinationService {
+        store: store.clone(),
+        metrics: metrics.clone(),
+    };
+    let mut stream = service
+        .get(tonic::Request::new(GetDestination {
+            authority: "web-v1.demo:80".into(),
+            context_namespace: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(2), stream.next()).await;
+    assert!(first.unwrap().unwrap().is_ok());
+    // A change: the update it causes is timed from the change.
+    store.delete(super::Kind::Slice, &("demo".into(), "web-v1-abc".into()));
+    let second = tokio::time::timeout(Duration::from_secs(2), stream.next()).await;
+    assert!(
+        second.unwrap().unwrap().unwrap().backends[0]
+            .endpoints
+            .is_empty()
+    );
+    let text = metrics.encode();
+    let count = text
+        .lines()
+        .find(|l| l.starts_with("discovery_update_latency_ms_count"))
+        .unwrap();
+    assert!(count.ends_with(" 1"), "{count}");
+    let wakeups = text
+        .lines()
+        .find(|l| l.starts_with("discovery_wakeups_total"))
+        .unwrap();
+    // The slice's deletion woke this one subscription.
+    assert!(wakeups.ends_with(" 1"), "{wakeups}");
+}
