@@ -147,7 +147,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.admin)
         .await
         .with_context(|| format!("cannot listen on {}", config.admin))?;
-    tokio::spawn(admin::serve(admin, metrics.clone(), store.clone()));
+    tokio::spawn(weft_api::admin::serve(
+        admin,
+        Arc::new(admin::ControllerAdmin {
+            metrics: metrics.clone(),
+            store: store.clone(),
+        }),
+    ));
     let grpc = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -252,7 +252,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", cli.admin))?;
     tracing::info!(webhook = %cli.listen, admin = %cli.admin, "listening");
-    tokio::spawn(server::serve_admin(admin, webhook.clone()));
+    tokio::spawn(weft_api::admin::serve(admin, webhook.clone()));
 
     if matches!(cli.sidecar_mode, ModeFlag::Auto) {
         tokio::spawn(detect_mode(webhook.clone()));

@@ -8,7 +8,7 @@
 //!   annotated `weft.io/inject: enabled` are injected.
 //! - `GET /healthz`.
 //!
-//! Admin (plain HTTP): `/live`, `/ready`, `/metrics`.
+//! Admin (plain HTTP, [`weft_api::admin`]): `/live`, `/ready`, `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -145,13 +145,7 @@ impl Webhook {
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    weft_api::admin::text(status, body.to_string())
 }
 
 /// Serves the webhook until `shutdown` resolves, then lets open
@@ -213,49 +207,18 @@ pub async fn serve_webhook(
     }
 }
 
-/// Serves `/live`, `/ready` and `/metrics`.
-pub async fn serve_admin(listener: TcpListener, webhook: Arc<Webhook>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let webhook = webhook.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let webhook = webhook.clone();
-                async move {
-                    let resp = match (req.method(), req.uri().path()) {
-                        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-                        (&Method::GET, "/ready") if webhook.ready.load(Ordering::Relaxed) => {
-                            text(StatusCode::OK, "ready\n")
-                        }
-                        (&Method::GET, "/ready") => text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "sidecar mode not decided\n",
-                        ),
-                        (&Method::GET, "/metrics") => {
-                            let mut resp = text(StatusCode::OK, &webhook.metrics.encode());
-                            resp.headers_mut().insert(
-                                header::CONTENT_TYPE,
-                                header::HeaderValue::from_static(
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                ),
-                            );
-                            resp
-                        }
-                        _ => text(StatusCode::NOT_FOUND, "not found\n"),
-                    };
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+/// What the admin server ([`weft_api::admin`]) reports: ready once the
+/// sidecar mode is decided.
+impl weft_api::admin::Admin for Webhook {
+    fn readiness(&self) -> Result<(), String> {
+        if self.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("sidecar mode not decided".into())
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.encode()
     }
 }

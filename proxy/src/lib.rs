@@ -151,7 +151,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         certs: mesh.as_ref().map(|m| m.certs.clone()),
         shutdown: shutdown.clone(),
     });
-    tokio::spawn(admin::serve(admin_listener, state.clone()));
+    tokio::spawn(weft_api::admin::serve(admin_listener, state.clone()));
 
     // Outbound traffic is redirected to loopback (the NAT output hook
     // rewrites to the local address); inbound traffic arrives on the pod's

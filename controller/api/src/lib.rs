@@ -5,6 +5,7 @@
 //! It is deliberately small so that the data plane can depend on it without
 //! pulling in control-plane code.
 
+pub mod admin;
 pub mod duration;
 pub mod error_chain;
 pub mod identity;
