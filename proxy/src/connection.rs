@@ -14,10 +14,10 @@ use crate::detect::{Detection, Protocol};
 use crate::discovery::Resolver;
 use crate::inbound::{local_app, serve_mesh};
 use crate::mesh::Endpoints;
-use crate::metrics::{
-    ConnectionGuard, DetectLabels, DetectTimeoutLabels, Direction, DirectionLabels, Metrics,
-    PeerLabels,
-};
+use crate::metrics::detect::Detected;
+use crate::metrics::identity::Refusal;
+use crate::metrics::tcp::{ConnectionGuard, Side};
+use crate::metrics::{Direction, Metrics, PeerLabels};
 use crate::serve::{HttpContext, Route};
 use crate::transport::Target;
 use crate::{detect, io, orig_dst, serve, tcp, transport};
@@ -87,7 +87,7 @@ pub(crate) async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAd
     let _ = stream.set_nodelay(true);
     if direction == Direction::Inbound && ctx.config.inbound_mtls == InboundMtls::Strict {
         tracing::info!(%peer, %orig_dst, "refusing a connection that is not mesh mTLS (strict mode)");
-        ctx.metrics.mtls_refused(direction, "plaintext");
+        ctx.metrics.identity.refused(direction, Refusal::Plaintext);
         return;
     }
     let span = tracing::debug_span!("conn", %direction, %peer, dst = %orig_dst);
@@ -100,19 +100,10 @@ pub(crate) async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAd
 /// tells the operator how to stop the wait: a server-speaks-first protocol
 /// waits out the timeout on every connection otherwise.
 fn detection_timed_out(ctx: &Listener, port: u16) {
-    let direction = ctx.direction.as_str();
-    ctx.metrics
-        .detect_timeout
-        .get_or_create(&DirectionLabels { direction })
-        .inc();
-    let before = ctx
-        .metrics
-        .detect_timeout_by_port
-        .get_or_create(&DetectTimeoutLabels { direction, port })
-        .inc();
-    if before == 0 {
+    let direction = ctx.direction;
+    if ctx.metrics.detect.timed_out(direction, port) {
         tracing::warn!(
-            direction,
+            %direction,
             port,
             timeout = ?ctx.config.detect_timeout,
             "protocol detection timed out: the client sent nothing, as with protocols where \
@@ -129,7 +120,7 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
     let (route, declared) = route_for(&ctx, orig_dst).await;
     // The accepted side of this connection is never mesh TLS: outbound it
     // is the app, inbound an unmeshed client.
-    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", PeerLabels::plain());
+    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, Side::Src, PeerLabels::plain());
     let mut io = transport::counting(&ctx.metrics, stream, guard.labels());
     let mut buf = BytesMut::with_capacity(1024);
     // The proxy's own opaque ports win over what discovery declares.
@@ -139,16 +130,16 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
     };
     let (protocol, outcome) = if let Some(protocol) = declared {
         let outcome = match protocol {
-            Protocol::Opaque | Protocol::Tls => "opaque_port",
-            http => http.as_str(),
+            Protocol::Opaque | Protocol::Tls => Detected::OpaquePort,
+            http => http.into(),
         };
         (protocol, outcome)
     } else {
         match detect::detect(&mut io, &mut buf, ctx.config.detect_timeout).await {
-            Ok(Detection::Found(protocol)) => (protocol, protocol.as_str()),
+            Ok(Detection::Found(protocol)) => (protocol, protocol.into()),
             Ok(Detection::TimedOut) => {
                 detection_timed_out(&ctx, orig_dst.port());
-                (Protocol::Opaque, Protocol::Opaque.as_str())
+                (Protocol::Opaque, Detected::Opaque)
             }
             Err(error) => {
                 guard.set_error(&error);
@@ -156,14 +147,8 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
             }
         }
     };
-    ctx.metrics
-        .detect
-        .get_or_create(&DetectLabels {
-            direction: direction.as_str(),
-            protocol: outcome,
-        })
-        .inc();
-    tracing::debug!(protocol = outcome, ?route, "forwarding");
+    ctx.metrics.detect.detected(direction, outcome);
+    tracing::debug!(protocol = %outcome, ?route, "forwarding");
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let tls = match &route {

@@ -25,7 +25,9 @@ use weft_api::proto::destination::{DestinationUpdate, GetDestination};
 
 use crate::balance::{BreakerEvent, EndpointState, Pick, RetryBudget};
 use crate::mesh::MeshPeer;
-use crate::metrics::{Dst, DstLabels, Metrics, RouteLabels};
+use crate::metrics::discovery::Lookup;
+use crate::metrics::routes::{BreakerState, RouteLabels};
+use crate::metrics::{Dst, DstLabels, Metrics};
 use crate::transport::Target;
 
 /// Backoff between attempts to reach the controller.
@@ -296,14 +298,14 @@ impl Resolver {
         if !*answered.borrow_and_update() {
             let waited = tokio::time::timeout(self.wait, answered.wait_for(|a| *a)).await;
             if waited.is_err() {
-                self.metrics.destination_lookup("timeout");
+                self.metrics.discovery.looked_up(Lookup::Timeout);
                 tracing::info!(%addr, wait = ?self.wait, "no answer from discovery yet; forwarding to the original address");
                 return dest;
             }
         }
-        self.metrics.destination_lookup(match dest.routes() {
-            Some(_) => "known",
-            None => "unknown",
+        self.metrics.discovery.looked_up(match dest.routes() {
+            Some(_) => Lookup::Known,
+            None => Lookup::Unknown,
         });
         dest
     }
@@ -357,7 +359,7 @@ async fn follow(
                         Ok(Some(update)) => {
                             backoff = MIN_BACKOFF;
                             apply(&dest, update, &metrics);
-                            metrics.destination_update();
+                            metrics.discovery.updates.inc();
                         }
                         Ok(None) => {
                             tracing::info!(%addr, "discovery stream ended; resubscribing");
@@ -374,7 +376,7 @@ async fn follow(
                 tracing::warn!(%addr, code = ?status.code(), message = %status.message(), "cannot subscribe; keeping the last known state");
             }
         }
-        metrics.destination_reconnect();
+        metrics.discovery.reconnects.inc();
         let wait = crate::identity::jitter(backoff);
         tokio::select! {
             _ = dest.cancel.cancelled() => return,
@@ -447,19 +449,19 @@ fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
         false => Counter::default(),
     };
     let breaker = |state| match named {
-        true => metrics.breaker_counter(&route_labels, state),
+        true => metrics.routes.breaker_counter(&route_labels, state),
         false => Counter::default(),
     };
     let routes = Routes {
         retry: Arc::new(RetryRules {
             retry_on: retry_on.clone(),
             limit: policy.retry_limit,
-            retries: counter(&metrics.retries),
-            exhausted: counter(&metrics.retry_budget_exhausted),
+            retries: counter(&metrics.routes.retries),
+            exhausted: counter(&metrics.routes.retry_budget_exhausted),
         }),
-        ejected: breaker("open"),
-        readmitted: breaker("closed"),
-        shed: counter(&metrics.requests_shed),
+        ejected: breaker(BreakerState::Open),
+        readmitted: breaker(BreakerState::Closed),
+        shed: counter(&metrics.routes.requests_shed),
         route_labels,
         service: Arc::new(update.service),
         authority: (!update.authority.is_empty()).then(|| Arc::new(update.authority)),
@@ -482,7 +484,7 @@ fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
         backends = ?routes.backends.iter().map(|b| (b.service.as_str(), b.weight, b.endpoints.len())).collect::<Vec<_>>(),
         "destination updated"
     );
-    metrics.route_known(&routes.route_labels);
+    metrics.routes.known(&routes.route_labels);
     dest.routes.store(Some(Arc::new(routes)));
     dest.answered.send_replace(true);
 }

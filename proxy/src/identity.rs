@@ -98,7 +98,7 @@ pub async fn maintain(config: IdentityConfig, store: Arc<CertStore>, metrics: Ar
         match refresh(&config, &key, &csr, client.clone()).await {
             Ok((certified, not_before, not_after)) => {
                 store.set(certified);
-                metrics.identity_refreshed(not_after);
+                metrics.identity.refreshed(not_after);
                 backoff = MIN_BACKOFF;
                 let wait = renew_after(not_before, not_after, SystemTime::now());
                 tracing::info!(
@@ -110,7 +110,7 @@ pub async fn maintain(config: IdentityConfig, store: Arc<CertStore>, metrics: Ar
                 tokio::time::sleep(wait).await;
             }
             Err(error) => {
-                metrics.identity_refresh_failed();
+                metrics.identity.refresh_failed();
                 let wait = jitter(backoff);
                 tracing::warn!(%error, retry_in = ?wait, ready = store.is_ready(), "certificate request failed");
                 tokio::time::sleep(wait).await;

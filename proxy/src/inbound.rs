@@ -12,7 +12,9 @@ use tokio::net::TcpStream;
 
 use crate::connection::Listener;
 use crate::detect::Protocol;
-use crate::metrics::{ConnectionGuard, PeerLabels};
+use crate::metrics::PeerLabels;
+use crate::metrics::identity::Refusal;
+use crate::metrics::tcp::{ConnectionGuard, Side};
 use crate::serve::Route;
 use crate::transport::Target;
 use crate::{io, mesh, serve, tcp};
@@ -35,7 +37,9 @@ pub(crate) async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: 
     let direction = ctx.direction;
     let Some(server) = ctx.mesh_server.clone() else {
         tracing::info!("mesh connection refused: this proxy has no identity");
-        ctx.metrics.mtls_refused(direction, "no_certificate");
+        ctx.metrics
+            .identity
+            .refused(direction, Refusal::NoCertificate);
         return;
     };
     // Counted under the client's identity once the handshake tells it.
@@ -44,16 +48,16 @@ pub(crate) async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: 
         Ok(accepted) => accepted,
         Err(error) => {
             tracing::info!(%error, "mesh connection refused");
-            ctx.metrics.mtls_refused(direction, error.reason());
+            ctx.metrics.identity.refused(direction, error.reason());
             return;
         }
     };
     let peer_labels = PeerLabels::client(Arc::new(client.to_string()));
-    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, "src", peer_labels.clone());
+    let mut guard = ConnectionGuard::open(&ctx.metrics, direction, Side::Src, peer_labels.clone());
     let labels = guard.labels().clone();
     tls.get_mut().0.set_counters(
-        ctx.metrics.tcp_read_bytes.get_or_create(&labels).clone(),
-        ctx.metrics.tcp_write_bytes.get_or_create(&labels).clone(),
+        ctx.metrics.tcp.read_bytes.get_or_create(&labels).clone(),
+        ctx.metrics.tcp.write_bytes.get_or_create(&labels).clone(),
     );
     let target = Target::plain(local_app(orig_dst, header.port));
     tracing::debug!(%client, port = header.port, protocol = ?header.protocol, "mesh connection");

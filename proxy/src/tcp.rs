@@ -8,7 +8,7 @@ use weft_api::mesh::Protocol as MeshProtocol;
 
 use crate::balance::EndpointState;
 use crate::discovery::Destination;
-use crate::metrics::ConnectionGuard;
+use crate::metrics::tcp::ConnectionGuard;
 use crate::transport::{ConnectError, Connector, Target, Upstream};
 
 /// Copies both ways until both sides are done, passing half-closes through.

@@ -9,7 +9,8 @@ use http::HeaderMap;
 use hyper::body::{Body, Frame};
 
 use super::pool::{BoxBody, BoxError};
-use crate::metrics::{Metrics, ResponseLabels};
+use crate::metrics::Metrics;
+use crate::metrics::http::{Classification, ResponseLabels};
 use crate::trace::RequestSpan;
 
 /// Counts a response once it is over: at once for plain HTTP, or when a
@@ -29,11 +30,12 @@ impl ResponseMeter {
     pub(crate) fn finish(mut self, grpc_status: Option<u16>, broken: bool) {
         self.labels.grpc_status = grpc_status;
         if broken || grpc_status.is_some_and(|code| code != 0) {
-            self.labels.classification = "failure";
+            self.labels.classification = Classification::Failure;
         }
-        self.metrics.response.get_or_create(&self.labels).inc();
+        self.metrics.http.response.get_or_create(&self.labels).inc();
         if let Some(ms) = self.latency_ms {
             self.metrics
+                .http
                 .response_latency_ms
                 .get_or_create(&self.labels)
                 .observe(ms);
@@ -42,7 +44,7 @@ impl ResponseMeter {
             span.end(
                 self.labels.status_code,
                 grpc_status,
-                self.labels.classification == "failure",
+                self.labels.classification == Classification::Failure,
             );
         }
     }

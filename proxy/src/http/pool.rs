@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use weft_api::mesh::Protocol as MeshProtocol;
 
-use crate::metrics::ConnectionGuard;
+use crate::metrics::tcp::ConnectionGuard;
 use crate::transport::{ConnectError, Connector, Target};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -20,7 +20,8 @@ use crate::http::headers::{
 };
 use crate::http::metered::{MeteredBody, ResponseMeter, grpc_status, is_grpc};
 use crate::http::pool::{BoxBody, BoxError, UpstreamError, Version};
-use crate::metrics::{PeerLabels, RequestLabels, ResponseLabels};
+use crate::metrics::PeerLabels;
+use crate::metrics::http::{Classification, RequestLabels, ResponseLabels};
 use crate::outbound::error::Error as OutboundError;
 use crate::outbound::retry::Served;
 use crate::transport::Target;
@@ -77,7 +78,7 @@ impl Forwarder {
         let authority = routes
             .as_ref()
             .and_then(|r| r.authority.clone())
-            .unwrap_or_else(|| ctx.metrics.authorities.label(request_authority(&req)));
+            .unwrap_or_else(|| ctx.metrics.http.authorities.label(request_authority(&req)));
         let span = ctx
             .tracer
             .as_ref()
@@ -127,15 +128,15 @@ impl Forwarder {
         let meter = ResponseMeter {
             metrics: ctx.metrics.clone(),
             labels: ResponseLabels {
-                direction: ctx.direction.as_str(),
+                direction: ctx.direction,
                 authority,
                 remote,
                 status_code: status.as_u16(),
                 grpc_status: None,
                 classification: if status.is_server_error() {
-                    "failure"
+                    Classification::Failure
                 } else {
-                    "success"
+                    Classification::Success
                 },
             },
             latency_ms: Some(started.elapsed().as_secs_f64() * 1000.0),
@@ -249,9 +250,10 @@ impl Forwarder {
     fn count_request(&self, authority: &Arc<String>, remote: PeerLabels) {
         self.ctx
             .metrics
+            .http
             .request
             .get_or_create(&RequestLabels {
-                direction: self.ctx.direction.as_str(),
+                direction: self.ctx.direction,
                 authority: authority.clone(),
                 remote,
             })

@@ -19,7 +19,8 @@ use crate::http::PROXY_ERROR_HEADER;
 use crate::http::metered::ResponseMeter;
 use crate::http::pool::{Pool, Version};
 use crate::io::PrefixedIo;
-use crate::metrics::{Direction, DirectionLabels, Metrics, PeerLabels, ResponseLabels};
+use crate::metrics::http::{Classification, ResponseLabels};
+use crate::metrics::{Direction, DirectionLabels, Metrics, PeerLabels};
 use crate::trace::Tracer;
 use crate::transport::{Connector, Target};
 
@@ -43,10 +44,8 @@ impl HttpContext {
     pub fn new(config: Arc<Config>, connector: Connector, tracer: Option<Arc<Tracer>>) -> Self {
         let metrics = connector.metrics.clone();
         let direction = connector.direction;
-        let labels = DirectionLabels {
-            direction: direction.as_str(),
-        };
-        let http_errors = metrics.http_errors.get_or_create(&labels).clone();
+        let labels = DirectionLabels { direction };
+        let http_errors = metrics.http.errors.get_or_create(&labels).clone();
         HttpContext {
             pool: Pool::new(
                 connector,
@@ -215,12 +214,12 @@ async fn refuse_head<I>(
     ResponseMeter {
         metrics: ctx.metrics.clone(),
         labels: ResponseLabels {
-            direction: ctx.direction.as_str(),
-            authority: ctx.metrics.authorities.label(None),
+            direction: ctx.direction,
+            authority: ctx.metrics.http.authorities.label(None),
             remote: remote.clone(),
             status_code: status.as_u16(),
             grpc_status: None,
-            classification: "success",
+            classification: Classification::Success,
         },
         latency_ms: None,
         span: None,

@@ -14,7 +14,9 @@ use weft_api::mesh::{Header, Protocol as MeshProtocol};
 
 use crate::io::CountingIo;
 use crate::mesh::{MeshClient, MeshPeer};
-use crate::metrics::{ConnectionGuard, Direction, Dst, Metrics, PeerLabels, TcpLabels};
+use crate::metrics::identity::Refusal;
+use crate::metrics::tcp::{ConnectionGuard, Side, TcpLabels};
+use crate::metrics::{Direction, Dst, Metrics, PeerLabels};
 
 /// Why an upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +113,9 @@ impl Connector {
             .await
             .is_err()
         {
-            self.metrics.mtls_refused(self.direction, "no_certificate");
+            self.metrics
+                .identity
+                .refused(self.direction, Refusal::NoCertificate);
             return Err(ConnectError::NoCertificate { addr });
         }
         let (io, mut guard) = self.tcp(addr, target.peer_labels(), deadline).await?;
@@ -165,7 +169,7 @@ impl Connector {
         };
         // Small request/response exchanges must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let guard = ConnectionGuard::open(&self.metrics, self.direction, "dst", remote);
+        let guard = ConnectionGuard::open(&self.metrics, self.direction, Side::Dst, remote);
         let io = counting(&self.metrics, stream, guard.labels());
         Ok((io, guard))
     }
@@ -175,8 +179,8 @@ impl Connector {
 pub fn counting<T>(metrics: &Metrics, stream: T, labels: &TcpLabels) -> CountingIo<T> {
     CountingIo::new(
         stream,
-        metrics.tcp_read_bytes.get_or_create(labels).clone(),
-        metrics.tcp_write_bytes.get_or_create(labels).clone(),
+        metrics.tcp.read_bytes.get_or_create(labels).clone(),
+        metrics.tcp.write_bytes.get_or_create(labels).clone(),
     )
 }
 

@@ -1,0 +1,112 @@
+//! Mesh identity metrics: the workload certificate, and connections the
+//! mTLS layer refused.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::{Direction, label_values};
+
+label_values! {
+    /// Why the mesh TLS layer refused a connection.
+    pub enum Refusal {
+        /// Plaintext on an inbound listener in strict mode.
+        Plaintext => "plaintext",
+        TlsHandshake => "tls_handshake",
+        Alpn => "alpn",
+        NoIdentity => "no_identity",
+        MeshHeader => "mesh_header",
+        /// Our own certificate had not arrived yet.
+        NoCertificate => "no_certificate",
+    }
+}
+
+label_values! {
+    /// How a request to the control plane went.
+    pub enum Outcome {
+        Success => "success",
+        Failure => "failure",
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub direction: Direction,
+    pub reason: Refusal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub result: Outcome,
+}
+
+#[derive(Debug)]
+pub struct IdentityMetrics {
+    pub expiry: Gauge,
+    pub refresh: Family<OutcomeLabels, Counter>,
+    pub mtls_refused: Family<RefusedLabels, Counter>,
+}
+
+impl IdentityMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = IdentityMetrics {
+            expiry: Gauge::default(),
+            refresh: Family::default(),
+            mtls_refused: Family::default(),
+        };
+        registry.register(
+            "mtls_refused",
+            "Connections refused by the mesh TLS layer, by reason",
+            m.mtls_refused.clone(),
+        );
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the proxy's workload certificate expires (Unix time)",
+            m.expiry.clone(),
+        );
+        registry.register(
+            "identity_cert_refresh",
+            "Workload certificate requests, by result",
+            m.refresh.clone(),
+        );
+        for &direction in Direction::ALL {
+            for &reason in Refusal::ALL {
+                let _ = m
+                    .mtls_refused
+                    .get_or_create(&RefusedLabels { direction, reason });
+            }
+        }
+        for &result in Outcome::ALL {
+            let _ = m.refresh.get_or_create(&OutcomeLabels { result });
+        }
+        m
+    }
+
+    pub fn refreshed(&self, not_after: SystemTime) {
+        let secs = not_after.duration_since(UNIX_EPOCH).unwrap_or_default();
+        self.expiry.set(secs.as_secs() as i64);
+        self.refresh
+            .get_or_create(&OutcomeLabels {
+                result: Outcome::Success,
+            })
+            .inc();
+    }
+
+    pub fn refresh_failed(&self) {
+        self.refresh
+            .get_or_create(&OutcomeLabels {
+                result: Outcome::Failure,
+            })
+            .inc();
+    }
+
+    pub fn refused(&self, direction: Direction, reason: Refusal) {
+        self.mtls_refused
+            .get_or_create(&RefusedLabels { direction, reason })
+            .inc();
+    }
+}
