@@ -53,9 +53,9 @@ struct Served<Body> {
 #[serde(rename_all = "camelCase")]
 struct SliceBody {
     address_type: String,
-    #[serde(default)]
-    endpoints: Vec<Endpoint>,
-    #[serde(default)]
+    // Optional, not defaulted: the API server writes an empty list as
+    // `null` (a slice whose Service has no pods yet).
+    endpoints: Option<Vec<Endpoint>>,
     ports: Option<Vec<EndpointPort>>,
 }
 
@@ -118,7 +118,7 @@ impl Discovered for Served<SliceBody> {
             &self.metadata,
             &body.address_type,
             body.ports.as_deref().unwrap_or_default(),
-            &body.endpoints,
+            body.endpoints.as_deref().unwrap_or_default(),
         )
         .map(|info| Object::Slice(key, info))
     }
@@ -340,6 +340,13 @@ mod tests {
                 "metadata":{"name":"web-def","namespace":"demo","labels":{"kubernetes.io/service-name":"web"}},
                 "addressType":"IPv6","endpoints":[{"addresses":["fd00::5"]}]}"#,
         );
+        // A Service without pods: the API server sends `null` lists.
+        let empty = same_as_file::<Served<SliceBody>>(
+            r#"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice",
+                "metadata":{"name":"web-ghi","namespace":"demo","labels":{"kubernetes.io/service-name":"web"}},
+                "addressType":"IPv4","endpoints":null,"ports":null}"#,
+        );
+        assert!(matches!(empty, Object::Slice(_, info) if info.endpoints.is_empty()));
         let split = same_as_file::<Served<SplitBody>>(
             r#"{"apiVersion":"split.smi-spec.io/v1alpha1","kind":"TrafficSplit",
                 "metadata":{"name":"web-split","namespace":"demo"},

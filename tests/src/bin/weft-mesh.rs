@@ -47,13 +47,16 @@ enum Command {
         prometheus: bool,
     },
     /// wrk through two Weft proxies, directly, and through an HAProxy
-    /// pair, in the same run.
+    /// pair, in the same run; then bulk downloads over HTTP/1.1 and h2c.
     ///
     /// Example: weft-mesh bench --duration 30
     Bench {
         /// Seconds per run.
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Only the bulk downloads (no wrk runs).
+        #[arg(long)]
+        bulk_only: bool,
     },
 }
 
@@ -66,7 +69,10 @@ async fn main() -> anyhow::Result<()> {
             prometheus: false,
         }) {
             Command::Demo { keep, prometheus } => demo(keep, prometheus).await,
-            Command::Bench { duration } => bench(Duration::from_secs(duration)).await,
+            Command::Bench {
+                duration,
+                bulk_only,
+            } => bench(Duration::from_secs(duration), bulk_only).await,
         }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -472,6 +478,57 @@ async fn wrk(
     parse_wrk(&mesh.log_of(client, &log_label))
 }
 
+/// Downloads `bytes` from the demo app's `/download` with curl, over
+/// HTTP/1.1 or h2c (prior knowledge); returns MiB/s.
+async fn bulk(
+    mesh: &Mesh,
+    client: &Pod,
+    base: &str,
+    h2c: bool,
+    bytes: u64,
+    label: &str,
+) -> anyhow::Result<f64> {
+    let log_label = format!("curl-{label}-{}", if h2c { "h2c" } else { "http1" });
+    let url = format!("{base}download?bytes={bytes}");
+    let protocol = if h2c {
+        "--http2-prior-knowledge"
+    } else {
+        "--http1.1"
+    };
+    let args = [
+        "-sS",
+        protocol,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download} %{speed_download}\n",
+        &url,
+    ];
+    let pid = mesh.spawn_as(
+        client,
+        &log_label,
+        None,
+        Some(1),
+        std::path::Path::new("/usr/bin/curl"),
+        &args,
+        &[],
+    )?;
+    mesh.wait_exit(pid, Duration::from_secs(120)).await?;
+    let log = mesh.log_of(client, &log_label);
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    let mut fields = last.split_whitespace();
+    let size: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let speed: f64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    if size != bytes {
+        bail!("{label}: curl got {size} of {bytes} bytes:\n{log}");
+    }
+    Ok(speed / (1024.0 * 1024.0))
+}
+
 /// The cluster IP of the benchmark's load-balanced service.
 const LB_SERVICE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 50);
 
@@ -492,7 +549,7 @@ fn lb_service(pods: &[&Pod]) -> String {
     objects::file(&docs)
 }
 
-async fn bench(duration: Duration) -> anyhow::Result<()> {
+async fn bench(duration: Duration, bulk_only: bool) -> anyhow::Result<()> {
     if !std::path::Path::new("/usr/bin/wrk").exists()
         || !std::path::Path::new("/usr/sbin/haproxy").exists()
     {
@@ -690,7 +747,7 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
         "path", "conns", "req/s", "p50 ms", "p99 ms", "errors"
     );
     let mut table = Vec::new();
-    for connections in [1, 50] {
+    for connections in [1, 50].into_iter().filter(|_| !bulk_only) {
         for (label, pod, url) in &paths {
             // Warm pools and caches so every path starts alike.
             wrk(
@@ -711,7 +768,7 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
         }
     }
     println!("\nratios to direct (same run):");
-    for connections in [1, 50] {
+    for connections in [1, 50].into_iter().filter(|_| !bulk_only) {
         let get = |l: &str| {
             table
                 .iter()
@@ -738,6 +795,40 @@ async fn bench(duration: Duration) -> anyhow::Result<()> {
             ha_mtls.p50_ms - direct.p50_ms
         );
     }
+    // Bulk downloads: one stream, HTTP/1.1 against h2c, median of three.
+    // 512 MiB, less for short (smoke) runs.
+    let bulk_bytes: u64 = (duration.as_secs().clamp(1, 8) * 64) << 20;
+    println!(
+        "\nbulk download of {} MiB with curl (median of 3, MiB/s):",
+        bulk_bytes >> 20
+    );
+    println!("{:<10} {:>10} {:>10}", "path", "http/1.1", "h2c");
+    let mut direct_bulk = (0.0, 0.0);
+    for (label, pod, url) in paths
+        .iter()
+        .filter(|(l, _, _)| ["direct", "weft", "weft-mtls"].contains(l))
+    {
+        let mut speeds = [0.0f64; 2];
+        for (i, h2c) in [false, true].into_iter().enumerate() {
+            let mut runs = Vec::new();
+            for _ in 0..3 {
+                runs.push(bulk(&mesh, pod, url, h2c, bulk_bytes, label).await?);
+            }
+            runs.sort_by(f64::total_cmp);
+            speeds[i] = runs[1];
+        }
+        if *label == "direct" {
+            direct_bulk = (speeds[0], speeds[1]);
+        }
+        println!(
+            "{label:<10} {:>10.0} {:>10.0}   ({:.2}x / {:.2}x of direct)",
+            speeds[0],
+            speeds[1],
+            speeds[0] / direct_bulk.0,
+            speeds[1] / direct_bulk.1
+        );
+    }
+
     let opened = client.metrics().await?.sum(
         "tcp_open_total",
         &[("direction", "outbound"), ("peer", "dst")],
