@@ -105,8 +105,8 @@ mod tests {
         h.append("cookie", HeaderValue::from_static("de"));
         assert_eq!(header_list_size(&h), (6 + 3 + 32) + (6 + 2 + 32));
         // The allowance covers the configured head plus field overhead.
-        assert!(crate::http::pool::header_list_limit(65536) as usize > 65536);
-        assert_eq!(crate::http::pool::header_list_limit(usize::MAX), u32::MAX);
+        assert!(crate::http::h2::header_list_limit(65536) as usize > 65536);
+        assert_eq!(crate::http::h2::header_list_limit(usize::MAX), u32::MAX);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub(crate) mod endpoint;
 pub(crate) mod expect;
+pub(crate) mod h2;
 pub(crate) mod headers;
 pub(crate) mod metered;
 pub mod pool;

@@ -71,16 +71,6 @@ struct Idle {
     since: Instant,
 }
 
-/// An HTTP/2 header-list limit for a configured head size. HTTP/2 counts
-/// each field as name + value + 32 bytes (RFC 9113, 6.5.2), so the list
-/// allowance is the head size plus that overhead for a generous number of
-/// fields; HTTP/1 counts the raw head instead.
-pub(crate) fn header_list_limit(max_header_bytes: usize) -> u32 {
-    const FIELD_OVERHEAD: usize = 32;
-    const FIELDS: usize = 100;
-    u32::try_from(max_header_bytes.saturating_add(FIELD_OVERHEAD * FIELDS)).unwrap_or(u32::MAX)
-}
-
 /// Shared upstream connection pool.
 #[derive(Debug)]
 pub struct Pool {
@@ -244,12 +234,14 @@ impl Pool {
                 Some(sender) if !sender.is_closed() => sender.clone(),
                 _ => {
                     let (io, guard) = self.connector.connect(target, MeshProtocol::Http2).await?;
-                    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    let mut builder = http2::Builder::new(TokioExecutor::new());
+                    builder
                         .timer(TokioTimer::new())
-                        .keep_alive_interval(Duration::from_secs(30))
-                        // h2's default is 16 KiB, far below what users
-                        // configure (cookies, JWTs).
-                        .max_header_list_size(header_list_limit(self.max_header_bytes))
+                        .keep_alive_interval(Duration::from_secs(30));
+                    // h2's header-list default is 16 KiB, far below what
+                    // users configure (cookies, JWTs).
+                    super::h2::client(&mut builder, self.max_header_bytes);
+                    let (sender, conn) = builder
                         .handshake(TokioIo::new(io))
                         .await
                         .map_err(|source| UpstreamError::Handshake { addr, source })?;

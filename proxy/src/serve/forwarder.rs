@@ -54,7 +54,7 @@ impl Forwarder {
         }
         let size = header_list_size(response.headers());
         let limit = self.ctx.config.http_max_header_bytes;
-        if size <= crate::http::pool::header_list_limit(limit) as usize {
+        if size <= crate::http::h2::header_list_limit(limit) as usize {
             return response;
         }
         tracing::info!(direction = %self.ctx.direction, size, limit, "response headers over the limit");

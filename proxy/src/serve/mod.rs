@@ -122,12 +122,10 @@ pub async fn serve<I>(
             }
         }
         Version::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(crate::http::pool::header_list_limit(
-                    ctx.config.http_max_header_bytes,
-                ))
-                .serve_connection(io, service);
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder.timer(TokioTimer::new());
+            crate::http::h2::server(&mut builder, ctx.config.http_max_header_bytes);
+            let conn = builder.serve_connection(io, service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => result,
