@@ -102,7 +102,12 @@ spec:
 "#;
 
 fn store() -> Arc<Store> {
-    let store = Store::new("cluster.local", "cluster.local", Metrics::new());
+    store_with(Metrics::new())
+}
+
+/// The demo namespace, loaded and synced, counting into `metrics`.
+fn store_with(metrics: Arc<Metrics>) -> Arc<Store> {
+    let store = Store::new("cluster.local", "cluster.local", metrics);
     store.replace(
         &[
             super::Kind::Service,
@@ -559,17 +564,7 @@ fn a_reused_pod_address_answers_for_the_pod_still_holding_it() {
 #[tokio::test]
 async fn the_update_latency_counts_from_the_first_unanswered_change() {
     let metrics = Metrics::new();
-    let store = Store::new("cluster.local", "cluster.local", metrics.clone());
-    store.replace(
-        &[
-            super::Kind::Service,
-            super::Kind::Slice,
-            super::Kind::Pod,
-            super::Kind::Split,
-        ],
-        parse(Path::new("demo.yaml"), DEMO).unwrap(),
-    );
-    store.mark_synced();
+    let store = store_with(metrics.clone());
     let service = DestinationService {
         store: store.clone(),
         metrics: metrics.clone(),
