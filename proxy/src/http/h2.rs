@@ -33,22 +33,25 @@ pub(crate) fn header_list_limit(max_header_bytes: usize) -> u32 {
     u32::try_from(max_header_bytes.saturating_add(FIELD_OVERHEAD * FIELDS)).unwrap_or(u32::MAX)
 }
 
+/// The same settings on hyper's client and server builders, which share
+/// the methods but no trait.
+macro_rules! apply_settings {
+    ($builder:expr, $max_header_bytes:expr) => {
+        $builder
+            .max_header_list_size(header_list_limit($max_header_bytes))
+            .max_frame_size(MAX_FRAME_SIZE)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buf_size(MAX_SEND_BUF)
+    };
+}
+
 /// Applies the mesh's settings to a client connection.
 pub(crate) fn client<E: Clone>(builder: &mut client::Builder<E>, max_header_bytes: usize) {
-    builder
-        .max_header_list_size(header_list_limit(max_header_bytes))
-        .max_frame_size(MAX_FRAME_SIZE)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_send_buf_size(MAX_SEND_BUF);
+    apply_settings!(builder, max_header_bytes);
 }
 
 /// Applies the mesh's settings to a server connection.
 pub(crate) fn server<E>(builder: &mut server::Builder<E>, max_header_bytes: usize) {
-    builder
-        .max_header_list_size(header_list_limit(max_header_bytes))
-        .max_frame_size(MAX_FRAME_SIZE)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_send_buf_size(MAX_SEND_BUF);
+    apply_settings!(builder, max_header_bytes);
 }
