@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: lints, one release build shared by every test, the
-# unit tests and the end-to-end tests in network namespaces (as root).
+# The whole test suite: lints, one optimised build shared by every test (the
+# `ci` profile: release without LTO), the unit tests and the end-to-end tests
+# in network namespaces (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./tests/deps.sh
@@ -11,8 +12,8 @@ echo "== Grafana dashboards match their generator"
 python3 examples/grafana/generate.py --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
-echo "== build (release, shared by all tests)"
-cargo build --locked --release --bins
+echo "== build (profile ci, shared by all tests)"
+cargo build --locked --profile ci --bins
 # Built from the Go module proxy once per version, cached outside the clone
 # (/var/cache/weft-kube): on a cold 2-core machine about 9 min for
 # Kubernetes, 6 for CoreDNS and 6 for Prometheus; seconds once cached.
@@ -23,7 +24,7 @@ echo "== Prometheus (upstream, with Kubernetes service discovery)"
 ./tests/kube/gobuild.sh prometheus
 echo "Go builds took $((SECONDS - started)) s"
 echo "== benchmark smoke run (figures are not checked; see README)"
-./target/release/weft-mesh bench --duration 1 >/dev/null
+./target/ci/weft-mesh bench --duration 1 >/dev/null
 echo "benchmark ran"
 echo "== tests"
 # End-to-end tests mostly wait on the network, so run more of them at once
@@ -32,7 +33,7 @@ echo "== tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --locked --release --no-fail-fast --workspace --lib --bins --tests -- --test-threads=6 2>&1 | tee "$log"
+cargo test --locked --profile ci --no-fail-fast --workspace --lib --bins --tests -- --test-threads=6 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')

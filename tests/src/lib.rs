@@ -84,20 +84,7 @@ impl Bins {
         if let Some(dir) = copied.as_ref() {
             return Ok(Bins { dir: dir.clone() });
         }
-        let source = match std::env::var_os("WEFT_BIN_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => {
-                let exe = std::env::current_exe()?;
-                let mut dir = exe
-                    .parent()
-                    .context("executable has no folder")?
-                    .to_path_buf();
-                if dir.ends_with("deps") {
-                    dir.pop();
-                }
-                dir
-            }
-        };
+        let source = Self::built_dir()?;
         let dir = PathBuf::from(format!("/tmp/weft-bin-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         for name in [
@@ -110,7 +97,7 @@ impl Bins {
             let from = source.join(name);
             if !from.is_file() {
                 bail!(
-                    "{} is missing: build the workspace binaries first (cargo build --release --bins)",
+                    "{} is missing: build the workspace binaries first (cargo build --profile ci --bins, or --release)",
                     from.display()
                 );
             }
@@ -120,6 +107,24 @@ impl Bins {
         sh("chmod", &["-R", "a+rX", &dir.to_string_lossy()])?;
         *copied = Some(dir.clone());
         Ok(Bins { dir })
+    }
+
+    /// Where cargo put the binaries of this build: `WEFT_BIN_DIR`, or the
+    /// running executable's profile folder (`target/<profile>`, also for test
+    /// executables in its `deps/`).
+    pub fn built_dir() -> anyhow::Result<PathBuf> {
+        if let Some(dir) = std::env::var_os("WEFT_BIN_DIR") {
+            return Ok(PathBuf::from(dir));
+        }
+        let exe = std::env::current_exe()?;
+        let mut dir = exe
+            .parent()
+            .context("executable has no folder")?
+            .to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        Ok(dir)
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

@@ -50,7 +50,8 @@ impl NodeFolders {
 
 impl KubeNode {
     /// Builds what is missing (cached), starts the node and imports
-    /// Weft's images built from this checkout's release binaries.
+    /// Weft's images built from this build's binaries (the test's own
+    /// profile folder).
     pub fn up() -> anyhow::Result<KubeNode> {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("..")
@@ -85,6 +86,7 @@ impl KubeNode {
         let out = Command::new("bash")
             .arg(repo.join("tests/kube/images.sh"))
             .arg(&images)
+            .env("WEFT_BIN_DIR", crate::Bins::built_dir()?)
             .output()?;
         if !out.status.success() {
             bail!("images.sh: {}", String::from_utf8_lossy(&out.stderr));

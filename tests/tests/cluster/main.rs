@@ -236,7 +236,30 @@ fn report(node: &KubeNode, result: anyhow::Result<()>) {
         let pods = node
             .kubectl(&["get", "pods", "-A", "-o", "wide"])
             .unwrap_or_default();
-        panic!("{e:#}\n\npods:\n{pods}");
+        // Why pods were evicted or not scheduled, and what the nodes report
+        // about pressure: a failure that hits every scenario at once is
+        // usually the machine, not the mesh.
+        let warnings = node
+            .kubectl(&[
+                "get",
+                "events",
+                "-A",
+                "--field-selector",
+                "type=Warning",
+                "--sort-by=.lastTimestamp",
+            ])
+            .unwrap_or_default();
+        let conditions = node
+            .kubectl(&[
+                "get",
+                "nodes",
+                "-o",
+                "custom-columns=NODE:.metadata.name,CONDITIONS:.status.conditions[*].type,STATUS:.status.conditions[*].status",
+            ])
+            .unwrap_or_default();
+        let warnings: Vec<&str> = warnings.lines().collect();
+        let recent = warnings[warnings.len().saturating_sub(40)..].join("\n");
+        panic!("{e:#}\n\npods:\n{pods}\nnodes:\n{conditions}\nlast warnings:\n{recent}");
     }
 }
 
