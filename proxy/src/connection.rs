@@ -7,59 +7,46 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, InboundMtls};
+use crate::config::InboundMtls;
 use crate::detect::{Detection, Protocol};
-use crate::discovery::Resolver;
+use crate::http::server::version_of;
 use crate::inbound::{local_app, serve_mesh};
-use crate::mesh::Endpoints;
+use crate::listener::Listener;
 use crate::metrics::detect::Detected;
 use crate::metrics::identity::Refusal;
 use crate::metrics::tcp::{ConnectionGuard, Side};
-use crate::metrics::{Direction, Metrics, PeerLabels};
-use crate::serve::{HttpContext, Route};
+use crate::metrics::{Direction, PeerLabels};
+use crate::outbound::http::Route;
 use crate::transport::Target;
-use crate::{detect, io, orig_dst, serve, tcp, transport};
+use crate::{detect, inbound, io, orig_dst, outbound, tcp, transport};
 
-/// Everything a connection handler needs.
-#[derive(Debug)]
-pub(crate) struct Listener {
-    pub config: Arc<Config>,
-    pub metrics: Arc<Metrics>,
-    pub http: Arc<HttpContext>,
-    pub direction: Direction,
-    pub shutdown: CancellationToken,
-    /// Destinations pinned as meshed (outbound).
-    pub endpoints: Arc<Endpoints>,
-    /// Discovery (outbound), when a controller is configured.
-    pub resolver: Option<Arc<Resolver>>,
-    /// Terminates mesh mTLS (inbound), when the proxy has an identity.
-    pub mesh_server: Option<Arc<rustls::ServerConfig>>,
+/// Where an outbound connection should go, given where the app sent it,
+/// and the protocol discovery says the port speaks, if it says.
+async fn outbound_route(ctx: &Listener, orig_dst: SocketAddr) -> (Route, Option<Protocol>) {
+    let fixed = |target: Target| (Route::Fixed(Arc::new(target)), None);
+    if let Some(peer) = ctx.endpoints.lookup(orig_dst.ip()) {
+        return fixed(Target {
+            addr: orig_dst,
+            mesh: Some(peer),
+            dst: Default::default(),
+        });
+    }
+    let Some(resolver) = &ctx.resolver else {
+        return fixed(Target::plain(orig_dst));
+    };
+    let dest = resolver.resolve(orig_dst).await;
+    let declared = dest.routes().and_then(|r| r.protocol);
+    (Route::Balanced(dest), declared)
 }
 
-/// Where a connection should go, given where the client sent it, and the
-/// protocol discovery says the port speaks, if it says.
-async fn route_for(ctx: &Listener, orig_dst: SocketAddr) -> (Route, Option<Protocol>) {
-    let fixed = |target: Target| (Route::Fixed(Arc::new(target)), None);
-    match ctx.direction {
-        Direction::Inbound => fixed(Target::plain(local_app(orig_dst, orig_dst.port()))),
-        Direction::Outbound => {
-            if let Some(peer) = ctx.endpoints.lookup(orig_dst.ip()) {
-                return fixed(Target {
-                    addr: orig_dst,
-                    mesh: Some(peer),
-                    dst: Default::default(),
-                });
-            }
-            let Some(resolver) = &ctx.resolver else {
-                return fixed(Target::plain(orig_dst));
-            };
-            let dest = resolver.resolve(orig_dst).await;
-            let declared = dest.routes().and_then(|r| r.protocol);
-            (Route::Balanced(dest), declared)
-        }
-    }
+/// The next hop of an accepted connection that is not mesh mTLS.
+#[derive(Debug)]
+enum Next {
+    /// Inbound from an unmeshed client: the app on loopback.
+    App(Target),
+    /// Outbound from the app.
+    Out(Route),
 }
 
 pub(crate) async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
@@ -117,7 +104,16 @@ fn detection_timed_out(ctx: &Listener, port: u16) {
 /// Detects the protocol of an accepted connection and forwards it.
 async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
     let direction = ctx.direction;
-    let (route, declared) = route_for(&ctx, orig_dst).await;
+    let (next, declared) = match direction {
+        Direction::Inbound => {
+            let app = Target::plain(local_app(orig_dst, orig_dst.port()));
+            (Next::App(app), None)
+        }
+        Direction::Outbound => {
+            let (route, declared) = outbound_route(&ctx, orig_dst).await;
+            (Next::Out(route), declared)
+        }
+    };
     // The accepted side of this connection is never mesh TLS: outbound it
     // is the app, inbound an unmeshed client.
     let mut guard = ConnectionGuard::open(&ctx.metrics, direction, Side::Src, PeerLabels::plain());
@@ -148,32 +144,34 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
         }
     };
     ctx.metrics.detect.detected(direction, outcome);
-    tracing::debug!(protocol = %outcome, ?route, "forwarding");
-    match protocol {
-        Protocol::Http1 | Protocol::Http2 => {
-            let tls = match &route {
-                Route::Fixed(target) => target.peer_labels(),
-                Route::Balanced(_) => PeerLabels::plain(),
-            };
-            serve::serve(
+    tracing::debug!(protocol = %outcome, ?next, "forwarding");
+    let connector = &ctx.http.pool.connector;
+    match (protocol, next) {
+        (Protocol::Http1 | Protocol::Http2, Next::App(app)) => {
+            let version = version_of(protocol);
+            inbound::serve_http(&ctx, io, buf, version, app, PeerLabels::plain()).await
+        }
+        (Protocol::Http1 | Protocol::Http2, Next::Out(route)) => {
+            let version = version_of(protocol);
+            outbound::http::serve(
                 ctx.http.clone(),
                 io,
                 buf,
-                protocol,
+                version,
                 route,
-                tls,
                 ctx.shutdown.clone(),
             )
             .await
         }
-        Protocol::Tls | Protocol::Opaque => {
+        (Protocol::Tls | Protocol::Opaque, next) => {
             let io = io::PrefixedIo::new(buf, io);
-            match &route {
-                Route::Fixed(target) => {
-                    tcp::forward(io, &mut guard, target, &ctx.http.pool.connector).await
+            match next {
+                Next::App(app) => tcp::forward(io, &mut guard, &app, connector).await,
+                Next::Out(Route::Fixed(target)) => {
+                    tcp::forward(io, &mut guard, &target, connector).await
                 }
-                Route::Balanced(dest) => {
-                    tcp::forward_balanced(io, &mut guard, dest, &ctx.http.pool.connector).await
+                Next::Out(Route::Balanced(dest)) => {
+                    outbound::tcp::forward_balanced(io, &mut guard, &dest, connector).await
                 }
             }
         }

@@ -23,11 +23,11 @@ pub mod http;
 pub mod identity;
 pub(crate) mod inbound;
 pub mod io;
+pub(crate) mod listener;
 pub mod mesh;
 pub mod metrics;
 pub mod orig_dst;
 pub(crate) mod outbound;
-pub(crate) mod serve;
 pub mod tcp;
 pub mod tls;
 pub mod trace;
@@ -43,11 +43,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::connection::Listener;
 use crate::discovery::Resolver;
+use crate::http::server::HttpContext;
+use crate::listener::Listener;
 use crate::mesh::{Endpoints, MeshClient};
 use crate::metrics::{Direction, Metrics};
-use crate::serve::HttpContext;
 use crate::tls::CertStore;
 use crate::transport::Connector;
 

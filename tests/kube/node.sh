@@ -584,7 +584,7 @@ down() {
     # Anything bound from this node's folders (none should be, here).
     awk -v dir="$NODE_DIR/" 'index($4, dir) == 1 {print $5}' /proc/self/mountinfo | sort -r \
         | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-    awk '{print $5}' /proc/self/mountinfo | grep -E "^($NODE_DIR|/var/lib/kubelet|/run/containerd)/" | sort -r \
+    awk -v re="^($NODE_DIR|/var/lib/kubelet|/run/containerd)/" '$5 ~ re {print $5}' /proc/self/mountinfo | sort -r \
         | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     for p in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods; do
         [[ -d $p ]] && find "$p" -depth -type d -exec rmdir {} \; 2>/dev/null || true

@@ -10,17 +10,22 @@
 //! 4. the endpoint service: hop-by-hop stripping, the HTTP/1→HTTP/2 mesh
 //!    upgrade, and the pooled connection (`crate::http::EndpointSender`).
 //!
-//! The logical layer above it (span, request and response metrics, the
-//! header limit) is `crate::http::Forwarder`; errors become responses in
-//! one place, [`error::Error::into_response`].
+//! Above it, [`http::Outbound`] serves the app's requests (an address
+//! discovery does not know goes as sent; upgrades hold one endpoint), over
+//! the logical layer every request crosses (`crate::http::logical`: span,
+//! request and response metrics, the header limit). Errors of this stack
+//! become responses in one place, [`error::Error::into_response`]. Opaque
+//! TCP to a discovered destination is [`tcp`].
 
 pub(crate) mod error;
+pub(crate) mod http;
 pub(crate) mod pick;
 pub(crate) mod retry;
+pub(crate) mod tcp;
 
 use std::sync::Arc;
 
-use http::{Request, Response};
+use ::http::{Request, Response};
 use tower::ServiceExt;
 use tower::retry::Retry;
 use tower::timeout::Timeout;

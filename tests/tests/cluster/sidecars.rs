@@ -42,13 +42,17 @@ spec:
         started.elapsed()
     );
     ensure!(is_meshed(&pod), "the pod of Job {name} was not injected");
-    ensure!(
-        pod["status"]["phase"] == "Succeeded",
-        "the pod of Job {name} ended {}: {}",
-        pod["status"]["phase"],
-        pod["status"]["containerStatuses"]
-    );
     let logs = node.kubectl(&["-n", ns, "logs", &pod_name(&pod), "-c", "call"])?;
+    if pod["status"]["phase"] != "Succeeded" {
+        let proxy = node
+            .kubectl(&["-n", ns, "logs", &pod_name(&pod), "-c", "weft-proxy"])
+            .unwrap_or_default();
+        anyhow::bail!(
+            "the pod of Job {name} ended {}: {}\n\ncall's log:\n{logs}\nthe proxy's log:\n{proxy}",
+            pod["status"]["phase"],
+            pod["status"]["containerStatuses"]
+        );
+    }
     ensure!(
         logs.starts_with("200 hello from web"),
         "the call of Job {name}: {logs}"

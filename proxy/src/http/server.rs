@@ -1,31 +1,30 @@
 //! Serving one client HTTP connection: hyper's HTTP/1 or HTTP/2 server,
 //! the first request head bounded in time and size, and each request
-//! handed to the [`forwarder`].
+//! handed to the direction's service (`crate::inbound::http::LocalApp` or
+//! `crate::outbound::http::Outbound`).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::StatusCode;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::PROXY_ERROR_HEADER;
+use super::metered::ResponseMeter;
+use super::pool::{BoxBody, Pool, Version};
 use crate::config::Config;
 use crate::detect::Protocol;
-use crate::discovery::Destination;
-use crate::http::PROXY_ERROR_HEADER;
-use crate::http::metered::ResponseMeter;
-use crate::http::pool::{Pool, Version};
 use crate::io::PrefixedIo;
 use crate::metrics::http::{Classification, ResponseLabels};
 use crate::metrics::{Direction, DirectionLabels, Metrics, PeerLabels};
 use crate::trace::Tracer;
-use crate::transport::{Connector, Target};
-
-mod forwarder;
-use forwarder::Forwarder;
+use crate::transport::Connector;
 
 /// What every HTTP connection of one direction shares.
 #[derive(Debug)]
@@ -61,46 +60,37 @@ impl HttpContext {
     }
 }
 
-/// Where a connection's requests go.
-#[derive(Clone, Debug)]
-pub enum Route {
-    /// One address: the original destination, or the app on loopback.
-    Fixed(Arc<Target>),
-    /// A destination from discovery, balanced per request.
-    Balanced(Arc<Destination>),
-}
-
-/// Serves one detected HTTP connection until it ends or the proxy drains.
-/// `buf` holds the bytes protocol detection already read; `remote` labels
-/// the requests' metrics with the hop they crossed (for a balanced route,
-/// each request's endpoint says instead).
-pub async fn serve<I>(
-    ctx: Arc<HttpContext>,
-    mut io: I,
-    mut buf: BytesMut,
-    protocol: Protocol,
-    route: Route,
-    remote: PeerLabels,
-    shutdown: CancellationToken,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let version = if protocol == Protocol::Http2 {
+/// The HTTP version a detected protocol speaks.
+pub(crate) fn version_of(protocol: Protocol) -> Version {
+    if protocol == Protocol::Http2 {
         Version::Http2
     } else {
         Version::Http1
-    };
+    }
+}
+
+/// Serves one detected HTTP connection with `service` until it ends or the
+/// proxy drains. `buf` holds the bytes protocol detection already read;
+/// `remote` labels a refused first request head with the hop it came on.
+pub(crate) async fn serve<I, S>(
+    ctx: Arc<HttpContext>,
+    mut io: I,
+    mut buf: BytesMut,
+    version: Version,
+    remote: PeerLabels,
+    service: S,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     if version == Version::Http1 && !read_first_head(&ctx, &mut io, &mut buf, &remote).await {
         return;
     }
     let io = TokioIo::new(PrefixedIo::new(buf, io));
-    let forwarder = Forwarder {
-        ctx: ctx.clone(),
-        route,
-        version,
-        remote,
-    };
-    let service = hyper::service::service_fn(move |req| forwarder.clone().call(req));
     let result = match version {
         Version::Http1 => {
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -124,7 +114,7 @@ pub async fn serve<I>(
         Version::Http2 => {
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder.timer(TokioTimer::new());
-            crate::http::h2::server(&mut builder, ctx.config.http_max_header_bytes);
+            super::h2::server(&mut builder, ctx.config.http_max_header_bytes);
             let conn = builder.serve_connection(io, service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {

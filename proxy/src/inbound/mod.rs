@@ -1,8 +1,11 @@
 //! The inbound side: connections from other proxies, over mesh mTLS.
 //! The handshake proves the client's identity, the mesh header names the
 //! app's port and protocol, and the connection goes to the app on
-//! loopback with no detection. (Plaintext from unmeshed clients takes the
-//! detection path of [`crate::connection`].)
+//! loopback with no detection: HTTP through [`http::LocalApp`], anything
+//! else spliced. (Plaintext from unmeshed clients takes the detection path
+//! of [`crate::connection`], then the same service.)
+
+pub(crate) mod http;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -10,14 +13,13 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use crate::connection::Listener;
-use crate::detect::Protocol;
+use crate::http::pool::Version;
+use crate::listener::Listener;
 use crate::metrics::PeerLabels;
 use crate::metrics::identity::Refusal;
 use crate::metrics::tcp::{ConnectionGuard, Side};
-use crate::serve::Route;
 use crate::transport::Target;
-use crate::{io, mesh, serve, tcp};
+use crate::{io, mesh, tcp};
 
 /// How long a peer may take to complete the mesh TLS handshake and header.
 pub(crate) const MESH_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -63,24 +65,45 @@ pub(crate) async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: 
     tracing::debug!(%client, port = header.port, protocol = ?header.protocol, "mesh connection");
     match header.protocol {
         weft_api::mesh::Protocol::Http1 | weft_api::mesh::Protocol::Http2 => {
-            let protocol = if header.protocol == weft_api::mesh::Protocol::Http2 {
-                Protocol::Http2
+            let version = if header.protocol == weft_api::mesh::Protocol::Http2 {
+                Version::Http2
             } else {
-                Protocol::Http1
+                Version::Http1
             };
-            serve::serve(
-                ctx.http.clone(),
-                tls,
-                BytesMut::new(),
-                protocol,
-                Route::Fixed(Arc::new(target)),
-                peer_labels,
-                ctx.shutdown.clone(),
-            )
-            .await
+            serve_http(&ctx, tls, BytesMut::new(), version, target, peer_labels).await
         }
         weft_api::mesh::Protocol::Opaque => {
             tcp::forward(tls, &mut guard, &target, &ctx.http.pool.connector).await
         }
     }
+}
+
+/// Serves an inbound HTTP connection, meshed or plaintext, to the app.
+pub(crate) async fn serve_http<I>(
+    ctx: &Listener,
+    io: I,
+    buf: BytesMut,
+    version: Version,
+    app: Target,
+    client: PeerLabels,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let app = http::LocalApp {
+        ctx: ctx.http.clone(),
+        app: Arc::new(app),
+        version,
+        client: client.clone(),
+    };
+    let service = hyper::service::service_fn(move |req| app.clone().call(req));
+    crate::http::server::serve(
+        ctx.http.clone(),
+        io,
+        buf,
+        version,
+        client,
+        service,
+        ctx.shutdown.clone(),
+    )
+    .await
 }
