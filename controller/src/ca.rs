@@ -14,8 +14,10 @@ use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer};
 use weft_api::identity::SpiffeId;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::metrics::Metrics;
 use crate::pki::IssuerPaths;
+use metrics::{IdentityMetrics, Reload};
+
+pub mod metrics;
 
 /// The issuer files could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +96,7 @@ pub struct Ca {
     paths: IssuerPaths,
     anchors: Vec<CertificateDer<'static>>,
     issuer: ArcSwap<LoadedIssuer>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<IdentityMetrics>,
 }
 
 impl std::fmt::Debug for Ca {
@@ -188,7 +190,7 @@ impl Ca {
     pub fn load(
         paths: IssuerPaths,
         settings: CaSettings,
-        metrics: Arc<Metrics>,
+        metrics: Arc<IdentityMetrics>,
     ) -> Result<Self, LoadError> {
         let anchors = pem_certs(&read(&paths.anchors)?, "trust anchors")?;
         for anchor in &anchors {
@@ -242,7 +244,7 @@ impl Ca {
                     self.paths.cert.display()
                 );
                 self.metrics.set_issuer_expiry(loaded.not_after);
-                self.metrics.issuer_reload("success");
+                self.metrics.issuer_reload(Reload::Success);
                 self.issuer.store(Arc::new(loaded));
                 true
             }
@@ -250,7 +252,7 @@ impl Ca {
                 // Often a rotation caught between its two file writes; the
                 // next poll sees the finished pair.
                 tracing::warn!(%error, "new issuer files are not usable (yet); keeping the current issuer");
-                self.metrics.issuer_reload("failure");
+                self.metrics.issuer_reload(Reload::Failure);
                 false
             }
         }
@@ -377,7 +379,7 @@ pub fn issue_offline(
             leaf_lifetime: lifetime,
             clock_skew: Duration::from_secs(60),
         },
-        Metrics::new(),
+        Arc::default(), // metrics of a one-off issue are not exported
     )?;
     let (key, issued) = ca.issue_with_new_key(identity)?;
     let mut pem = String::new();

@@ -78,8 +78,10 @@ pub struct ServeConfig {
 /// Runs the identity service until SIGTERM or SIGINT.
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    metrics.known_refusals(&token::TokenRefusal::REASONS);
-    metrics.known_refusals(&ca::CsrRefusal::REASONS);
+    metrics
+        .identity
+        .known_refusals(&token::TokenRefusal::REASONS);
+    metrics.identity.known_refusals(&ca::CsrRefusal::REASONS);
     let ca = Arc::new(
         Ca::load(
             pki::IssuerPaths::in_dir(&config.issuer_dir),
@@ -88,7 +90,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
                 leaf_lifetime: config.leaf_lifetime,
                 clock_skew: config.clock_skew,
             },
-            metrics.clone(),
+            metrics.identity.clone(),
         )
         .with_context(|| {
             format!(
@@ -123,7 +125,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let store = Store::new(
         &config.trust_domain,
         &config.cluster_domain,
-        metrics.clone(),
+        metrics.discovery.clone(),
     );
     match &config.discovery {
         DiscoverySource::Kubernetes => discovery::kubernetes::spawn(kube().await?, store.clone()),

@@ -35,7 +35,7 @@ impl IdentityService {
             message = status.message(),
             "certificate request refused"
         );
-        self.metrics.refuse(reason);
+        self.metrics.identity.refuse(reason);
         status
     }
 }
@@ -92,7 +92,7 @@ impl Identity for IdentityService {
                 };
                 self.refuse(peer, &request.identity, refusal.reason(), status)
             })?;
-        self.metrics.issued.inc();
+        self.metrics.identity.issued.inc();
         tracing::info!(?peer, %identity, not_after = %crate::ca::humantime(issued.not_after), "certificate issued");
         Ok(Response::new(CertifyResponse {
             leaf_der: issued.leaf.to_vec(),

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod error_chain;
 pub mod identity;
 pub mod mesh;
+pub mod metric_labels;
 pub mod port_list;
 pub mod process;
 pub mod proxy_env;

@@ -5,6 +5,7 @@ use weft_api::identity::SpiffeId;
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
 
 use super::*;
+use crate::metrics::Metrics;
 use crate::pki;
 
 /// A one-day anchor and a one-hour issuer in `dir`.
@@ -19,6 +20,13 @@ fn bootstrap(dir: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn setup(lifetime: Duration) -> (tempfile::TempDir, Ca) {
+    let (dir, ca, _) = setup_with_metrics(lifetime);
+    (dir, ca)
+}
+
+/// Also returns the registry the CA's metrics are exported from.
+fn setup_with_metrics(lifetime: Duration) -> (tempfile::TempDir, Ca, Arc<Metrics>) {
+    let metrics = Metrics::new();
     let dir = tempfile::tempdir().unwrap();
     bootstrap(dir.path()).unwrap();
     let ca = Ca::load(
@@ -28,10 +36,10 @@ fn setup(lifetime: Duration) -> (tempfile::TempDir, Ca) {
             leaf_lifetime: lifetime,
             clock_skew: Duration::from_secs(60),
         },
-        Metrics::new(),
+        metrics.identity.clone(),
     )
     .unwrap();
-    (dir, ca)
+    (dir, ca, metrics)
 }
 
 fn web() -> SpiffeId {
@@ -146,7 +154,7 @@ fn refuses_bad_csrs() {
 
 #[test]
 fn reloads_a_rotated_issuer_and_ignores_a_broken_one() {
-    let (dir, ca) = setup(Duration::from_secs(3600));
+    let (dir, ca, metrics) = setup_with_metrics(Duration::from_secs(3600));
     let first = ca.issuer_cert();
     assert!(!ca.reload_if_changed(), "nothing changed");
 
@@ -175,7 +183,7 @@ fn reloads_a_rotated_issuer_and_ignores_a_broken_one() {
     }
     assert!(!ca.reload_if_changed());
     assert_eq!(ca.issuer_cert(), second);
-    let metrics = ca.metrics.encode();
+    let metrics = metrics.encode();
     assert!(
         metrics.contains("identity_issuer_reloads_total{result=\"success\"} 1"),
         "{metrics}"
@@ -198,7 +206,7 @@ fn refuses_to_start_with_mismatched_files() {
             leaf_lifetime: Duration::from_secs(60),
             clock_skew: Duration::from_secs(60),
         },
-        Metrics::new(),
+        Arc::default(),
     )
     .unwrap_err();
     assert!(err.to_string().contains("do not belong together"), "{err}");

@@ -167,7 +167,7 @@ impl FileState {
             Ok(files) => files,
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "cannot list discovery files; keeping what was loaded");
-                store.metrics.discovery_file_error();
+                store.metrics.file_error();
                 return false;
             }
         };
@@ -183,7 +183,7 @@ impl FileState {
                 Err(source) => {
                     let error = FileError::Read { path: file, source };
                     tracing::warn!(%error, "keeping the file's previous content");
-                    store.metrics.discovery_file_error();
+                    store.metrics.file_error();
                     continue;
                 }
             };
@@ -198,7 +198,7 @@ impl FileState {
                 }
                 Err(error) => {
                     tracing::warn!(%error, "keeping the file's previous content");
-                    store.metrics.discovery_file_error();
+                    store.metrics.file_error();
                     // Remember the bad text so the error is reported once,
                     // not on every poll, but keep the old objects.
                     let old = self.files.remove(&file).map(|(_, o)| o).unwrap_or_default();

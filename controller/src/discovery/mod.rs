@@ -11,6 +11,7 @@
 pub mod file;
 pub mod interest;
 pub mod kubernetes;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod resolve;
@@ -22,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use crate::metrics::Metrics;
 use interest::{Interest, Subscription, Topic};
+use metrics::{Action, DiscoveryMetrics};
 use model::{Invalid, Key, PodInfo, ServiceInfo, SliceInfo, SplitInfo};
 
 /// The topics a change touched.
@@ -60,23 +61,14 @@ pub enum Object {
     Split(Key, SplitInfo),
 }
 
-/// The kinds a source keeps, for bulk replacement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Service,
-    Slice,
-    Pod,
-    Split,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Service => "service",
-            Kind::Slice => "endpointslice",
-            Kind::Pod => "pod",
-            Kind::Split => "trafficsplit",
-        }
+weft_api::label_values! {
+    /// The kinds a source keeps, for bulk replacement (and the `kind` label
+    /// of discovery's metrics).
+    pub enum Kind {
+        Service => "service",
+        Slice => "endpointslice",
+        Pod => "pod",
+        Split => "trafficsplit",
     }
 }
 
@@ -294,11 +286,15 @@ pub struct Store {
     synced: AtomicBool,
     pub trust_domain: String,
     pub cluster_domain: String,
-    metrics: Arc<Metrics>,
+    metrics: Arc<DiscoveryMetrics>,
 }
 
 impl Store {
-    pub fn new(trust_domain: &str, cluster_domain: &str, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        trust_domain: &str,
+        cluster_domain: &str,
+        metrics: Arc<DiscoveryMetrics>,
+    ) -> Arc<Self> {
         Arc::new(Store {
             objects: RwLock::default(),
             interest: Arc::default(),
@@ -329,7 +325,7 @@ impl Store {
     pub fn mark_synced(&self) {
         if !self.synced.swap(true, Ordering::AcqRel) {
             tracing::info!("discovery synced");
-            self.metrics.discovery_changes.inc();
+            self.metrics.changes.inc();
             self.interest.wake_all(Instant::now());
         }
     }
@@ -357,11 +353,10 @@ impl Store {
                 let new_problems = objects.upsert(object, &mut touched);
                 self.report(kind, &key, &new_problems);
                 self.report(kind, &key, &pod_invalid);
-                self.metrics
-                    .set_discovery_objects(kind.as_str(), objects.count(kind));
+                self.metrics.set_objects(kind, objects.count(kind));
             }
         }
-        self.metrics.discovery_event(kind.as_str(), "apply");
+        self.metrics.event(kind, Action::Apply);
         self.changed(&touched, kind == Kind::Split);
     }
 
@@ -371,10 +366,9 @@ impl Store {
         {
             let mut objects = self.write();
             objects.remove(kind, key, &mut touched);
-            self.metrics
-                .set_discovery_objects(kind.as_str(), objects.count(kind));
+            self.metrics.set_objects(kind, objects.count(kind));
         }
-        self.metrics.discovery_event(kind.as_str(), "delete");
+        self.metrics.event(kind, Action::Delete);
         self.changed(&touched, kind == Kind::Split);
     }
 
@@ -394,7 +388,7 @@ impl Store {
                     if !wanted.contains(&(*kind, key.clone()))
                         && current.remove(*kind, &key, &mut touched)
                     {
-                        self.metrics.discovery_event(kind.as_str(), "delete");
+                        self.metrics.event(*kind, Action::Delete);
                     }
                 }
             }
@@ -408,11 +402,10 @@ impl Store {
                 }
                 let problems = current.upsert(object, &mut touched);
                 self.report(kind, &key, &problems);
-                self.metrics.discovery_event(kind.as_str(), "apply");
+                self.metrics.event(kind, Action::Apply);
             }
             for kind in kinds {
-                self.metrics
-                    .set_discovery_objects(kind.as_str(), current.count(*kind));
+                self.metrics.set_objects(*kind, current.count(*kind));
             }
         }
         self.changed(&touched, kinds.contains(&Kind::Split));
@@ -438,9 +431,9 @@ impl Store {
                     )
                 }));
         }
-        self.metrics.discovery_changes.inc();
+        self.metrics.changes.inc();
         let woken = self.interest.wake(touched, Instant::now());
-        self.metrics.discovery_wakeups.inc_by(woken as u64);
+        self.metrics.wakeups.inc_by(woken as u64);
     }
 
     fn report(&self, kind: Kind, key: &Key, problems: &[Invalid]) {

@@ -36,7 +36,7 @@ impl Destination for DestinationService {
             .or_else(|| request.extensions().get::<std::net::SocketAddr>().copied());
         let req = request.into_inner();
         let authority = Authority::parse(&req.authority).map_err(|e| {
-            self.metrics.discovery_refused();
+            self.metrics.discovery.refused();
             Status::invalid_argument(e)
         })?;
         let namespace = if req.context_namespace.is_empty() {
@@ -48,7 +48,7 @@ impl Destination for DestinationService {
         let store = self.store.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            let _subscription = metrics.discovery_subscription(peer);
+            let _subscription = metrics.discovery.subscription(peer);
             // Registered before the first look, so neither the first full
             // listing nor a change after it can slip past.
             let subscription = store.subscribe();
@@ -70,12 +70,10 @@ impl Destination for DestinationService {
                             break;
                         }
                         // A first answer is not a change being propagated.
-                        match (&last, changed_at) {
-                            (Some(_), Some(at)) => metrics.discovery_update(at.elapsed()),
-                            _ => {
-                                metrics.discovery_updates.inc();
-                            }
-                        }
+                        metrics.discovery.update(match (&last, changed_at) {
+                            (Some(_), Some(at)) => Some(at.elapsed()),
+                            _ => None,
+                        });
                         last = Some(update);
                     }
                 }

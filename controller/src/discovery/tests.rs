@@ -107,7 +107,7 @@ fn store() -> Arc<Store> {
 
 /// The demo namespace, loaded and synced, counting into `metrics`.
 fn store_with(metrics: Arc<Metrics>) -> Arc<Store> {
-    let store = Store::new("cluster.local", "cluster.local", metrics);
+    let store = Store::new("cluster.local", "cluster.local", metrics.discovery.clone());
     store.replace(
         &[
             super::Kind::Service,
@@ -232,7 +232,7 @@ fn a_pod_address_resolves_to_that_pod() {
 #[test]
 fn unusable_splits_are_reported_and_ignored() {
     let metrics = Metrics::new();
-    let store = Store::new("cluster.local", "cluster.local", metrics.clone());
+    let store = Store::new("cluster.local", "cluster.local", metrics.discovery.clone());
     let zero = DEMO
         .replace("weight: 90", "weight: 0")
         .replace("weight: 10", "weight: 0");
@@ -269,7 +269,7 @@ fn unusable_splits_are_reported_and_ignored() {
 #[test]
 fn bad_annotations_never_break_discovery() {
     let metrics = Metrics::new();
-    let store = Store::new("cluster.local", "cluster.local", metrics.clone());
+    let store = Store::new("cluster.local", "cluster.local", metrics.discovery.clone());
     let bad = DEMO
         .replace("retry.weft.io/http: 5xx", "retry.weft.io/http: sometimes")
         .replace(
@@ -337,7 +337,7 @@ fn a_broken_file_keeps_its_last_good_content() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("demo.yaml");
     let metrics = Metrics::new();
-    let store = Store::new("cluster.local", "cluster.local", metrics.clone());
+    let store = Store::new("cluster.local", "cluster.local", metrics.discovery.clone());
     let mut state = FileState::default();
     std::fs::write(&path, DEMO).unwrap();
     assert!(state.reload(dir.path(), &store));
@@ -423,7 +423,11 @@ async fn changes_are_pushed_to_subscribers() {
 #[test]
 fn a_declared_app_protocol_skips_detection() {
     use weft_api::proto::destination::AppProtocol;
-    let store = Store::new("cluster.local", "cluster.local", Metrics::new());
+    let store = Store::new(
+        "cluster.local",
+        "cluster.local",
+        Metrics::new().discovery.clone(),
+    );
     let docs = r#"
 apiVersion: v1
 kind: Service

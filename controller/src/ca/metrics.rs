@@ -1,0 +1,98 @@
+//! The identity service's metrics: certificates issued and refused, and
+//! the issuer in use.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+weft_api::label_values! {
+    /// How reloading the issuer after its files changed went.
+    pub enum Reload {
+        Success => "success",
+        Failure => "failure",
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: Reload,
+}
+
+/// Refusals the identity service makes before the token and CSR checks.
+pub const REQUEST_REFUSAL_REASONS: [&str; 2] = ["malformed_identity", "identity_mismatch"];
+
+#[derive(Debug, Default)]
+pub struct IdentityMetrics {
+    pub issued: Counter,
+    refused: Family<ReasonLabels, Counter>,
+    issuer_expiry: Gauge,
+    issuer_reloads: Family<ReloadLabels, Counter>,
+}
+
+impl IdentityMetrics {
+    /// Registers the families under `identity_`.
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let m = IdentityMetrics::default();
+        let registry = registry.sub_registry_with_prefix("identity");
+        registry.register(
+            "certificates_issued",
+            "Workload certificates signed",
+            m.issued.clone(),
+        );
+        registry.register(
+            "certificates_refused",
+            "Certificate requests refused, by reason",
+            m.refused.clone(),
+        );
+        registry.register(
+            "issuer_expiration_timestamp_seconds",
+            "When the issuer certificate in use expires (Unix time)",
+            m.issuer_expiry.clone(),
+        );
+        registry.register(
+            "issuer_reloads",
+            "Issuer reloads after its files changed, by result",
+            m.issuer_reloads.clone(),
+        );
+        // Known label values start at zero, so dashboards show "none yet"
+        // rather than "no data".
+        m.known_refusals(&REQUEST_REFUSAL_REASONS);
+        for &result in Reload::ALL {
+            let _ = m.issuer_reloads.get_or_create(&ReloadLabels { result });
+        }
+        Arc::new(m)
+    }
+
+    /// Starts the refusal reasons another part knows at zero (the CA's and
+    /// the token checker's), so that dashboards show "none yet".
+    pub fn known_refusals(&self, reasons: &[&'static str]) {
+        for &reason in reasons {
+            let _ = self.refused.get_or_create(&ReasonLabels { reason });
+        }
+    }
+
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    pub fn issuer_reload(&self, result: Reload) {
+        self.issuer_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+
+    pub fn set_issuer_expiry(&self, t: SystemTime) {
+        let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.issuer_expiry.set(secs as i64);
+    }
+}
