@@ -18,18 +18,45 @@ pub struct AwaitArgs {
     pub timeout: Duration,
 }
 
+/// Why `await-ready` could not run, or gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum AwaitError {
+    #[error("{var}={0:?} is not host:port", var = weft_api::proxy_env::ADMIN_ADDR.name)]
+    AdminAddr(String),
+    #[error("{0} needs a value")]
+    MissingValue(String),
+    #[error("--addr {0:?} is not host:port")]
+    Addr(String),
+    #[error("--timeout {value:?}: {reason}")]
+    Timeout { value: String, reason: String },
+    #[error("unknown argument {0:?}")]
+    UnknownArgument(String),
+    #[error("proxy at {addr} not ready after {timeout:?}: {last}")]
+    NotReady {
+        addr: SocketAddr,
+        timeout: Duration,
+        last: String,
+    },
+}
+
+/// Why one `/ready` probe got no 200.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    #[error("no answer within 1s")]
+    NoAnswer,
+}
+
 impl AwaitArgs {
-    pub fn parse(args: &[String], admin_addr: Option<&str>) -> Result<Self, String> {
+    pub fn parse(args: &[String], admin_addr: Option<&str>) -> Result<Self, AwaitError> {
         let port = match admin_addr {
             Some(v) => v
                 .trim()
                 .parse::<SocketAddr>()
-                .map_err(|_| {
-                    format!(
-                        "{}={v:?} is not host:port",
-                        weft_api::proxy_env::ADMIN_ADDR.name
-                    )
-                })?
+                .map_err(|_| AwaitError::AdminAddr(v.to_string()))?
                 .port(),
             None => weft_api::ports::ADMIN,
         };
@@ -39,15 +66,22 @@ impl AwaitArgs {
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
-            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            let value = it
+                .next()
+                .ok_or_else(|| AwaitError::MissingValue(flag.clone()))?;
             match flag.as_str() {
-                "--timeout" => parsed.timeout = crate::config::parse_duration(value)?,
-                "--addr" => {
-                    parsed.addr = value
-                        .parse()
-                        .map_err(|_| format!("--addr {value:?} is not host:port"))?
+                "--timeout" => {
+                    parsed.timeout = crate::config::parse_duration(value).map_err(|reason| {
+                        AwaitError::Timeout {
+                            value: value.clone(),
+                            reason,
+                        }
+                    })?
                 }
-                other => return Err(format!("unknown argument {other:?}")),
+                "--addr" => {
+                    parsed.addr = value.parse().map_err(|_| AwaitError::Addr(value.clone()))?
+                }
+                other => return Err(AwaitError::UnknownArgument(other.to_string())),
             }
         }
         Ok(parsed)
@@ -55,42 +89,43 @@ impl AwaitArgs {
 }
 
 /// Polls `/ready` every 100 ms until it answers 200 or `timeout` passes.
-pub async fn await_ready(args: &AwaitArgs) -> Result<Duration, String> {
+pub async fn await_ready(args: &AwaitArgs) -> Result<Duration, AwaitError> {
     let started = Instant::now();
     let mut last = String::from("no answer yet");
     while started.elapsed() < args.timeout {
         match probe(args.addr).await {
             Ok(status) if status == http::StatusCode::OK => return Ok(started.elapsed()),
             Ok(status) => last = format!("/ready answered {status}"),
-            Err(error) => last = error,
+            Err(error) => last = error.to_string(),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(format!(
-        "proxy at {} not ready after {:?}: {last}",
-        args.addr, args.timeout
-    ))
+    Err(AwaitError::NotReady {
+        addr: args.addr,
+        timeout: args.timeout,
+        last,
+    })
 }
 
-async fn probe(addr: SocketAddr) -> Result<http::StatusCode, String> {
+async fn probe(addr: SocketAddr) -> Result<http::StatusCode, ProbeError> {
     let attempt = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ProbeError::Connect)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let req = http::Request::get("/ready")
-            .header(http::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let mut req = http::Request::new(Empty::<Bytes>::new());
+        *req.uri_mut() = http::Uri::from_static("/ready");
+        if let Ok(host) = http::HeaderValue::from_str(&addr.to_string()) {
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+        let resp = sender.send_request(req).await?;
         Ok(resp.status())
     };
     tokio::time::timeout(Duration::from_secs(1), attempt)
         .await
-        .unwrap_or_else(|_| Err("no answer within 1s".into()))
+        .unwrap_or(Err(ProbeError::NoAnswer))
 }
 
 #[cfg(test)]
@@ -125,7 +160,8 @@ mod tests {
             timeout: Duration::from_millis(300),
         })
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("not ready after"), "{error}");
         assert!(error.contains("cannot connect"), "{error}");
     }

@@ -70,6 +70,21 @@ enum RefreshError {
     BadCertificate(String),
 }
 
+/// Why a channel to the controller cannot even be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("controller TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Name(#[from] tls::NoTlsName),
+    #[error("controller address {addr:?}")]
+    Address {
+        addr: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
 /// Runs forever, keeping `store` supplied with a valid certificate.
 pub async fn maintain(config: IdentityConfig, store: Arc<CertStore>, metrics: Arc<Metrics>) {
     let key = match rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256) {
@@ -89,6 +104,7 @@ pub async fn maintain(config: IdentityConfig, store: Arc<CertStore>, metrics: Ar
     let client = match controller_channel(&config, Some(Duration::from_secs(15))) {
         Ok(channel) => IdentityClient::new(channel),
         Err(error) => {
+            let error = weft_api::error_chain(&error);
             tracing::error!(%error, "cannot set up the controller connection");
             return;
         }
@@ -150,8 +166,8 @@ fn csr(key: &rcgen::KeyPair, identity: &SpiffeId) -> Result<Vec<u8>, rcgen::Erro
 pub fn controller_channel(
     config: &IdentityConfig,
     timeout: Option<Duration>,
-) -> Result<tonic::transport::Channel, String> {
-    let tls = tls::controller_client_config(config.anchors.clone()).map_err(|e| e.to_string())?;
+) -> Result<tonic::transport::Channel, ChannelError> {
+    let tls = tls::controller_client_config(config.anchors.clone())?;
     let server_name = tls::server_name_for(&config.controller_identity)?;
     let addr = config.controller_addr.clone();
     let connector = tower::service_fn(move |_uri: http::Uri| {
@@ -168,7 +184,10 @@ pub fn controller_channel(
     // The URI is only a label here: the connector above decides where to go.
     let mut endpoint =
         tonic::transport::Endpoint::from_shared(format!("http://{}", config.controller_addr))
-            .map_err(|e| format!("controller address {:?}: {e}", config.controller_addr))?
+            .map_err(|source| ChannelError::Address {
+                addr: config.controller_addr.clone(),
+                source,
+            })?
             .connect_timeout(Duration::from_secs(5))
             // A controller that vanished without closing the connection is
             // noticed within seconds, and streams are resubscribed.

@@ -54,8 +54,8 @@ use crate::transport::Connector;
 /// Fatal startup errors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("tracing: {0}")]
-    Tracing(String),
+    #[error("tracing")]
+    Tracing(#[from] trace::ExporterError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -64,8 +64,12 @@ pub enum Error {
     },
     #[error("cannot install signal handler: {0}")]
     Signal(#[source] std::io::Error),
-    #[error("cannot set up TLS: {0}")]
-    Tls(String),
+    #[error("mesh TLS")]
+    MeshTls(#[from] rustls::Error),
+    #[error("mesh endpoints")]
+    MeshEndpoints(#[from] tls::NoTlsName),
+    #[error("the controller connection")]
+    Controller(#[from] identity::ChannelError),
 }
 
 /// Sets up logging once, from the validated filter.
@@ -97,10 +101,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         None => None,
         Some(identity) => {
             let certs = Arc::new(CertStore::default());
-            let client = tls::mesh_client_config(identity.anchors.clone(), certs.clone())
-                .map_err(|e| Error::Tls(e.to_string()))?;
-            let server = tls::mesh_server_config(identity.anchors.clone(), certs.clone())
-                .map_err(|e| Error::Tls(e.to_string()))?;
+            let client = tls::mesh_client_config(identity.anchors.clone(), certs.clone())?;
+            let server = tls::mesh_server_config(identity.anchors.clone(), certs.clone())?;
             tokio::spawn(identity::maintain(
                 identity.clone(),
                 certs.clone(),
@@ -116,10 +118,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
             })
         }
     };
-    let endpoints = Arc::new(Endpoints::new(&config.mesh_endpoints).map_err(Error::Tls)?);
+    let endpoints = Arc::new(Endpoints::new(&config.mesh_endpoints)?);
     let resolver = match &config.identity {
         Some(identity) if config.discovery => {
-            let channel = identity::controller_channel(identity, None).map_err(Error::Tls)?;
+            let channel = identity::controller_channel(identity, None)?;
             Some(Resolver::new(
                 channel,
                 identity.identity.namespace().to_string(),
@@ -137,8 +139,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 collector,
                 config.trace_sample_ratio,
                 config.identity.as_ref().map(|i| &i.identity),
-            )
-            .map_err(Error::Tracing)?;
+            )?;
             tracing::info!(%collector, ratio = config.trace_sample_ratio, "exporting request spans");
             Some(tracer)
         }

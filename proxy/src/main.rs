@@ -87,7 +87,7 @@ fn main() -> ExitCode {
     match runtime.block_on(weft_proxy::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "proxy failed");
+            tracing::error!(error = weft_api::error_chain(&error), "proxy failed");
             ExitCode::FAILURE
         }
     }
@@ -157,10 +157,11 @@ fn validate(args: &[String]) -> ExitCode {
         }
         Err(error) => {
             eprintln!(
-                "weft-proxy validate: this pod has no redirect rules: {error}. The weft-cni plugin did not run \
+                "weft-proxy validate: this pod has no redirect rules: {}. The weft-cni plugin did not run \
                  for it (was the pod created before weft-cni was installed on this node?). The weft-cni \
                  installer deletes such pods so that they are created again with the rules; if this \
-                 repeats, check the weft-cni pod on this node."
+                 repeats, check the weft-cni pod on this node.",
+                weft_api::error_chain(&error)
             );
             ExitCode::from(weft_api::VALIDATION_FAILED_EXIT)
         }

@@ -34,7 +34,7 @@ pub struct MeshPeer {
 }
 
 impl MeshPeer {
-    pub fn new(identity: SpiffeId) -> Result<Self, String> {
+    pub fn new(identity: SpiffeId) -> Result<Self, tls::NoTlsName> {
         Ok(MeshPeer {
             server_name: tls::server_name_for(&identity)?,
             label: Arc::new(identity.to_string()),
@@ -73,7 +73,7 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    pub fn new(entries: &[(IpAddr, SpiffeId)]) -> Result<Self, String> {
+    pub fn new(entries: &[(IpAddr, SpiffeId)]) -> Result<Self, tls::NoTlsName> {
         let mut by_ip = HashMap::new();
         for (ip, identity) in entries {
             by_ip.insert(*ip, Arc::new(MeshPeer::new(identity.clone())?));

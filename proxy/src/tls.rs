@@ -219,9 +219,20 @@ impl std::fmt::Display for NoIdentity {
 impl std::error::Error for NoIdentity {}
 
 /// The server name a client sends when it expects `identity`.
-pub fn server_name_for(identity: &SpiffeId) -> Result<ServerName<'static>, String> {
-    ServerName::try_from(identity.tls_server_name())
-        .map_err(|e| format!("identity {identity} has no valid TLS name: {e}"))
+pub fn server_name_for(identity: &SpiffeId) -> Result<ServerName<'static>, NoTlsName> {
+    ServerName::try_from(identity.tls_server_name()).map_err(|source| NoTlsName {
+        identity: identity.to_string(),
+        source,
+    })
+}
+
+/// An identity whose SNI form is not a valid DNS name.
+#[derive(Debug, thiserror::Error)]
+#[error("identity {identity} has no valid TLS name")]
+pub struct NoTlsName {
+    identity: String,
+    #[source]
+    source: rustls::pki_types::InvalidDnsNameError,
 }
 
 /// Client side of proxy-to-proxy mTLS.

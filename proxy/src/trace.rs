@@ -30,6 +30,15 @@ pub struct Tracer {
     propagator: TraceContextPropagator,
 }
 
+/// The OTLP exporter could not be built for the configured collector.
+#[derive(Debug, thiserror::Error)]
+#[error("OTLP exporter for {collector}")]
+pub struct ExporterError {
+    collector: http::Uri,
+    #[source]
+    source: opentelemetry_otlp::ExporterBuildError,
+}
+
 impl Tracer {
     /// Sets up export to `collector`. Must run inside the Tokio runtime
     /// (the exporter's gRPC channel lives there). The channel connects
@@ -39,14 +48,17 @@ impl Tracer {
         collector: &http::Uri,
         sample_ratio: f64,
         identity: Option<&SpiffeId>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, ExporterError> {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(collector.to_string())
             .with_timeout(std::time::Duration::from_secs(5))
             .build()
-            .map_err(|e| format!("OTLP exporter for {collector}: {e}"))?;
+            .map_err(|source| ExporterError {
+                collector: collector.clone(),
+                source,
+            })?;
         // Spans are named after the workload's service account, so a trace
         // view shows which workload each hop is.
         let service_name = identity.map_or_else(

@@ -28,10 +28,64 @@ pub struct ValidateArgs {
     pub timeout: Duration,
 }
 
+/// A setting the check cannot use. (`reason` is the shared validator's
+/// own words.)
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    #[error("{name}={value:?}: {reason}")]
+    Variable {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("{0} needs a value")]
+    MissingValue(String),
+    #[error("--timeout {value:?}: {reason}")]
+    Timeout { value: String, reason: String },
+    #[error("unknown argument {0:?}")]
+    UnknownArgument(String),
+}
+
+/// Why the redirect rules could not be shown to be in place.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("cannot listen on {addr} (the proxy's outbound port)")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("accepting the probe")]
+    Accept(#[source] std::io::Error),
+    #[error("connecting to {target}")]
+    Connect {
+        target: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing to {target}")]
+    Write {
+        target: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a connection to {target} did not reach port {port} within {timeout:?}")]
+    NotRedirected {
+        target: SocketAddr,
+        port: u16,
+        timeout: Duration,
+    },
+}
+
 impl ValidateArgs {
     /// `[--timeout DURATION]`, plus `WEFT_OUTBOUND_PORT`,
     /// `WEFT_SKIP_OUTBOUND_PORTS` and `WEFT_SKIP_OUTBOUND_CIDRS`.
-    pub fn parse(args: &[String], var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+    pub fn parse(args: &[String], var: impl Fn(&str) -> Option<String>) -> Result<Self, ArgsError> {
+        let variable = |name: &'static str, value: &str, reason: String| ArgsError::Variable {
+            name,
+            value: value.to_string(),
+            reason,
+        };
         let mut parsed = ValidateArgs {
             outbound_port: weft_api::ports::OUTBOUND,
             skip_outbound_ports: Vec::new(),
@@ -44,22 +98,31 @@ impl ValidateArgs {
                 .parse()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("{}={v:?} is not a port", env::OUTBOUND_PORT.name))?;
+                .ok_or_else(|| variable(env::OUTBOUND_PORT.name, &v, "not a port".into()))?;
         }
         if let Some(v) = var(env::SKIP_OUTBOUND_PORTS.name) {
             parsed.skip_outbound_ports = weft_api::port_list::parse_ranges(&v)
-                .map_err(|e| format!("{}: {e}", env::SKIP_OUTBOUND_PORTS.name))?;
+                .map_err(|e| variable(env::SKIP_OUTBOUND_PORTS.name, &v, e.to_string()))?;
         }
         if let Some(v) = var(env::SKIP_OUTBOUND_CIDRS.name) {
             parsed.skip_outbound_cidrs = crate::config::parse_cidrs(&v)
-                .map_err(|e| format!("{}: {e}", env::SKIP_OUTBOUND_CIDRS.name))?;
+                .map_err(|e| variable(env::SKIP_OUTBOUND_CIDRS.name, &v, e.to_string()))?;
         }
         let mut it = args.iter();
         while let Some(flag) = it.next() {
-            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            let value = it
+                .next()
+                .ok_or_else(|| ArgsError::MissingValue(flag.clone()))?;
             match flag.as_str() {
-                "--timeout" => parsed.timeout = crate::config::parse_duration(value)?,
-                other => return Err(format!("unknown argument {other:?}")),
+                "--timeout" => {
+                    parsed.timeout = crate::config::parse_duration(value).map_err(|reason| {
+                        ArgsError::Timeout {
+                            value: value.clone(),
+                            reason,
+                        }
+                    })?
+                }
+                other => return Err(ArgsError::UnknownArgument(other.to_string())),
             }
         }
         Ok(parsed)
@@ -125,35 +188,41 @@ pub fn ipv4_routes(table: &str) -> Vec<(Ipv4Addr, u8)> {
 }
 
 /// Runs the check.
-pub async fn validate(args: &ValidateArgs, routes: &[(Ipv4Addr, u8)]) -> Result<Outcome, String> {
+pub async fn validate(
+    args: &ValidateArgs,
+    routes: &[(Ipv4Addr, u8)],
+) -> Result<Outcome, CheckError> {
     let Some(target) = probe_target(args, routes) else {
         return Ok(Outcome::NothingToCheck);
     };
     let listen = SocketAddr::from(([127, 0, 0, 1], args.outbound_port));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {listen} (the proxy's outbound port): {e}"))?;
+        .map_err(|source| CheckError::Listen {
+            addr: listen,
+            source,
+        })?;
     let token: [u8; 16] = rand::random();
     let started = Instant::now();
     let check = async {
         let accept = async {
             loop {
-                let (mut conn, _) = listener.accept().await.map_err(|e| e.to_string())?;
+                let (mut conn, _) = listener.accept().await.map_err(CheckError::Accept)?;
                 let mut got = [0u8; 16];
                 if conn.read_exact(&mut got).await.is_ok() && got == token {
-                    return Ok::<(), String>(());
+                    return Ok::<(), CheckError>(());
                 }
             }
         };
         let send = async {
             let mut conn = tokio::net::TcpStream::connect(target)
                 .await
-                .map_err(|e| format!("connecting to {target}: {e}"))?;
+                .map_err(|source| CheckError::Connect { target, source })?;
             conn.write_all(&token)
                 .await
-                .map_err(|e| format!("writing to {target}: {e}"))?;
+                .map_err(|source| CheckError::Write { target, source })?;
             // Held open until the listener has read the token.
-            std::future::pending::<Result<(), String>>().await
+            std::future::pending::<Result<(), CheckError>>().await
         };
         tokio::select! {
             accepted = accept => accepted,
@@ -166,10 +235,11 @@ pub async fn validate(args: &ValidateArgs, routes: &[(Ipv4Addr, u8)]) -> Result<
             after: started.elapsed(),
         }),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!(
-            "a connection to {target} did not reach port {} within {:?}",
-            args.outbound_port, args.timeout
-        )),
+        Err(_) => Err(CheckError::NotRedirected {
+            target,
+            port: args.outbound_port,
+            timeout: args.timeout,
+        }),
     }
 }
 
@@ -233,14 +303,18 @@ mod tests {
     #[test]
     fn bad_settings_are_named() {
         let e = ValidateArgs::parse(&[], |k| (k == "WEFT_OUTBOUND_PORT").then(|| "x".into()))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("WEFT_OUTBOUND_PORT"), "{e}");
-        let e = ValidateArgs::parse(&["--frob".into(), "1".into()], |_| None).unwrap_err();
+        let e = ValidateArgs::parse(&["--frob".into(), "1".into()], |_| None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--frob"), "{e}");
         let e = ValidateArgs::parse(&[], |k| {
             (k == "WEFT_SKIP_OUTBOUND_CIDRS").then(|| "nope".into())
         })
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("WEFT_SKIP_OUTBOUND_CIDRS"), "{e}");
     }
 }
