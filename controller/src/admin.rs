@@ -14,14 +14,14 @@ pub struct ControllerAdmin {
 }
 
 impl weft_api::admin::Admin for ControllerAdmin {
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<(), weft_api::admin::NotReady> {
         // Serving starts only after the CA loaded; discovery must also have
         // listed everything once, or proxies would be told that existing
         // services do not exist.
         if self.store.is_synced() {
             Ok(())
         } else {
-            Err("discovery not synced".into())
+            Err(weft_api::admin::NotReady("discovery not synced"))
         }
     }
 

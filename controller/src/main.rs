@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use weft_api::identity::{DEFAULT_TRUST_DOMAIN, SpiffeId, TOKEN_AUDIENCE};
 use weft_controller::{DiscoverySource, ServeConfig, TokenSource, ca, pki, token};
 
-fn duration(v: &str) -> Result<Duration, String> {
+fn duration(v: &str) -> Result<Duration, weft_api::duration::DurationError> {
     weft_api::duration::parse(v)
 }
 

@@ -15,7 +15,7 @@ use weft_injector::settings::{self, MeshSettings, Resources, SidecarMode};
 use weft_injector::tls::{ServingCert, WatchedFiles};
 use weft_injector::{ADMIN_PORT, WEBHOOK_PORT, quantity};
 
-fn duration(v: &str) -> Result<Duration, String> {
+fn duration(v: &str) -> Result<Duration, weft_api::duration::DurationError> {
     weft_api::duration::parse(v)
 }
 

@@ -106,7 +106,7 @@ pub fn proxy_config(
         }
     };
     let ports = |v: &str| -> Result<String, String> {
-        let ranges = weft_api::port_list::parse_ranges(v)?;
+        let ranges = weft_api::port_list::parse_ranges(v).map_err(|e| e.to_string())?;
         if ranges.is_empty() {
             return Err("empty port list".into());
         }

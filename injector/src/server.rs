@@ -210,11 +210,11 @@ pub async fn serve_webhook(
 /// What the admin server ([`weft_api::admin`]) reports: ready once the
 /// sidecar mode is decided.
 impl weft_api::admin::Admin for Webhook {
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<(), weft_api::admin::NotReady> {
         if self.ready.load(Ordering::Relaxed) {
             Ok(())
         } else {
-            Err("sidecar mode not decided".into())
+            Err(weft_api::admin::NotReady("sidecar mode not decided"))
         }
     }
 

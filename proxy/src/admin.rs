@@ -27,11 +27,13 @@ pub struct AdminState {
 }
 
 impl Admin for AdminState {
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<(), weft_api::admin::NotReady> {
         if !self.certs.as_ref().is_none_or(|c| c.is_ready()) {
-            Err("no workload certificate yet".into())
+            Err(weft_api::admin::NotReady("no workload certificate yet"))
         } else if !self.ready.load(Ordering::Acquire) {
-            Err("listeners not bound yet, or draining".into())
+            Err(weft_api::admin::NotReady(
+                "listeners not bound yet, or draining",
+            ))
         } else {
             Ok(())
         }

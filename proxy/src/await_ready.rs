@@ -28,7 +28,10 @@ pub enum AwaitError {
     #[error("--addr {0:?} is not host:port")]
     Addr(String),
     #[error("--timeout {value:?}: {reason}")]
-    Timeout { value: String, reason: String },
+    Timeout {
+        value: String,
+        reason: crate::config::Invalid,
+    },
     #[error("unknown argument {0:?}")]
     UnknownArgument(String),
     #[error("proxy at {addr} not ready after {timeout:?}: {last}")]

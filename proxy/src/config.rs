@@ -21,7 +21,42 @@ use crate::identity::IdentityConfig;
 pub struct ConfigError {
     pub var: &'static str,
     pub value: String,
-    pub reason: String,
+    pub reason: Invalid,
+}
+
+/// Why a value could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    /// A value outside what the variable allows; the words say what it does
+    /// allow.
+    #[error("{0}")]
+    Rule(&'static str),
+    #[error("not a port from 1 to 65535")]
+    Port,
+    #[error(transparent)]
+    PortList(#[from] weft_api::port_list::PortListError),
+    #[error("not a socket address: {0}")]
+    SocketAddr(#[from] std::net::AddrParseError),
+    #[error(transparent)]
+    Duration(#[from] weft_api::duration::DurationError),
+    #[error("{0:?} is not a CIDR such as 10.0.0.0/8")]
+    Cidr(String),
+    #[error("{0:?} is not ip=spiffe-id")]
+    EndpointEntry(String),
+    #[error("{0:?} is not an IP address")]
+    Ip(String),
+    #[error(transparent)]
+    SpiffeId(#[from] weft_api::identity::SpiffeIdError),
+    #[error(transparent)]
+    Anchors(#[from] crate::tls::AnchorError),
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("not a byte count: {0}")]
+    ByteCount(#[source] std::num::ParseIntError),
+    #[error("not a log filter: {0}")]
+    LogFilter(#[source] tracing_subscriber::filter::ParseError),
+    #[error("not a URL: {0}")]
+    Uri(#[from] http::uri::InvalidUri),
 }
 
 /// The proxy's effective configuration.
@@ -132,7 +167,7 @@ impl Config {
                     var(env::ADMIN_ADDR),
                     env::ADMIN_ADDR,
                     SocketAddr::from(([0, 0, 0, 0], ports::ADMIN)),
-                    |v| v.parse().map_err(|e| format!("not a socket address: {e}")),
+                    |v| v.parse::<SocketAddr>(),
                 )?,
                 detect_timeout: parse_or(
                     var(env::DETECT_TIMEOUT),
@@ -175,10 +210,10 @@ impl Config {
                     env::HTTP_MAX_HEADER_BYTES,
                     64 * 1024,
                     |v| {
-                        let n: usize = v.parse().map_err(|e| format!("not a byte count: {e}"))?;
+                        let n: usize = v.parse().map_err(Invalid::ByteCount)?;
                         // hyper refuses buffers below 8 KiB.
                         if !(8192..=16 * 1024 * 1024).contains(&n) {
-                            return Err("must be between 8192 and 16777216".into());
+                            return Err(Invalid::Rule("must be between 8192 and 16777216"));
                         }
                         Ok(n)
                     },
@@ -191,14 +226,14 @@ impl Config {
                         tracing_subscriber::EnvFilter::builder()
                             .parse(v)
                             .map(|_| v.to_string())
-                            .map_err(|e| format!("not a log filter: {e}"))
+                            .map_err(Invalid::LogFilter)
                     },
                 )?,
                 worker_threads: parse_or(var(env::PROXY_CORES), env::PROXY_CORES, 1, |v| match v
                     .parse::<usize>(
                 ) {
                     Ok(n) if (1..=64).contains(&n) => Ok(n),
-                    _ => Err("must be a whole number from 1 to 64".into()),
+                    _ => Err(Invalid::Rule("must be a whole number from 1 to 64")),
                 })?,
                 identity: identity_config(&var)?,
                 inbound_mtls: parse_or(
@@ -208,7 +243,7 @@ impl Config {
                     |v| match v {
                         "permissive" => Ok(InboundMtls::Permissive),
                         "strict" => Ok(InboundMtls::Strict),
-                        _ => Err("must be permissive or strict".into()),
+                        _ => Err(Invalid::Rule("must be permissive or strict")),
                     },
                 )?,
                 mesh_endpoints: parse_or(
@@ -220,7 +255,7 @@ impl Config {
                 discovery: parse_or(var(env::DISCOVERY), env::DISCOVERY, true, |v| match v {
                     "on" | "true" => Ok(true),
                     "off" | "false" => Ok(false),
-                    _ => Err("must be on or off".into()),
+                    _ => Err(Invalid::Rule("must be on or off")),
                 })?,
                 discovery_wait: parse_or(
                     var(env::DISCOVERY_WAIT),
@@ -233,13 +268,12 @@ impl Config {
                     env::TRACE_COLLECTOR,
                     None,
                     |v| {
-                        let uri: http::Uri = v.trim().parse().map_err(|e| format!("{e}"))?;
+                        let uri: http::Uri = v.trim().parse()?;
                         match (uri.scheme_str(), uri.authority()) {
                             (Some("http" | "https"), Some(_)) => Ok(Some(uri)),
-                            _ => Err(
-                                "must be an http:// or https:// URL of an OTLP/gRPC collector"
-                                    .into(),
-                            ),
+                            _ => Err(Invalid::Rule(
+                                "must be an http:// or https:// URL of an OTLP/gRPC collector",
+                            )),
                         }
                     },
                 )?,
@@ -249,14 +283,14 @@ impl Config {
                     1.0,
                     |v| match v.trim().parse::<f64>() {
                         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                        _ => Err("must be a number from 0 to 1".into()),
+                        _ => Err(Invalid::Rule("must be a number from 0 to 1")),
                     },
                 )?,
                 exit_with_app: parse_or(var(env::EXIT_WITH_APP), env::EXIT_WITH_APP, false, |v| {
                     match v {
                         "true" => Ok(true),
                         "false" => Ok(false),
-                        _ => Err("must be true or false".into()),
+                        _ => Err(Invalid::Rule("must be true or false")),
                     }
                 })?,
                 redirect_exemptions: RedirectExemptions {
@@ -292,8 +326,9 @@ impl Config {
                     return Err(ConfigError {
                         var: name,
                         value: get(name).unwrap_or_default(),
-                        reason: "needs an identity: set WEFT_CONTROLLER_ADDR and its companions"
-                            .into(),
+                        reason: Invalid::Rule(
+                            "needs an identity: set WEFT_CONTROLLER_ADDR and its companions",
+                        ),
                     });
                 }
             }
@@ -310,14 +345,14 @@ impl Config {
             return Err(ConfigError {
                 var: env::OUTBOUND_PORT.name,
                 value: format!("{listeners:?}"),
-                reason: "outbound, inbound and admin ports must differ".into(),
+                reason: Invalid::Rule("outbound, inbound and admin ports must differ"),
             });
         }
         if config.detect_timeout.is_zero() {
             return Err(ConfigError {
                 var: env::DETECT_TIMEOUT.name,
                 value: get(env::DETECT_TIMEOUT.name).unwrap_or_default(),
-                reason: "must be greater than zero".into(),
+                reason: Invalid::Rule("must be greater than zero"),
             });
         }
         Ok(config)
@@ -339,21 +374,21 @@ fn identity_config(
         return Err(ConfigError {
             var: env::CONTROLLER_ADDR.name,
             value: controller_addr,
-            reason: "must be host:port".into(),
+            reason: Invalid::Rule("must be host:port"),
         });
     }
     let required = |v: env::Var| {
         var(v).ok_or_else(|| ConfigError {
             var: v.name,
             value: String::new(),
-            reason: "required when WEFT_CONTROLLER_ADDR is set".into(),
+            reason: Invalid::Rule("required when WEFT_CONTROLLER_ADDR is set"),
         })
     };
     let parse_id = |name: &'static str, v: String| {
         v.trim().parse::<SpiffeId>().map_err(|e| ConfigError {
             var: name,
             value: v.clone(),
-            reason: e.to_string(),
+            reason: e.into(),
         })
     };
     let identity = parse_id(env::IDENTITY.name, required(env::IDENTITY)?)?;
@@ -367,7 +402,7 @@ fn identity_config(
         .map_err(|e| ConfigError {
             var: env::IDENTITY.name,
             value: identity.to_string(),
-            reason: e.to_string(),
+            reason: e.into(),
         })?,
     };
     let token_file = PathBuf::from(required(env::IDENTITY_TOKEN_FILE)?.trim());
@@ -378,22 +413,23 @@ fn identity_config(
             std::fs::read(path.trim()).map_err(|e| ConfigError {
                 var: env::TRUST_ANCHORS_FILE.name,
                 value: path.clone(),
-                reason: format!("cannot read: {e}"),
+                reason: Invalid::Read(e),
             })?,
         ),
         _ => {
             return Err(ConfigError {
                 var: env::TRUST_ANCHORS.name,
                 value: String::new(),
-                reason: "set exactly one of WEFT_TRUST_ANCHORS (PEM) and WEFT_TRUST_ANCHORS_FILE"
-                    .into(),
+                reason: Invalid::Rule(
+                    "set exactly one of WEFT_TRUST_ANCHORS (PEM) and WEFT_TRUST_ANCHORS_FILE",
+                ),
             });
         }
     };
-    let anchors = crate::tls::load_anchors(&pem).map_err(|reason| ConfigError {
+    let anchors = crate::tls::load_anchors(&pem).map_err(|e| ConfigError {
         var: anchors_var,
         value: String::from_utf8_lossy(&pem).chars().take(40).collect(),
-        reason,
+        reason: e.into(),
     })?;
     Ok(Some(IdentityConfig {
         controller_addr,
@@ -405,65 +441,62 @@ fn identity_config(
 }
 
 /// Parses `10.0.0.5=spiffe://cluster.local/ns/demo/sa/web,...`.
-fn parse_endpoints(v: &str) -> Result<Vec<(IpAddr, SpiffeId)>, String> {
+fn parse_endpoints(v: &str) -> Result<Vec<(IpAddr, SpiffeId)>, Invalid> {
     v.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|entry| {
             let (ip, id) = entry
                 .split_once('=')
-                .ok_or_else(|| format!("{entry:?} is not ip=spiffe-id"))?;
+                .ok_or_else(|| Invalid::EndpointEntry(entry.to_string()))?;
             let ip: IpAddr = ip
                 .trim()
                 .parse()
-                .map_err(|e| format!("{ip:?} is not an IP address: {e}"))?;
-            let id: SpiffeId = id.trim().parse().map_err(|e| format!("{e}"))?;
+                .map_err(|_| Invalid::Ip(ip.trim().to_string()))?;
+            let id: SpiffeId = id.trim().parse()?;
             Ok((ip, id))
         })
         .collect()
 }
 
-fn parse_or<T>(
+fn parse_or<T, E: Into<Invalid>>(
     value: Option<String>,
     var: env::Var,
     default: T,
-    parse: impl Fn(&str) -> Result<T, String>,
+    parse: impl Fn(&str) -> Result<T, E>,
 ) -> Result<T, ConfigError> {
     match value {
         None => Ok(default),
-        Some(value) => parse(value.trim()).map_err(|reason| ConfigError {
+        Some(value) => parse(value.trim()).map_err(|e| ConfigError {
             var: var.name,
             value,
-            reason,
+            reason: e.into(),
         }),
     }
 }
 
-fn parse_port(v: &str) -> Result<u16, String> {
+fn parse_port(v: &str) -> Result<u16, Invalid> {
     match v.parse::<u16>() {
-        Ok(0) | Err(_) => Err("not a port from 1 to 65535".into()),
+        Ok(0) | Err(_) => Err(Invalid::Port),
         Ok(p) => Ok(p),
     }
 }
 
 /// Parses `10.0.0.0/8, fd00::/8`.
-pub fn parse_cidrs(v: &str) -> Result<Vec<ipnet::IpNet>, String> {
+pub fn parse_cidrs(v: &str) -> Result<Vec<ipnet::IpNet>, Invalid> {
     v.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/8"))
-        })
+        .map(|s| s.parse().map_err(|_| Invalid::Cidr(s.to_string())))
         .collect()
 }
 
 /// Parses `250ms`, `1s`, `2m`, `1h`, or a bare number of seconds; at most
 /// a day, which is longer than any proxy timeout should be.
-pub fn parse_duration(v: &str) -> Result<Duration, String> {
+pub fn parse_duration(v: &str) -> Result<Duration, Invalid> {
     let d = weft_api::duration::parse(v)?;
     if d > Duration::from_secs(86_400) {
-        return Err("must be at most a day".into());
+        return Err(Invalid::Rule("must be at most a day"));
     }
     Ok(d)
 }

@@ -28,19 +28,28 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Why a trust bundle could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AnchorError {
+    #[error("not PEM: {0}")]
+    NotPem(#[source] std::io::Error),
+    #[error("not a usable trust anchor: {0}")]
+    Unusable(#[source] rustls::Error),
+    #[error("no PEM certificate found")]
+    Empty,
+}
+
 /// Parses PEM trust anchors.
-pub fn load_anchors(pem: &[u8]) -> Result<Arc<RootCertStore>, String> {
+pub fn load_anchors(pem: &[u8]) -> Result<Arc<RootCertStore>, AnchorError> {
     let mut roots = RootCertStore::empty();
     let mut count = 0;
     for cert in rustls_pemfile::certs(&mut &pem[..]) {
-        let cert = cert.map_err(|e| format!("not PEM: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("not a usable trust anchor: {e}"))?;
+        let cert = cert.map_err(AnchorError::NotPem)?;
+        roots.add(cert).map_err(AnchorError::Unusable)?;
         count += 1;
     }
     if count == 0 {
-        return Err("no PEM certificate found".into());
+        return Err(AnchorError::Empty);
     }
     Ok(Arc::new(roots))
 }

@@ -41,7 +41,10 @@ pub enum ArgsError {
     #[error("{0} needs a value")]
     MissingValue(String),
     #[error("--timeout {value:?}: {reason}")]
-    Timeout { value: String, reason: String },
+    Timeout {
+        value: String,
+        reason: crate::config::Invalid,
+    },
     #[error("unknown argument {0:?}")]
     UnknownArgument(String),
 }

@@ -25,11 +25,16 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 /// A response the admin server sends.
 pub type AdminResponse = Response<Full<Bytes>>;
 
+/// Why a program should not receive work yet: the body of the 503, for
+/// whoever reads a failing probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotReady(pub &'static str);
+
 /// What one program reports through its admin server.
 pub trait Admin: Send + Sync + 'static {
-    /// `Ok` when the program should receive work; otherwise why not (the
-    /// body of the 503, for whoever reads a failing probe).
-    fn readiness(&self) -> Result<(), String>;
+    /// `Ok` when the program should receive work; otherwise why not.
+    fn readiness(&self) -> Result<(), NotReady>;
 
     /// The metrics in the OpenMetrics text format.
     fn metrics(&self) -> String;
@@ -126,11 +131,11 @@ mod tests {
     }
 
     impl Admin for Fake {
-        fn readiness(&self) -> Result<(), String> {
+        fn readiness(&self) -> Result<(), NotReady> {
             if self.ready.load(Ordering::Relaxed) {
                 Ok(())
             } else {
-                Err("still loading".into())
+                Err(NotReady("still loading"))
             }
         }
         fn metrics(&self) -> String {

@@ -2,8 +2,19 @@
 
 use std::time::Duration;
 
+/// Why a duration could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("{0:?} is not a duration like 500ms, 1s, 2m, 1h or 30d")]
+    NotANumber(String),
+    #[error("unknown unit {0:?}; use ms, s, m, h or d")]
+    UnknownUnit(String),
+    #[error("{value:?}: {reason}")]
+    OutOfRange { value: String, reason: String },
+}
+
 /// Parses `250ms`, `1.5s`, `2m`, `1h`, `365d`, or a bare number of seconds.
-pub fn parse(v: &str) -> Result<Duration, String> {
+pub fn parse(v: &str) -> Result<Duration, DurationError> {
     let v = v.trim();
     let split = v
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -11,16 +22,19 @@ pub fn parse(v: &str) -> Result<Duration, String> {
     let (num, unit) = v.split_at(split);
     let num: f64 = num
         .parse()
-        .map_err(|_| format!("{v:?} is not a duration like 500ms, 1s, 2m, 1h or 30d"))?;
+        .map_err(|_| DurationError::NotANumber(v.to_string()))?;
     let secs = match unit {
         "ms" => num / 1000.0,
         "" | "s" => num,
         "m" => num * 60.0,
         "h" => num * 3600.0,
         "d" => num * 86_400.0,
-        _ => return Err(format!("unknown unit {unit:?}; use ms, s, m, h or d")),
+        _ => return Err(DurationError::UnknownUnit(unit.to_string())),
     };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{v:?}: {e}"))
+    Duration::try_from_secs_f64(secs).map_err(|e| DurationError::OutOfRange {
+        value: v.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]

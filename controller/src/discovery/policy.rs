@@ -60,7 +60,7 @@ pub fn from_annotations(annotations: &BTreeMap<String, String>) -> (RoutePolicy,
                 "bad_timeout",
                 "must be above zero and at most 1h".into(),
             ),
-            Err(why) => bad(names::TIMEOUT_REQUEST, v, "bad_timeout", why),
+            Err(why) => bad(names::TIMEOUT_REQUEST, v, "bad_timeout", why.to_string()),
         }
     }
     if let Some(v) = annotations.get(names::FAILURE_ACCRUAL) {
