@@ -1,4 +1,5 @@
-//! The file source: Services, EndpointSlices, Pods and TrafficSplits as
+//! The file source: Services, EndpointSlices, Pods, TrafficSplits and
+//! Gateway API routes (HTTPRoute, GRPCRoute) as
 //! Kubernetes YAML (or JSON) on disk, reloaded when the files change.
 //!
 //! A path may be one file or a folder (its `*.yaml`, `*.yml` and `*.json`
@@ -19,9 +20,18 @@ use serde_json::Value;
 use weft_api::split::TrafficSplit;
 
 use super::model::{PodInfo, ServiceInfo, SliceInfo, SplitInfo};
-use super::{Kind, Object, Store};
+use super::{Kind, Object, Store, route};
+use gateway_api::apis::experimental::grpcroutes::GRPCRoute;
+use gateway_api::apis::experimental::httproutes::HTTPRoute;
 
-const ALL_KINDS: &[Kind] = &[Kind::Service, Kind::Slice, Kind::Pod, Kind::Split];
+const ALL_KINDS: &[Kind] = &[
+    Kind::Service,
+    Kind::Slice,
+    Kind::Pod,
+    Kind::Split,
+    Kind::HttpRoute,
+    Kind::GrpcRoute,
+];
 
 /// Why a file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +90,8 @@ pub fn convert(mut value: Value, out: &mut Vec<Object>) -> Result<(), String> {
         ("v1", "Pod") => Kind::Pod,
         ("discovery.k8s.io/v1" | "discovery.k8s.io/v1beta1", "EndpointSlice") => Kind::Slice,
         (v, "TrafficSplit") if v.starts_with(weft_api::split::GROUP) => Kind::Split,
+        ("gateway.networking.k8s.io/v1", "HTTPRoute") => Kind::HttpRoute,
+        ("gateway.networking.k8s.io/v1", "GRPCRoute") => Kind::GrpcRoute,
         (_, kind) => {
             tracing::debug!(%api_version, %kind, "not a discovery object; skipped");
             return Ok(());
@@ -121,6 +133,16 @@ fn object_of(kind: Kind, value: Value) -> Result<Option<Object>, String> {
         Kind::Split => {
             let split: TrafficSplit = serde_json::from_value(value).map_err(bad)?;
             Some(Object::Split(key, SplitInfo::from_split(&split)))
+        }
+        Kind::HttpRoute => {
+            let route: HTTPRoute = serde_json::from_value(value).map_err(bad)?;
+            let info = route::convert::http_route(&key.0, &route);
+            Some(Object::Route(key, info))
+        }
+        Kind::GrpcRoute => {
+            let route: GRPCRoute = serde_json::from_value(value).map_err(bad)?;
+            let info = route::convert::grpc_route(&key.0, &route);
+            Some(Object::Route(key, info))
         }
     })
 }

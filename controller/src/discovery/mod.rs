@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod resolve;
+pub mod route;
 pub mod service;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -26,6 +27,7 @@ use std::time::Instant;
 use interest::{Interest, Subscription, Topic};
 use metrics::{Action, DiscoveryMetrics};
 use model::{Invalid, Key, PodInfo, ServiceInfo, SliceInfo, SplitInfo};
+use route::{RouteInfo, RouteKind};
 
 /// The topics a change touched.
 type Touched = HashSet<Topic>;
@@ -50,6 +52,11 @@ pub struct Objects {
     slices_of_pod: HashMap<Key, BTreeSet<String>>,
     /// `(namespace, apex service)` → names of splits naming it.
     splits_of: HashMap<Key, BTreeSet<String>>,
+    /// Keyed by `(namespace, route name)`.
+    pub http_routes: HashMap<Key, RouteInfo>,
+    pub grpc_routes: HashMap<Key, RouteInfo>,
+    /// `(namespace, parent service)` → the routes naming it as a parent.
+    routes_of: HashMap<Key, HashSet<(RouteKind, Key)>>,
 }
 
 /// One object from a source.
@@ -59,6 +66,7 @@ pub enum Object {
     Slice(Key, SliceInfo),
     Pod(Key, PodInfo, Vec<Invalid>),
     Split(Key, SplitInfo),
+    Route(Key, RouteInfo),
 }
 
 weft_api::label_values! {
@@ -69,6 +77,8 @@ weft_api::label_values! {
         Slice => "endpointslice",
         Pod => "pod",
         Split => "trafficsplit",
+        HttpRoute => "httproute",
+        GrpcRoute => "grpcroute",
     }
 }
 
@@ -79,6 +89,7 @@ impl Object {
             Object::Slice(..) => Kind::Slice,
             Object::Pod(..) => Kind::Pod,
             Object::Split(..) => Kind::Split,
+            Object::Route(_, route) => Kind::of_route(route.kind),
         }
     }
 
@@ -87,12 +98,56 @@ impl Object {
             Object::Service(k, _)
             | Object::Slice(k, _)
             | Object::Pod(k, _, _)
-            | Object::Split(k, _) => k,
+            | Object::Split(k, _)
+            | Object::Route(k, _) => k,
+        }
+    }
+}
+
+impl Kind {
+    fn of_route(kind: RouteKind) -> Self {
+        match kind {
+            RouteKind::Http => Kind::HttpRoute,
+            RouteKind::Grpc => Kind::GrpcRoute,
+        }
+    }
+
+    fn route_kind(self) -> Option<RouteKind> {
+        match self {
+            Kind::HttpRoute => Some(RouteKind::Http),
+            Kind::GrpcRoute => Some(RouteKind::Grpc),
+            _ => None,
         }
     }
 }
 
 impl Objects {
+    fn routes(&self, kind: RouteKind) -> &HashMap<Key, RouteInfo> {
+        match kind {
+            RouteKind::Http => &self.http_routes,
+            RouteKind::Grpc => &self.grpc_routes,
+        }
+    }
+
+    fn routes_mut(&mut self, kind: RouteKind) -> &mut HashMap<Key, RouteInfo> {
+        match kind {
+            RouteKind::Http => &mut self.http_routes,
+            RouteKind::Grpc => &mut self.grpc_routes,
+        }
+    }
+
+    /// The routes naming `service` as a parent.
+    pub fn routes_of<'a>(
+        &'a self,
+        service: &Key,
+    ) -> impl Iterator<Item = (&'a Key, &'a RouteInfo)> {
+        self.routes_of
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|(kind, key)| self.routes(*kind).get_key_value(key))
+    }
+
     /// Inserts or replaces an object, adding the topics it touched to
     /// `touched`; returns the configuration problems it has that its
     /// previous version did not (to be reported once).
@@ -141,6 +196,16 @@ impl Objects {
                 touched.insert(Topic::Service(apex));
                 self.splits.insert(key, info);
             }
+            Object::Route(key, info) => {
+                for parent in &info.parents {
+                    self.routes_of
+                        .entry(parent.service.clone())
+                        .or_default()
+                        .insert((info.kind, key.clone()));
+                    touched.insert(Topic::Service(parent.service.clone()));
+                }
+                self.routes_mut(info.kind).insert(key, info);
+            }
         }
         let mut after = self.invalid_of(kind, &key);
         after.retain(|i| !before.contains(i));
@@ -176,6 +241,11 @@ impl Objects {
                 .and_then(|s| s.invalid.clone())
                 .into_iter()
                 .collect(),
+            Kind::HttpRoute | Kind::GrpcRoute => kind
+                .route_kind()
+                .and_then(|k| self.routes(k).get(key))
+                .map(|r| r.invalid.clone())
+                .unwrap_or_default(),
             // A pod's problems are reported when it arrives; pods are not
             // kept whole.
             Kind::Slice | Kind::Pod => Vec::new(),
@@ -245,6 +315,23 @@ impl Objects {
                 }
                 touched.insert(Topic::Service(apex));
             }
+            Kind::HttpRoute | Kind::GrpcRoute => {
+                let Some(route_kind) = kind.route_kind() else {
+                    return false;
+                };
+                let Some(old) = self.routes_mut(route_kind).remove(key) else {
+                    return false;
+                };
+                for parent in old.parents {
+                    if let Some(routes) = self.routes_of.get_mut(&parent.service) {
+                        routes.remove(&(route_kind, key.clone()));
+                        if routes.is_empty() {
+                            self.routes_of.remove(&parent.service);
+                        }
+                    }
+                    touched.insert(Topic::Service(parent.service));
+                }
+            }
         }
         true
     }
@@ -255,6 +342,8 @@ impl Objects {
             Kind::Slice => self.slices.keys().cloned().collect(),
             Kind::Pod => self.pods.keys().cloned().collect(),
             Kind::Split => self.splits.keys().cloned().collect(),
+            Kind::HttpRoute => self.http_routes.keys().cloned().collect(),
+            Kind::GrpcRoute => self.grpc_routes.keys().cloned().collect(),
         }
     }
 
@@ -265,6 +354,7 @@ impl Objects {
             Object::Slice(k, v) => self.slices.get(k) == Some(v),
             Object::Pod(k, v, _) => self.pods.get(k) == Some(v),
             Object::Split(k, v) => self.splits.get(k) == Some(v),
+            Object::Route(k, v) => self.routes(v.kind).get(k) == Some(v),
         }
     }
 
@@ -274,6 +364,8 @@ impl Objects {
             Kind::Slice => self.slices.len(),
             Kind::Pod => self.pods.len(),
             Kind::Split => self.splits.len(),
+            Kind::HttpRoute => self.http_routes.len(),
+            Kind::GrpcRoute => self.grpc_routes.len(),
         }
     }
 }

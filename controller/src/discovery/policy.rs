@@ -11,7 +11,7 @@ use super::model::Invalid;
 
 /// Most retries per request a service may ask for: more only multiplies
 /// load on a struggling backend (the retry budget caps it anyway).
-const MAX_RETRY_LIMIT: u32 = 10;
+pub const MAX_RETRY_LIMIT: u32 = 10;
 
 /// Reads the policy annotations; returns the policy and what was ignored.
 pub fn from_annotations(annotations: &BTreeMap<String, String>) -> (RoutePolicy, Vec<Invalid>) {

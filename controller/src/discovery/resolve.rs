@@ -10,7 +10,7 @@ use weft_api::proto::destination::{
 
 use super::interest::{Subscription, Topic};
 use super::model::{Key, ServiceInfo, ServicePort, TargetPort};
-use super::{Objects, Store};
+use super::{Objects, Store, route};
 
 /// What a proxy asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -113,7 +113,7 @@ impl Resolver<'_> {
             Authority::Addr(addr) => {
                 self.read(Topic::Address(addr.ip()));
                 if let Some(key) = self.objects.service_by_ip.get(&addr.ip()) {
-                    return self.service(key, addr.port());
+                    return self.service(key, addr.port(), context_namespace);
                 }
                 if let Some(key) = self.objects.pod_at(&addr.ip()) {
                     return self.pod(key, *addr);
@@ -122,7 +122,7 @@ impl Resolver<'_> {
             }
             Authority::Name { host, port } => {
                 match service_name(host, context_namespace, self.cluster_domain) {
-                    Some(key) => self.service(&key, *port),
+                    Some(key) => self.service(&key, *port, context_namespace),
                     None => DestinationUpdate::default(),
                 }
             }
@@ -133,7 +133,7 @@ impl Resolver<'_> {
         self.topics.borrow_mut().push(topic);
     }
 
-    fn service(&self, key: &Key, port: u16) -> DestinationUpdate {
+    fn service(&self, key: &Key, port: u16, context_namespace: &str) -> DestinationUpdate {
         self.read(Topic::Service(key.clone()));
         let Some(svc) = self.objects.services.get(key) else {
             return DestinationUpdate::default();
@@ -181,6 +181,10 @@ impl Resolver<'_> {
         } else {
             sp.protocol
         };
+        let routes =
+            route::table::applicable(self.objects.routes_of(key), key, port, context_namespace);
+        let http_routes = (!routes.is_empty())
+            .then(|| route::table::build(&routes, |target| self.route_backend(target)));
         DestinationUpdate {
             known: true,
             service: format!("{}.{}", key.1, key.0),
@@ -189,7 +193,21 @@ impl Resolver<'_> {
             opaque: protocol == AppProtocol::Opaque,
             authority: format!("{}.{}.svc.{}:{port}", key.1, key.0, self.cluster_domain),
             protocol: protocol.into(),
+            http_routes,
         }
+    }
+
+    /// A route's backend: the Service port it names, with its endpoints;
+    /// `None` when there is no such Service or port.
+    fn route_backend(&self, target: &route::BackendTarget) -> Option<Backend> {
+        self.read(Topic::Service(target.service.clone()));
+        let svc = self.objects.services.get(&target.service)?;
+        let sp = svc.ports.iter().find(|p| p.port == target.port)?;
+        Some(Backend {
+            service: format!("{}.{}", target.service.1, target.service.0),
+            weight: 1,
+            endpoints: self.endpoints(&target.service, sp),
+        })
     }
 
     /// The first usable split (by name) whose apex is this service.
@@ -300,6 +318,7 @@ impl Resolver<'_> {
             }],
             opaque,
             authority: String::new(),
+            http_routes: None,
             protocol: if opaque {
                 AppProtocol::Opaque.into()
             } else {

@@ -1,0 +1,578 @@
+//! From the Kubernetes objects to [`RouteInfo`]: validation, and the wire
+//! form of matches and filters. GRPCRoute's filters and references share
+//! HTTPRoute's schema, so they are read through HTTPRoute's types; its
+//! method matches become path matches (`/service/method`), which is what
+//! gRPC puts on the wire.
+
+use gateway_api::apis::experimental::grpcroutes::{
+    GRPCRoute, GRPCRouteRulesMatchesHeadersType, GRPCRouteRulesMatchesMethodType,
+};
+use gateway_api::apis::experimental::httproutes::{
+    HTTPRoute, HTTPRouteParentRefs, HTTPRouteRules, HTTPRouteRulesBackendRefs,
+    HTTPRouteRulesFilters, HTTPRouteRulesFiltersRequestHeaderModifier,
+    HTTPRouteRulesFiltersRequestRedirectPathType, HTTPRouteRulesFiltersRequestRedirectScheme,
+    HTTPRouteRulesFiltersType, HTTPRouteRulesFiltersUrlRewritePathType,
+    HTTPRouteRulesMatchesHeadersType, HTTPRouteRulesMatchesPathType,
+    HTTPRouteRulesMatchesQueryParamsType,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use weft_api::proto::destination::{
+    HeaderModifier, HttpFilter, HttpRetry, HttpRouteMatch, PathMatch, PathModifier,
+    RequestRedirect, UrlRewrite, ValueMatch, http_filter, path_match,
+};
+
+use super::{
+    BackendRef, BackendTarget, Filter, Parent, RouteInfo, RouteKind, RuleInfo, Unresolved,
+};
+use crate::discovery::model::Invalid;
+
+/// The longest regular expression accepted, so a route cannot make every
+/// proxy compile something huge.
+const MAX_REGEX_LEN: usize = 1024;
+
+fn invalid(reason: &str, detail: String) -> Invalid {
+    Invalid {
+        kind: "route",
+        reason: reason.into(),
+        detail,
+    }
+}
+
+fn meta_of(meta: &ObjectMeta) -> (i64, String) {
+    (
+        meta.generation.unwrap_or(0),
+        meta.creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// An HTTPRoute in `namespace`.
+pub fn http_route(namespace: &str, route: &HTTPRoute) -> RouteInfo {
+    let (generation, created) = meta_of(&route.metadata);
+    let mut out = RouteInfo {
+        kind: RouteKind::Http,
+        generation,
+        created,
+        parents: parents(
+            namespace,
+            route.spec.parent_refs.as_deref().unwrap_or_default(),
+        ),
+        rules: Vec::new(),
+        invalid: Vec::new(),
+    };
+    let rules = route.spec.rules.as_deref().unwrap_or_default();
+    for (index, rule) in rules.iter().enumerate() {
+        match http_rule(namespace, index as u32, rule, &mut out.invalid) {
+            Ok(rule) => out.rules.push(rule),
+            Err(problem) => out.invalid.push(problem),
+        }
+    }
+    out
+}
+
+/// A GRPCRoute in `namespace`.
+pub fn grpc_route(namespace: &str, route: &GRPCRoute) -> RouteInfo {
+    let (generation, created) = meta_of(&route.metadata);
+    let parent_refs: Vec<HTTPRouteParentRefs> = same_schema(&route.spec.parent_refs);
+    let mut out = RouteInfo {
+        kind: RouteKind::Grpc,
+        generation,
+        created,
+        parents: parents(namespace, &parent_refs),
+        rules: Vec::new(),
+        invalid: Vec::new(),
+    };
+    for (index, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let mut matches = Vec::new();
+        let mut problem = None;
+        for m in rule.matches.iter().flatten() {
+            let mut headers = Vec::new();
+            for h in m.headers.iter().flatten() {
+                let regex = matches!(
+                    h.r#type,
+                    Some(GRPCRouteRulesMatchesHeadersType::RegularExpression)
+                );
+                headers.push(value_match(&h.name, regex, &h.value));
+            }
+            let path = m.method.as_ref().and_then(|method| {
+                let regex = matches!(
+                    method.r#type,
+                    Some(GRPCRouteRulesMatchesMethodType::RegularExpression)
+                );
+                grpc_path(method.service.as_deref(), method.method.as_deref(), regex)
+            });
+            let candidate = HttpRouteMatch {
+                rule: 0,
+                path,
+                headers,
+                query_params: Vec::new(),
+                method: String::new(),
+            };
+            if let Err(p) = check_regexes(&candidate) {
+                problem = Some(p);
+            }
+            matches.push(candidate);
+        }
+        if let Some(p) = problem {
+            out.invalid.push(p);
+            continue;
+        }
+        // The rest of a GRPCRoute rule reads as an HTTPRoute rule's.
+        let as_http = HTTPRouteRules {
+            backend_refs: same_schema(&rule.backend_refs),
+            filters: same_schema(&rule.filters),
+            name: rule.name.clone(),
+            ..Default::default()
+        };
+        match http_rule(namespace, index as u32, &as_http, &mut out.invalid) {
+            Ok(mut converted) => {
+                if !matches.is_empty() {
+                    converted.matches = matches;
+                }
+                out.rules.push(converted);
+            }
+            Err(p) => out.invalid.push(p),
+        }
+    }
+    out
+}
+
+/// Re-reads a value through another type with the same JSON schema.
+fn same_schema<T: Serialize, U: DeserializeOwned + Default>(value: &T) -> U {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}
+
+/// The path a gRPC method match stands for.
+fn grpc_path(service: Option<&str>, method: Option<&str>, regex: bool) -> Option<PathMatch> {
+    let (kind, value) = match (service, method, regex) {
+        (None, None, _) => return None,
+        (Some(s), Some(m), false) => (path_match::Kind::Exact, format!("/{s}/{m}")),
+        (Some(s), None, false) => (path_match::Kind::Prefix, format!("/{s}")),
+        (None, Some(m), false) => (
+            path_match::Kind::Regex,
+            format!("/[^/]+/{}", regex::escape(m)),
+        ),
+        (s, m, true) => (
+            path_match::Kind::Regex,
+            format!("/{}/{}", s.unwrap_or("[^/]+"), m.unwrap_or("[^/]+")),
+        ),
+    };
+    Some(PathMatch {
+        kind: kind.into(),
+        value,
+    })
+}
+
+fn parents(namespace: &str, refs: &[HTTPRouteParentRefs]) -> Vec<Parent> {
+    refs.iter()
+        .filter(|r| r.group.as_deref().unwrap_or_default().is_empty())
+        .filter(|r| r.kind.as_deref() == Some("Service"))
+        .map(|r| Parent {
+            service: (
+                r.namespace.clone().unwrap_or_else(|| namespace.to_string()),
+                r.name.clone(),
+            ),
+            port: r.port.and_then(|p| u16::try_from(p).ok()),
+        })
+        .collect()
+}
+
+fn value_match(name: &str, regex: bool, value: &str) -> ValueMatch {
+    ValueMatch {
+        name: name.to_string(),
+        regex,
+        value: value.to_string(),
+    }
+}
+
+/// One rule, or why it cannot be used. Problems that leave the rule usable
+/// (a backend that does not resolve) go to `problems`.
+fn http_rule(
+    namespace: &str,
+    index: u32,
+    rule: &HTTPRouteRules,
+    problems: &mut Vec<Invalid>,
+) -> Result<RuleInfo, Invalid> {
+    let mut matches = Vec::new();
+    for m in rule.matches.iter().flatten() {
+        let path = m.path.as_ref().map(|p| {
+            let kind = match p.r#type {
+                Some(HTTPRouteRulesMatchesPathType::Exact) => path_match::Kind::Exact,
+                Some(HTTPRouteRulesMatchesPathType::RegularExpression) => path_match::Kind::Regex,
+                Some(HTTPRouteRulesMatchesPathType::PathPrefix) | None => path_match::Kind::Prefix,
+            };
+            PathMatch {
+                kind: kind.into(),
+                value: p.value.clone().unwrap_or_else(|| "/".into()),
+            }
+        });
+        let headers = m
+            .headers
+            .iter()
+            .flatten()
+            .map(|h| {
+                let regex = matches!(
+                    h.r#type,
+                    Some(HTTPRouteRulesMatchesHeadersType::RegularExpression)
+                );
+                value_match(&h.name, regex, &h.value)
+            })
+            .collect();
+        let query_params = m
+            .query_params
+            .iter()
+            .flatten()
+            .map(|q| {
+                let regex = matches!(
+                    q.r#type,
+                    Some(HTTPRouteRulesMatchesQueryParamsType::RegularExpression)
+                );
+                value_match(&q.name, regex, &q.value)
+            })
+            .collect();
+        let method = m
+            .method
+            .as_ref()
+            .and_then(|m| serde_json::to_value(m).ok())
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let candidate = HttpRouteMatch {
+            rule: 0,
+            path,
+            headers,
+            query_params,
+            method,
+        };
+        check_regexes(&candidate)?;
+        matches.push(candidate);
+    }
+    if matches.is_empty() {
+        matches.push(HttpRouteMatch {
+            path: Some(PathMatch {
+                kind: path_match::Kind::Prefix.into(),
+                value: "/".into(),
+            }),
+            ..Default::default()
+        });
+    }
+    let name = rule.name.clone().unwrap_or_default();
+    let filters = filters(namespace, rule.filters.as_deref().unwrap_or_default())
+        .map_err(|why| invalid("unsupported_filter", format!("rule {index}: {why}")))?;
+    let mut backends = Vec::new();
+    for b in rule.backend_refs.iter().flatten() {
+        let converted = backend_ref(namespace, b)
+            .map_err(|why| invalid("unsupported_filter", format!("rule {index}: {why}")))?;
+        if let Err(why) = &converted.target {
+            problems.push(invalid(
+                why.as_str(),
+                format!("rule {index}: backend {:?}: {}", b.name, why.detail()),
+            ));
+        }
+        backends.push(converted);
+    }
+    let timeout = |v: Option<&String>, field: &str| -> Result<Option<u64>, Invalid> {
+        v.map(|v| {
+            gateway_duration(v).ok_or_else(|| {
+                invalid(
+                    "bad_timeout",
+                    format!("rule {index}: timeouts.{field} {v:?} is not a Gateway API duration"),
+                )
+            })
+        })
+        .transpose()
+    };
+    let timeouts = rule.timeouts.as_ref();
+    let request_timeout_ms = timeout(timeouts.and_then(|t| t.request.as_ref()), "request")?;
+    let backend_request_timeout_ms = timeout(
+        timeouts.and_then(|t| t.backend_request.as_ref()),
+        "backendRequest",
+    )?;
+    if let (Some(request), Some(backend)) = (request_timeout_ms, backend_request_timeout_ms)
+        && request != 0
+        && (backend == 0 || backend > request)
+    {
+        return Err(invalid(
+            "bad_timeout",
+            format!("rule {index}: timeouts.backendRequest must not exceed timeouts.request"),
+        ));
+    }
+    let retry = match &rule.retry {
+        None => None,
+        Some(r) => {
+            let mut codes = Vec::new();
+            for code in r.codes.iter().flatten() {
+                match u32::try_from(*code) {
+                    Ok(c) if (400..=599).contains(&c) => codes.push(c),
+                    _ => {
+                        return Err(invalid(
+                            "bad_retry",
+                            format!("rule {index}: retry code {code} is not from 400 to 599"),
+                        ));
+                    }
+                }
+            }
+            let backoff_ms = match &r.backoff {
+                None => 0,
+                Some(v) => gateway_duration(v).ok_or_else(|| {
+                    invalid(
+                        "bad_retry",
+                        format!("rule {index}: retry.backoff {v:?} is not a duration"),
+                    )
+                })?,
+            };
+            Some(HttpRetry {
+                codes,
+                attempts: r
+                    .attempts
+                    .map(|a| {
+                        a.clamp(0, i64::from(crate::discovery::policy::MAX_RETRY_LIMIT)) as u32
+                    })
+                    .unwrap_or(1),
+                backoff_ms,
+            })
+        }
+    };
+    Ok(RuleInfo {
+        index,
+        name,
+        matches,
+        filters,
+        backends,
+        request_timeout_ms,
+        backend_request_timeout_ms,
+        retry,
+    })
+}
+
+fn check_regexes(m: &HttpRouteMatch) -> Result<(), Invalid> {
+    let path = m
+        .path
+        .as_ref()
+        .filter(|p| p.kind() == path_match::Kind::Regex)
+        .map(|p| p.value.as_str());
+    let values = m
+        .headers
+        .iter()
+        .chain(&m.query_params)
+        .filter(|v| v.regex)
+        .map(|v| v.value.as_str());
+    for pattern in path.into_iter().chain(values) {
+        let compiled = regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+            .size_limit(1 << 20)
+            .build();
+        if pattern.len() > MAX_REGEX_LEN || compiled.is_err() {
+            return Err(invalid(
+                "invalid_regex",
+                format!("{pattern:?} is not a usable regular expression"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn header_modifier(m: &HTTPRouteRulesFiltersRequestHeaderModifier) -> HeaderModifier {
+    let header = |name: &str, value: &str| weft_api::proto::destination::Header {
+        name: name.to_ascii_lowercase(),
+        value: value.to_string(),
+    };
+    HeaderModifier {
+        set: m
+            .set
+            .iter()
+            .flatten()
+            .map(|h| header(&h.name, &h.value))
+            .collect(),
+        add: m
+            .add
+            .iter()
+            .flatten()
+            .map(|h| header(&h.name, &h.value))
+            .collect(),
+        remove: m
+            .remove
+            .iter()
+            .flatten()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    }
+}
+
+fn filters(namespace: &str, filters: &[HTTPRouteRulesFilters]) -> Result<Vec<Filter>, String> {
+    let plain = |f: http_filter::Filter| Filter::Plain(HttpFilter { filter: Some(f) });
+    let mut out = Vec::new();
+    for f in filters {
+        let missing = || format!("{:?} filter without its settings", f.r#type);
+        out.push(match f.r#type {
+            HTTPRouteRulesFiltersType::RequestHeaderModifier => {
+                let m = f.request_header_modifier.as_ref().ok_or_else(missing)?;
+                plain(http_filter::Filter::RequestHeaderModifier(header_modifier(
+                    m,
+                )))
+            }
+            HTTPRouteRulesFiltersType::ResponseHeaderModifier => {
+                let m = f.response_header_modifier.as_ref().ok_or_else(missing)?;
+                let m: HTTPRouteRulesFiltersRequestHeaderModifier = same_schema(m);
+                plain(http_filter::Filter::ResponseHeaderModifier(
+                    header_modifier(&m),
+                ))
+            }
+            HTTPRouteRulesFiltersType::RequestRedirect => {
+                let r = f.request_redirect.as_ref().ok_or_else(missing)?;
+                let path = r.path.as_ref().map(|p| PathModifier {
+                    replace_prefix: p.r#type
+                        == HTTPRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch,
+                    value: p
+                        .replace_prefix_match
+                        .clone()
+                        .or_else(|| p.replace_full_path.clone())
+                        .unwrap_or_default(),
+                });
+                plain(http_filter::Filter::RequestRedirect(RequestRedirect {
+                    scheme: match r.scheme {
+                        Some(HTTPRouteRulesFiltersRequestRedirectScheme::Http) => "http".into(),
+                        Some(HTTPRouteRulesFiltersRequestRedirectScheme::Https) => "https".into(),
+                        None => String::new(),
+                    },
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    path,
+                    port: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+                    status_code: r
+                        .status_code
+                        .and_then(|c| u32::try_from(c).ok())
+                        .unwrap_or(302),
+                }))
+            }
+            HTTPRouteRulesFiltersType::UrlRewrite => {
+                let r = f.url_rewrite.as_ref().ok_or_else(missing)?;
+                let path = r.path.as_ref().map(|p| PathModifier {
+                    replace_prefix: p.r#type
+                        == HTTPRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch,
+                    value: p
+                        .replace_prefix_match
+                        .clone()
+                        .or_else(|| p.replace_full_path.clone())
+                        .unwrap_or_default(),
+                });
+                plain(http_filter::Filter::UrlRewrite(UrlRewrite {
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    path,
+                }))
+            }
+            HTTPRouteRulesFiltersType::RequestMirror => {
+                let m = f.request_mirror.as_ref().ok_or_else(missing)?;
+                let b = &m.backend_ref;
+                let target = target(
+                    namespace,
+                    b.group.as_deref(),
+                    b.kind.as_deref(),
+                    &b.name,
+                    b.namespace.as_deref(),
+                    b.port,
+                )
+                .map_err(|why| format!("RequestMirror to {:?}: {}", b.name, why.detail()))?;
+                let (numerator, denominator) = match (&m.fraction, m.percent) {
+                    (Some(f), _) => (f.numerator, f.denominator.unwrap_or(100)),
+                    (None, Some(p)) => (p, 100),
+                    (None, None) => (1, 1),
+                };
+                Filter::Mirror {
+                    to: target,
+                    numerator: numerator.clamp(0, i32::MAX) as u32,
+                    denominator: denominator.max(1) as u32,
+                }
+            }
+            HTTPRouteRulesFiltersType::ExtensionRef
+            | HTTPRouteRulesFiltersType::Cors
+            | HTTPRouteRulesFiltersType::ExternalAuth => {
+                return Err(format!("the {:?} filter is not supported", f.r#type));
+            }
+        });
+    }
+    Ok(out)
+}
+
+fn target(
+    namespace: &str,
+    group: Option<&str>,
+    kind: Option<&str>,
+    name: &str,
+    ref_namespace: Option<&str>,
+    port: Option<i32>,
+) -> Result<BackendTarget, Unresolved> {
+    if !group.unwrap_or_default().is_empty() || kind.unwrap_or("Service") != "Service" {
+        return Err(Unresolved::InvalidKind);
+    }
+    let ns = ref_namespace.unwrap_or(namespace);
+    if ns != namespace {
+        return Err(Unresolved::RefNotPermitted);
+    }
+    let port = port
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
+        .ok_or(Unresolved::NoPort)?;
+    Ok(BackendTarget {
+        service: (ns.to_string(), name.to_string()),
+        port,
+    })
+}
+
+fn backend_ref(namespace: &str, b: &HTTPRouteRulesBackendRefs) -> Result<BackendRef, String> {
+    // Backend filters have the rule filters' schema.
+    let rule_filters: Vec<HTTPRouteRulesFilters> = same_schema(&b.filters);
+    Ok(BackendRef {
+        target: target(
+            namespace,
+            b.group.as_deref(),
+            b.kind.as_deref(),
+            &b.name,
+            b.namespace.as_deref(),
+            b.port,
+        ),
+        weight: b.weight.unwrap_or(1).clamp(0, 1_000_000) as u32,
+        filters: filters(namespace, &rule_filters)?,
+    })
+}
+
+/// A Gateway API duration (GEP-2257): one to four `<number><unit>` parts,
+/// units `h`, `m`, `s` and `ms`, such as `1h30m` or `500ms`; in
+/// milliseconds.
+pub fn gateway_duration(v: &str) -> Option<u64> {
+    let mut rest = v;
+    let mut total: u64 = 0;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 || digits > 5 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (1, 2)
+        } else if rest.starts_with('h') {
+            (3_600_000, 1)
+        } else if rest.starts_with('m') {
+            (60_000, 1)
+        } else if rest.starts_with('s') {
+            (1_000, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total += n * unit;
+        parts += 1;
+    }
+    (parts > 0 && parts <= 4).then_some(total)
+}
+
+#[cfg(test)]
+mod tests;
