@@ -23,9 +23,7 @@ use weft_api::proto::destination::{
     RequestRedirect, UrlRewrite, ValueMatch, http_filter, path_match,
 };
 
-use super::{
-    BackendRef, BackendTarget, Filter, Parent, RouteInfo, RouteKind, RuleInfo, Unresolved,
-};
+use super::{BackendRef, BackendTarget, Parent, RouteInfo, RouteKind, RuleInfo, Unresolved};
 use crate::discovery::model::Invalid;
 
 /// The longest regular expression accepted, so a route cannot make every
@@ -263,12 +261,17 @@ fn http_rule(
         });
     }
     let name = rule.name.clone().unwrap_or_default();
-    let filters = filters(namespace, rule.filters.as_deref().unwrap_or_default())
+    let filters = filters(rule.filters.as_deref().unwrap_or_default())
         .map_err(|why| invalid("unsupported_filter", format!("rule {index}: {why}")))?;
     let mut backends = Vec::new();
     for b in rule.backend_refs.iter().flatten() {
-        let converted = backend_ref(namespace, b)
-            .map_err(|why| invalid("unsupported_filter", format!("rule {index}: {why}")))?;
+        if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err(invalid(
+                "unsupported_filter",
+                format!("rule {index}: filters on a backendRef are not supported yet"),
+            ));
+        }
+        let converted = backend_ref(namespace, b);
         if let Err(why) = &converted.target {
             problems.push(invalid(
                 why.as_str(),
@@ -404,8 +407,8 @@ fn header_modifier(m: &HTTPRouteRulesFiltersRequestHeaderModifier) -> HeaderModi
     }
 }
 
-fn filters(namespace: &str, filters: &[HTTPRouteRulesFilters]) -> Result<Vec<Filter>, String> {
-    let plain = |f: http_filter::Filter| Filter::Plain(HttpFilter { filter: Some(f) });
+fn filters(filters: &[HTTPRouteRulesFilters]) -> Result<Vec<HttpFilter>, String> {
+    let plain = |f: http_filter::Filter| HttpFilter { filter: Some(f) };
     let mut out = Vec::new();
     for f in filters {
         let missing = || format!("{:?} filter without its settings", f.r#type);
@@ -465,30 +468,8 @@ fn filters(namespace: &str, filters: &[HTTPRouteRulesFilters]) -> Result<Vec<Fil
                     path,
                 }))
             }
-            HTTPRouteRulesFiltersType::RequestMirror => {
-                let m = f.request_mirror.as_ref().ok_or_else(missing)?;
-                let b = &m.backend_ref;
-                let target = target(
-                    namespace,
-                    b.group.as_deref(),
-                    b.kind.as_deref(),
-                    &b.name,
-                    b.namespace.as_deref(),
-                    b.port,
-                )
-                .map_err(|why| format!("RequestMirror to {:?}: {}", b.name, why.detail()))?;
-                let (numerator, denominator) = match (&m.fraction, m.percent) {
-                    (Some(f), _) => (f.numerator, f.denominator.unwrap_or(100)),
-                    (None, Some(p)) => (p, 100),
-                    (None, None) => (1, 1),
-                };
-                Filter::Mirror {
-                    to: target,
-                    numerator: numerator.clamp(0, i32::MAX) as u32,
-                    denominator: denominator.max(1) as u32,
-                }
-            }
-            HTTPRouteRulesFiltersType::ExtensionRef
+            HTTPRouteRulesFiltersType::RequestMirror
+            | HTTPRouteRulesFiltersType::ExtensionRef
             | HTTPRouteRulesFiltersType::Cors
             | HTTPRouteRulesFiltersType::ExternalAuth => {
                 return Err(format!("the {:?} filter is not supported", f.r#type));
@@ -523,10 +504,8 @@ fn target(
     })
 }
 
-fn backend_ref(namespace: &str, b: &HTTPRouteRulesBackendRefs) -> Result<BackendRef, String> {
-    // Backend filters have the rule filters' schema.
-    let rule_filters: Vec<HTTPRouteRulesFilters> = same_schema(&b.filters);
-    Ok(BackendRef {
+fn backend_ref(namespace: &str, b: &HTTPRouteRulesBackendRefs) -> BackendRef {
+    BackendRef {
         target: target(
             namespace,
             b.group.as_deref(),
@@ -536,8 +515,7 @@ fn backend_ref(namespace: &str, b: &HTTPRouteRulesBackendRefs) -> Result<Backend
             b.port,
         ),
         weight: b.weight.unwrap_or(1).clamp(0, 1_000_000) as u32,
-        filters: filters(namespace, &rule_filters)?,
-    })
+    }
 }
 
 /// A Gateway API duration (GEP-2257): one to four `<number><unit>` parts,

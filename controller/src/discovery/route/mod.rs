@@ -7,7 +7,9 @@
 //! recorded as [`Invalid`] (for the log, the metrics and the route's
 //! status) and the rest keeps working: a rule with a bad regex or an
 //! unsupported filter is dropped, a backend that does not resolve gets
-//! its share of requests answered 500. [`table`] turns the routes that
+//! its share of requests answered 500. `RequestMirror` and filters on a
+//! backend reference are not supported yet: a rule using them is dropped,
+//! and the route's status says so. [`table`] turns the routes that
 //! apply to one client into the table the proxy matches requests against.
 
 pub mod convert;
@@ -58,23 +60,12 @@ pub struct RuleInfo {
     pub name: String,
     /// Never empty: a rule without matches matches every request.
     pub matches: Vec<HttpRouteMatch>,
-    pub filters: Vec<Filter>,
+    /// In the proxy's wire form, applied in order.
+    pub filters: Vec<HttpFilter>,
     pub backends: Vec<BackendRef>,
     pub request_timeout_ms: Option<u64>,
     pub backend_request_timeout_ms: Option<u64>,
     pub retry: Option<HttpRetry>,
-}
-
-/// A filter: most are sent as they are; a mirror names a Service that is
-/// resolved per answer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Filter {
-    Plain(HttpFilter),
-    Mirror {
-        to: BackendTarget,
-        numerator: u32,
-        denominator: u32,
-    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +73,6 @@ pub struct BackendRef {
     /// Where it points, or why it points nowhere usable.
     pub target: Result<BackendTarget, Unresolved>,
     pub weight: u32,
-    pub filters: Vec<Filter>,
 }
 
 /// A Service port a route sends to.

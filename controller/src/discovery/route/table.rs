@@ -15,11 +15,11 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 
 use weft_api::proto::destination::{
-    Backend, HttpFilter, HttpRouteMatch, HttpRouteRule, HttpRouteTable, RequestMirror, RouteRef,
-    WeightedBackendRef, http_filter, path_match,
+    Backend, HttpRouteMatch, HttpRouteRule, HttpRouteTable, RouteRef, WeightedBackendRef,
+    path_match,
 };
 
-use super::{BackendTarget, Filter, RouteInfo, Unresolved};
+use super::{BackendTarget, RouteInfo, Unresolved};
 use crate::discovery::model::Key;
 
 /// A route that applies, with its name.
@@ -117,28 +117,6 @@ impl<R: FnMut(&BackendTarget) -> Option<Backend>> Builder<R> {
         self.index.insert(target.clone(), index);
         index
     }
-
-    fn filters(&mut self, filters: &[Filter]) -> Vec<HttpFilter> {
-        filters
-            .iter()
-            .filter_map(|f| match f {
-                Filter::Plain(f) => Some(f.clone()),
-                // A mirror to nowhere mirrors nothing; the request itself
-                // is unaffected.
-                Filter::Mirror {
-                    to,
-                    numerator,
-                    denominator,
-                } => self.backend(to).map(|backend| HttpFilter {
-                    filter: Some(http_filter::Filter::RequestMirror(RequestMirror {
-                        backend,
-                        numerator: *numerator,
-                        denominator: *denominator,
-                    })),
-                }),
-            })
-            .collect()
-    }
 }
 
 /// The table for the routes that apply; `resolve` finds a backend's
@@ -157,10 +135,8 @@ pub fn build(
         let route = applicable.route;
         for rule in &route.rules {
             let rule_index = b.table.rules.len() as u32;
-            let filters = b.filters(&rule.filters);
             let mut backends = Vec::new();
             for backend in &rule.backends {
-                let filters = b.filters(&backend.filters);
                 let (index, unresolved) = match &backend.target {
                     Ok(target) => match b.backend(target) {
                         Some(i) => (Some(i), String::new()),
@@ -172,7 +148,6 @@ pub fn build(
                     backend: index,
                     weight: backend.weight,
                     unresolved,
-                    filters,
                 });
             }
             b.table.rules.push(HttpRouteRule {
@@ -183,7 +158,7 @@ pub fn build(
                     rule: rule.index,
                     rule_name: rule.name.clone(),
                 }),
-                filters,
+                filters: rule.filters.clone(),
                 backends,
                 request_timeout_ms: rule.request_timeout_ms,
                 backend_request_timeout_ms: rule.backend_request_timeout_ms,

@@ -60,7 +60,7 @@ fn an_http_route_converts_with_its_matches_filters_and_policy() {
     assert!(m.query_params[0].regex && !m.headers[0].regex);
     assert!(matches!(
         &rule.filters[0],
-        Filter::Plain(HttpFilter { filter: Some(http_filter::Filter::RequestHeaderModifier(h)) })
+        HttpFilter { filter: Some(http_filter::Filter::RequestHeaderModifier(h)) }
             if h.set[0].name == "x-route" && h.remove == ["x-drop"]
     ));
     assert_eq!(rule.backends[0].weight, 90);
@@ -94,6 +94,8 @@ spec:
     backendRefs: [{name: a, port: 80}]
   - filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]
     backendRefs: [{name: a, port: 80}]
+  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]
+    backendRefs: [{name: a, port: 80}]
   - timeouts: {request: 1s, backendRequest: 2s}
     backendRefs: [{name: a, port: 80}]
   - timeouts: {request: soon}
@@ -106,6 +108,7 @@ spec:
         [
             "invalid_regex",
             "unsupported_filter",
+            "unsupported_filter",
             "bad_timeout",
             "bad_timeout",
             "UnsupportedValue",
@@ -113,7 +116,7 @@ spec:
         ]
     );
     assert_eq!(route.rules.len(), 1);
-    assert_eq!(route.rules[0].index, 4, "the rule keeps its index");
+    assert_eq!(route.rules[0].index, 5, "the rule keeps its index");
 }
 
 #[test]
