@@ -28,6 +28,7 @@ use crate::mesh::MeshPeer;
 use crate::metrics::discovery::Lookup;
 use crate::metrics::routes::{BreakerState, RouteLabels};
 use crate::metrics::{Dst, DstLabels, Metrics};
+use crate::outbound::route::RouteTable;
 use crate::transport::Target;
 
 mod policy;
@@ -47,10 +48,14 @@ pub struct BackendSet {
     pub service: Arc<String>,
     pub weight: u64,
     pub endpoints: Vec<Arc<EndpointState>>,
+    /// A route's backend reference that does not resolve, and why: its
+    /// share of requests is answered 500.
+    pub unresolved: Option<Arc<str>>,
 }
 
-/// Everything needed to route to a destination, as of one update.
-#[derive(Debug)]
+/// Everything needed to route to a destination, as of one update; or,
+/// for a Gateway API rule, to that rule's backends.
+#[derive(Debug, Default)]
 pub struct Routes {
     /// `name.namespace`, or empty for a pod address.
     pub service: Arc<String>,
@@ -70,23 +75,38 @@ pub struct Routes {
     /// The protocol the port declares (opaque-ports annotations, or the
     /// Service port's `appProtocol`): no detection needed.
     pub protocol: Option<crate::detect::Protocol>,
+    /// The Gateway API routes of the destination, when it has any: HTTP
+    /// requests take a rule's routes in place of these.
+    pub(crate) http: Option<Arc<RouteTable>>,
+    /// Set on a rule's routes (its name): weights are then kept as the
+    /// route gives them, so a share with nowhere to go is refused rather
+    /// than handed to another backend.
+    pub(crate) rule: Option<Arc<str>>,
 }
 
 impl Routes {
     /// A backend by weight, among those with endpoints: a backend whose
     /// service is unknown or has no ready pods hands its share to the rest.
-    pub fn pick_backend(&self) -> Option<&BackendSet> {
-        let usable = |b: &&BackendSet| !b.endpoints.is_empty();
+    /// A route's backend that does not resolve keeps its share (which is
+    /// then refused), as the Gateway API asks.
+    pub fn pick_backend(&self) -> Result<&BackendSet, NoEndpoint> {
+        let usable = |b: &&BackendSet| !b.endpoints.is_empty() || b.unresolved.is_some();
         let index = crate::balance::weighted_index(
             self.backends
                 .iter()
                 .map(|b| if usable(&b) { b.weight } else { 0 }),
         );
-        match index {
-            Some(i) => Some(&self.backends[i]),
-            // Every weight with endpoints is zero: use any backend that has
-            // endpoints rather than fail.
-            None => self.backends.iter().find(usable),
+        let backend = match index {
+            Some(i) => &self.backends[i],
+            // A rule whose every weight is zero sends nowhere.
+            None if self.rule.is_some() => return Err(NoEndpoint::NoBackend),
+            // Every split weight with endpoints is zero: use any backend
+            // that has endpoints rather than fail.
+            None => self.backends.iter().find(usable).ok_or(NoEndpoint::None)?,
+        };
+        match &backend.unresolved {
+            Some(why) => Err(NoEndpoint::Unresolved(why.clone())),
+            None => Ok(backend),
         }
     }
 
@@ -114,7 +134,7 @@ impl Routes {
         avoid: Option<&EndpointState>,
         limit: usize,
     ) -> Result<Arc<EndpointState>, NoEndpoint> {
-        let backend = self.pick_backend().ok_or(NoEndpoint::None)?;
+        let backend = self.pick_backend()?;
         match crate::balance::pick(&backend.endpoints, avoid, limit) {
             Pick::Endpoint(endpoint) => Ok(endpoint.clone()),
             Pick::Overloaded => Err(NoEndpoint::Overloaded),
@@ -313,45 +333,25 @@ fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
     let old = dest.routes.load_full();
     let previous: HashMap<&Target, &Arc<EndpointState>> = old
         .iter()
-        .flat_map(|r| &r.backends)
-        .flat_map(|b| &b.endpoints)
+        .flat_map(|r| {
+            let routed = r.http.iter().flat_map(|table| table.endpoints());
+            r.backends.iter().flat_map(|b| &b.endpoints).chain(routed)
+        })
         .map(|e| (&e.target, e))
         .collect();
     let protocol = declared_protocol(&update);
     let policy = update.policy.unwrap_or_default();
-    let mut backends = Vec::with_capacity(update.backends.len());
-    for backend in update.backends {
-        let mut endpoints = Vec::with_capacity(backend.endpoints.len());
-        let backend_name = Arc::new(
-            backend
-                .service
-                .split_once('.')
-                .map_or(backend.service.as_str(), |(name, _)| name)
-                .to_string(),
-        );
-        for e in backend.endpoints {
-            let Some(mut target) = target_of(&e.address, &e.identity) else {
-                tracing::warn!(addr = %dest.addr, endpoint = %e.address, identity = %e.identity, "ignoring an unusable endpoint");
-                continue;
-            };
-            target.dst = Dst(Some(Arc::new(DstLabels {
-                namespace: Arc::new(e.namespace),
-                service: backend_name.clone(),
-                workload: Arc::new(e.workload),
-                pod: Arc::new(e.pod),
-            })));
-            let state = match previous.get(&target) {
-                Some(state) => Arc::clone(state),
-                None => Arc::new(EndpointState::new(target)),
-            };
-            endpoints.push(state);
-        }
-        backends.push(BackendSet {
-            service: Arc::new(backend.service),
-            weight: u64::from(backend.weight),
-            endpoints,
-        });
-    }
+    let backends: Vec<BackendSet> = update
+        .backends
+        .into_iter()
+        .map(|b| backend_set(dest.addr, b, &previous))
+        .collect();
+    let route_backends: Vec<BackendSet> = update
+        .http_routes
+        .iter()
+        .flat_map(|table| table.backends.iter().cloned())
+        .map(|b| backend_set(dest.addr, b, &previous))
+        .collect();
     let route_labels = RouteLabels {
         authority: Arc::new(update.authority.clone()),
     };
@@ -371,6 +371,7 @@ fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
         retry: Arc::new(RetryRules {
             retry_on: retry_on.clone(),
             limit: policy.retry_limit,
+            backoff: Duration::ZERO,
             retries: counter(&metrics.routes.retries),
             exhausted: counter(&metrics.routes.retry_budget_exhausted),
         }),
@@ -384,6 +385,7 @@ fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
             retry_on,
             retry_limit: policy.retry_limit,
             timeout: (policy.timeout_ms > 0).then(|| Duration::from_millis(policy.timeout_ms)),
+            backend_timeout: None,
             failure_accrual: policy.failure_accrual_consecutive,
             max_in_flight: match policy.max_in_flight {
                 0 => weft_api::policy::DEFAULT_MAX_IN_FLIGHT as usize,
@@ -392,6 +394,15 @@ fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
         },
         backends,
         protocol,
+        http: None,
+        rule: None,
+    };
+    let routes = match &update.http_routes {
+        None => routes,
+        Some(table) => Routes {
+            http: Some(Arc::new(RouteTable::build(table, &route_backends, &routes))),
+            ..routes
+        },
     };
     tracing::debug!(
         addr = %dest.addr,
@@ -402,6 +413,45 @@ fn apply(dest: &Destination, update: DestinationUpdate, metrics: &Metrics) {
     metrics.routes.known(&routes.route_labels);
     dest.routes.store(Some(Arc::new(routes)));
     dest.answered.send_replace(true);
+}
+
+/// One backend from an update, keeping the state of endpoints it had.
+fn backend_set(
+    dest: SocketAddr,
+    backend: weft_api::proto::destination::Backend,
+    previous: &HashMap<&Target, &Arc<EndpointState>>,
+) -> BackendSet {
+    let mut endpoints = Vec::with_capacity(backend.endpoints.len());
+    let backend_name = Arc::new(
+        backend
+            .service
+            .split_once('.')
+            .map_or(backend.service.as_str(), |(name, _)| name)
+            .to_string(),
+    );
+    for e in backend.endpoints {
+        let Some(mut target) = target_of(&e.address, &e.identity) else {
+            tracing::warn!(addr = %dest, endpoint = %e.address, identity = %e.identity, "ignoring an unusable endpoint");
+            continue;
+        };
+        target.dst = Dst(Some(Arc::new(DstLabels {
+            namespace: Arc::new(e.namespace),
+            service: backend_name.clone(),
+            workload: Arc::new(e.workload),
+            pod: Arc::new(e.pod),
+        })));
+        let state = match previous.get(&target) {
+            Some(state) => Arc::clone(state),
+            None => Arc::new(EndpointState::new(target)),
+        };
+        endpoints.push(state);
+    }
+    BackendSet {
+        service: Arc::new(backend.service),
+        weight: u64::from(backend.weight),
+        endpoints,
+        unresolved: None,
+    }
 }
 
 fn declared_protocol(update: &DestinationUpdate) -> Option<crate::detect::Protocol> {
@@ -471,15 +521,6 @@ mod tests {
 
     fn weighted(weights: &[(u64, usize)]) -> Routes {
         Routes {
-            service: Arc::default(),
-            authority: None,
-            route_labels: RouteLabels::default(),
-            policy: Policy::default(),
-            retry: Arc::default(),
-            ejected: Counter::default(),
-            readmitted: Counter::default(),
-            shed: Counter::default(),
-            protocol: None,
             backends: weights
                 .iter()
                 .enumerate()
@@ -494,8 +535,10 @@ mod tests {
                             )))))
                         })
                         .collect(),
+                    unresolved: None,
                 })
                 .collect(),
+            ..Routes::default()
         }
     }
 
@@ -507,6 +550,33 @@ mod tests {
         }
         let routes = weighted(&[(0, 1), (100, 0)]);
         assert_eq!(routes.pick_backend().unwrap().service.as_str(), "0");
-        assert!(weighted(&[(1, 0)]).pick_backend().is_none());
+        assert_eq!(
+            weighted(&[(1, 0)]).pick_backend().unwrap_err(),
+            NoEndpoint::None
+        );
+    }
+
+    #[test]
+    fn a_rule_keeps_its_weights() {
+        // A rule's zero weights send nowhere, rather than anywhere.
+        let mut rule = weighted(&[(0, 1), (100, 0)]);
+        rule.rule = Some("HTTPRoute demo/web rule 0".into());
+        assert_eq!(rule.pick_backend().unwrap_err(), NoEndpoint::NoBackend);
+        // An unresolved backend keeps its share, which is refused.
+        rule.backends[1].unresolved = Some("BackendNotFound".into());
+        let mut refused = 0;
+        for _ in 0..200 {
+            match rule.pick_backend() {
+                Err(NoEndpoint::Unresolved(why)) => {
+                    assert_eq!(&*why, "BackendNotFound");
+                    refused += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(refused, 200);
+        rule.backends[0].weight = 100;
+        let refused = (0..2000).filter(|_| rule.pick_backend().is_err()).count();
+        assert!((800..1200).contains(&refused), "{refused} of 2000 refused");
     }
 }

@@ -2,6 +2,7 @@
 //! its timeout, breaker and in-flight limit, and why no endpoint was
 //! picked.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -53,6 +54,8 @@ pub(crate) struct RetryRules {
     pub retry_on: RetryOn,
     /// Retries allowed on top of the first attempt.
     pub limit: u32,
+    /// The pause before each retry (a route's `retry.backoff`).
+    pub backoff: Duration,
     pub retries: Counter,
     pub exhausted: Counter,
 }
@@ -69,6 +72,8 @@ pub struct Policy {
     pub retry_on: RetryOn,
     pub retry_limit: u32,
     pub timeout: Option<Duration>,
+    /// Each attempt's timeout (a route's `timeouts.backendRequest`).
+    pub backend_timeout: Option<Duration>,
     /// Consecutive failures that eject an endpoint (0: never).
     pub failure_accrual: u32,
     /// Requests in flight to one endpoint at most.
@@ -81,6 +86,7 @@ impl Default for Policy {
             retry_on: RetryOn::default(),
             retry_limit: 0,
             timeout: None,
+            backend_timeout: None,
             failure_accrual: 0,
             max_in_flight: weft_api::policy::DEFAULT_MAX_IN_FLIGHT as usize,
         }
@@ -88,12 +94,16 @@ impl Default for Policy {
 }
 
 /// Why no endpoint was picked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoEndpoint {
     /// No backend has a ready endpoint.
     None,
     /// Every endpoint of the chosen backend is at its in-flight limit.
     Overloaded,
+    /// The route's backend picked does not resolve, for this reason.
+    Unresolved(Arc<str>),
+    /// Every backend of the route's rule has weight zero (or there is none).
+    NoBackend,
 }
 
 #[cfg(test)]

@@ -20,6 +20,12 @@ pub(crate) enum Error {
          (balancer.weft.io/max-in-flight); overloaded"
     )]
     Overloaded { service: Arc<String>, limit: usize },
+    /// A route's backend reference that does not resolve (an unknown
+    /// Service, a wrong kind, no port): the Gateway API's 500.
+    #[error("{rule}: backend does not resolve ({reason})")]
+    Unresolved { rule: Arc<str>, reason: Arc<str> },
+    #[error("{rule}: no backend with a weight above zero")]
+    NoBackend { rule: Arc<str> },
     #[error("request to {service} timed out after {after:?}")]
     Timeout {
         service: Arc<String>,
@@ -57,9 +63,12 @@ impl Error {
 
     /// The response the app gets, naming the cause in `weft-proxy-error`:
     /// 503 when nothing could take the request, 504 when it took too long,
-    /// 502 when the endpoint failed it.
+    /// 502 when the endpoint failed it, 500 when a route sends it nowhere.
     pub(crate) fn into_response(self) -> Response<BoxBody> {
         match self {
+            Error::Unresolved { .. } | Error::NoBackend { .. } => {
+                proxy_error(StatusCode::INTERNAL_SERVER_ERROR, self.to_string())
+            }
             Error::NoEndpoints { .. } | Error::Overloaded { .. } => {
                 proxy_error(StatusCode::SERVICE_UNAVAILABLE, self.to_string())
             }
@@ -102,6 +111,18 @@ mod tests {
         .into_response();
         assert_eq!(resp.status(), 504);
         assert!(header(&resp).contains("250ms"));
+        let rule: Arc<str> = "HTTPRoute demo/web rule 0".into();
+        let resp = Error::Unresolved {
+            rule: rule.clone(),
+            reason: "BackendNotFound".into(),
+        }
+        .into_response();
+        assert_eq!(resp.status(), 500);
+        assert_eq!(
+            header(&resp),
+            "HTTPRoute demo/web rule 0: backend does not resolve (BackendNotFound)"
+        );
+        assert_eq!(Error::NoBackend { rule }.into_response().status(), 500);
         let addr = "10.0.0.1:80".parse().unwrap();
         let endpoint = Arc::new(EndpointState::new(Target::plain(addr)));
         let refused = || {

@@ -23,6 +23,7 @@ use crate::http::upgrade;
 use crate::metrics::PeerLabels;
 use crate::outbound::error::Error as OutboundError;
 use crate::outbound::retry::Served;
+use crate::outbound::route::Decision;
 use crate::transport::Target;
 
 /// Where an outbound connection's requests go.
@@ -55,8 +56,23 @@ impl Outbound {
         };
         let authority = routes.as_ref().and_then(|r| r.authority.clone());
         let exchange = Exchange::begin(&self.ctx, self.version, &mut req, authority);
+        // With Gateway API routes, the rule comes first: it may answer at
+        // once, and its backends and policy replace the Service's.
+        let (routes, rule) = match (routes, &self.route) {
+            (Some(service), Route::Balanced(dest)) if service.http.is_some() => {
+                let table = service.http.as_ref().expect("checked above");
+                match table.route(&mut req, dest.addr.port(), &service.service) {
+                    Decision::Forward(rule) => (Some(rule.routes.clone()), Some(rule)),
+                    Decision::Respond(resp) => {
+                        exchange.count(PeerLabels::plain());
+                        return Ok(exchange.respond(Ok(resp), PeerLabels::plain()));
+                    }
+                }
+            }
+            (routes, _) => (routes, None),
+        };
         let (result, remote) = match (upgrade::is_tunnel(&req), &self.route) {
-            (Some(upgrade), _) => self.tunnel(&exchange, req, upgrade).await,
+            (Some(upgrade), _) => self.tunnel(&exchange, req, upgrade, routes).await,
             (None, Route::Fixed(target)) => {
                 let remote = target.peer_labels();
                 exchange.count(remote.clone());
@@ -66,6 +82,13 @@ impl Outbound {
                 let (response, remote) = self.balanced(&exchange, req, dest, routes).await;
                 (Ok(response), remote)
             }
+        };
+        let result = match (result, rule) {
+            (Ok(mut resp), Some(rule)) => {
+                rule.on_response(&mut resp);
+                Ok(resp)
+            }
+            (result, _) => result,
         };
         Ok(exchange.respond(result, remote))
     }
@@ -77,10 +100,11 @@ impl Outbound {
         exchange: &Exchange,
         req: Request<Incoming>,
         upgrade: bool,
+        routes: Option<Arc<Routes>>,
     ) -> (Result<Response<BoxBody>, UpstreamError>, PeerLabels) {
         let target = match &self.route {
             Route::Fixed(target) => target.clone(),
-            Route::Balanced(dest) => match dest.routes() {
+            Route::Balanced(dest) => match routes {
                 Some(routes) => match routes.pick_for_connection(None) {
                     Ok(endpoint) => Arc::new(endpoint.target.clone()),
                     Err(why) => {

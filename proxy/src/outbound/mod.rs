@@ -1,9 +1,14 @@
 //! Outbound HTTP to a destination discovery knows, as a stack of tower
 //! layers, from the top:
 //!
+//! 0. when the destination has Gateway API routes, [`route`] picks the
+//!    request's rule (or answers: a redirect, or 404), whose backends and
+//!    policy the layers below then use;
 //! 1. the route timeout (`tower::timeout`), over all attempts;
 //! 2. retries (`tower::retry`, with [`retry::RetryPolicy`] and the
 //!    destination's `TpsBudget`), each attempt replaying the body copy;
+//!    under them, a rule's `timeouts.backendRequest` times each attempt
+//!    (in [`pick::Balance`], so that the breaker sees the timeout);
 //! 3. [`pick::Balance`]: the split's backend by weight, then an endpoint by
 //!    two choices over peak-EWMA load, skipping ejected endpoints and those
 //!    at their in-flight limit; it feeds the outcome back to the breaker;
@@ -21,6 +26,7 @@ pub(crate) mod error;
 pub(crate) mod http;
 pub(crate) mod pick;
 pub(crate) mod retry;
+pub(crate) mod route;
 pub(crate) mod tcp;
 
 use std::sync::Arc;
@@ -81,11 +87,20 @@ where
         chosen: Some(first),
     });
     budget.deposit();
+    let policy = retry::RetryPolicy::new(routes.retry.clone(), budget);
     let balance = pick::Balance::new(routes.clone(), endpoint);
-    let retry = Retry::new(
-        retry::RetryPolicy::new(routes.retry.clone(), budget),
-        balance,
-    );
+    retry_within(&routes, Retry::new(policy, balance), req).await
+}
+
+/// Runs the retries under the whole request's timeout, if there is one.
+async fn retry_within<S>(
+    routes: &Routes,
+    retry: S,
+    req: Request<ReplayBody>,
+) -> Result<Response<BoxBody>, Error>
+where
+    S: tower::Service<Request<ReplayBody>, Response = Response<BoxBody>, Error = Error>,
+{
     match routes.policy.timeout {
         None => retry.oneshot(req).await,
         Some(after) => Timeout::new(retry, after)

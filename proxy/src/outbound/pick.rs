@@ -79,8 +79,25 @@ where
         let response = self
             .endpoint
             .call((endpoint.target.clone(), req.map(|body| body.boxed())));
+        // A rule's per-attempt timeout. (tower's `Timeout` would box the
+        // error and sit outside the outcome accounting below; here a slow
+        // attempt counts against its endpoint like a failed one.)
+        let attempt_timeout = routes.policy.backend_timeout;
         Box::pin(async move {
-            let result = response.await;
+            let result = match attempt_timeout {
+                None => response.await,
+                Some(after) => match tokio::time::timeout(after, response).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        drop(in_flight);
+                        routes.record_outcome(&endpoint, true);
+                        return Err(Error::Timeout {
+                            service: routes.service.clone(),
+                            after,
+                        });
+                    }
+                },
+            };
             drop(in_flight);
             let failed = match &result {
                 Ok(resp) => {
@@ -107,6 +124,13 @@ impl Routes {
         match why {
             NoEndpoint::None => Error::NoEndpoints {
                 service: self.service.clone(),
+            },
+            NoEndpoint::Unresolved(reason) => Error::Unresolved {
+                rule: self.rule.clone().unwrap_or_default(),
+                reason,
+            },
+            NoEndpoint::NoBackend => Error::NoBackend {
+                rule: self.rule.clone().unwrap_or_default(),
             },
             NoEndpoint::Overloaded => {
                 self.shed.inc();

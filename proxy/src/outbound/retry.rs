@@ -45,12 +45,13 @@ fn idempotent(method: &Method) -> bool {
 }
 
 impl RetryPolicy {
-    /// Whether the outcome may be retried, and the endpoint to avoid.
+    /// Whether the outcome may be retried (`Some`), and the endpoint to
+    /// avoid.
     fn retryable(
         &self,
         method: &Method,
         result: &Result<Response<BoxBody>, Error>,
-    ) -> Option<Arc<EndpointState>> {
+    ) -> Option<Option<Arc<EndpointState>>> {
         let (retryable, endpoint) = match result {
             Ok(resp) => (
                 idempotent(method) && self.rules.retry_on.status(resp.status().as_u16()),
@@ -66,15 +67,21 @@ impl RetryPolicy {
                 idempotent(method) && self.rules.retry_on.status(502),
                 Some(endpoint.clone()),
             ),
+            // An attempt's own timeout (the whole request's is above the
+            // retries and never gets here): a 504 from the proxy.
+            Err(Error::Timeout { .. }) => {
+                let retry = idempotent(method) && self.rules.retry_on.status(504);
+                return retry.then_some(None);
+            }
             // Nowhere else to send it.
             Err(_) => (false, None),
         };
-        if retryable { endpoint } else { None }
+        (retryable && endpoint.is_some()).then_some(endpoint)
     }
 }
 
 impl tower::retry::Policy<Request<ReplayBody>, Response<BoxBody>, Error> for RetryPolicy {
-    type Future = std::future::Ready<()>;
+    type Future = futures_util::future::Either<std::future::Ready<()>, tokio::time::Sleep>;
 
     fn retry(
         &mut self,
@@ -91,14 +98,17 @@ impl tower::retry::Policy<Request<ReplayBody>, Response<BoxBody>, Error> for Ret
         }
         self.rules.retries.inc();
         self.retried += 1;
-        tracing::debug!(endpoint = %failed.target.addr, attempt = self.retried, "retrying");
+        tracing::debug!(endpoint = ?failed.as_ref().map(|e| e.target.addr), attempt = self.retried, "retrying");
         req.extensions_mut().insert(Attempt {
-            avoid: Some(failed),
+            avoid: failed,
             chosen: None,
         });
-        // No backoff: the retry goes to another endpoint at once (the
-        // budget, not a delay, is what keeps retries from piling up).
-        Some(std::future::ready(()))
+        // Without a route's backoff the retry goes to another endpoint at
+        // once: the budget, not a delay, keeps retries from piling up.
+        Some(match self.rules.backoff.is_zero() {
+            true => futures_util::future::Either::Left(std::future::ready(())),
+            false => futures_util::future::Either::Right(tokio::time::sleep(self.rules.backoff)),
+        })
     }
 
     fn clone_request(&mut self, req: &Request<ReplayBody>) -> Option<Request<ReplayBody>> {
