@@ -58,6 +58,8 @@ struct State {
     split: Option<(String, Vec<(String, u32)>)>,
     /// Extra raw documents (for bad-input tests).
     extra: Vec<String>,
+    /// Gateway API routes, as YAML, replaced whole by [`Cluster::routes`].
+    routes: String,
 }
 
 #[derive(Debug)]
@@ -124,6 +126,31 @@ impl Cluster {
                 b.iter().map(|(s, w)| (s.to_string(), *w)).collect(),
             )
         });
+    }
+
+    /// Sets the Gateway API routes (YAML documents), replacing the last.
+    pub fn routes(&self, docs: &str) {
+        self.state().routes = docs.to_string();
+    }
+
+    /// A further client pod, with its proxy, whose identity (and so the
+    /// namespace its proxy resolves in) is `<namespace>/client`.
+    pub async fn add_client(&self, name: &str, namespace: &str) -> anyhow::Result<Pod> {
+        let pod = self.mesh.add_pod(name, None)?;
+        let controller = self.controller().clone();
+        let env = self
+            .mesh
+            .identity_env(&controller, &pod, namespace, "client")?;
+        self.mesh
+            .spawn_proxy(
+                &pod,
+                ProxyOptions {
+                    env,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(pod)
     }
 
     /// Adds raw YAML documents to the discovery file.
@@ -241,6 +268,7 @@ impl Cluster {
         // One document per object, then what the test added.
         let mut out = vec![objects::file(&docs)];
         out.extend(state.extra.iter().cloned());
+        out.push(state.routes.clone());
         out.retain(|d| !d.is_empty());
         out.join("\n---\n")
     }

@@ -10,9 +10,13 @@
 //! - `GET /ws` is a WebSocket that echoes every message;
 //! - `GET /delay?ms=N` answers after N ms;
 //! - `GET /status/NNN` answers with that status code;
-//! - `CONNECT` answers 200 and then echoes the tunnel's bytes back.
+//! - `CONNECT` answers 200 and then echoes the tunnel's bytes back;
+//! - anything else answers 200, `hello from <name>: <method> <path>`.
 //!
-//! Every response names the server in `x-served-by`.
+//! Every response names the server in `x-served-by`, and says what it
+//! received: the path and query in `x-seen-path`, the `Host` in
+//! `x-seen-host`, and each `x-` request header as `x-seen-<name>` (so a
+//! test can see what a route's filters changed).
 //!
 //! Two variables make a misbehaving server for resilience tests:
 //! `DEMO_DELAY_MS` delays every response, and `DEMO_FAIL_STATUS` answers
@@ -37,6 +41,32 @@ fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|e| match e {}).boxed()
 }
 
+/// What the server echoes of a request, as response headers.
+fn seen_headers(req: &Request<Incoming>) -> Vec<(header::HeaderName, header::HeaderValue)> {
+    let mut out = Vec::new();
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(v) = header::HeaderValue::from_str(path) {
+        out.push((header::HeaderName::from_static("x-seen-path"), v));
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| req.uri().authority().and_then(|a| a.as_str().parse().ok()));
+    if let Some(host) = host {
+        out.push((header::HeaderName::from_static("x-seen-host"), host));
+    }
+    for (name, value) in req.headers() {
+        if name.as_str().starts_with("x-") && !name.as_str().starts_with("x-seen-") {
+            let echoed = format!("x-seen-{}", name.as_str());
+            if let Ok(echoed) = header::HeaderName::from_bytes(echoed.as_bytes()) {
+                out.push((echoed, value.clone()));
+            }
+        }
+    }
+    out
+}
+
 fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
@@ -46,6 +76,7 @@ fn query_u64(req: &Request<Incoming>, key: &str) -> Option<u64> {
 
 async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
+    let seen = seen_headers(&req);
     let mut resp = match (req.method().as_str(), path.as_str()) {
         ("GET", "/") => Response::new(full(format!("hello from {name}\n"))),
         ("GET", "/reason") => {
@@ -159,13 +190,15 @@ async fn handle(name: String, mut req: Request<Incoming>) -> Result<Response<Bod
                     .unwrap_or_default(),
             }
         }
-        _ => Response::builder()
-            .status(404)
-            .body(full("not found\n"))
-            .unwrap_or_default(),
+        // Any other path is answered too, as an echo server would, so that
+        // route tests can send anywhere.
+        (method, other) => Response::new(full(format!("hello from {name}: {method} {other}\n"))),
     };
     if let Ok(v) = header::HeaderValue::from_str(&name) {
         resp.headers_mut().insert("x-served-by", v);
+    }
+    for (name, value) in seen {
+        resp.headers_mut().append(name, value);
     }
     Ok(resp)
 }

@@ -90,6 +90,28 @@ impl Routes {
     /// A route's backend that does not resolve keeps its share (which is
     /// then refused), as the Gateway API asks.
     pub fn pick_backend(&self) -> Result<&BackendSet, NoEndpoint> {
+        self.pick_backend_avoiding(None)
+    }
+
+    /// As [`Routes::pick_backend`], leaving out a backend whose only
+    /// endpoint is `avoid` while another backend can take the request: a
+    /// retry then goes elsewhere even when each backend has one pod.
+    fn pick_backend_avoiding(
+        &self,
+        avoid: Option<&EndpointState>,
+    ) -> Result<&BackendSet, NoEndpoint> {
+        let only_avoided = |b: &BackendSet| {
+            avoid.is_some_and(|a| b.endpoints.len() == 1 && std::ptr::eq(&*b.endpoints[0], a))
+        };
+        if avoid.is_some() && self.backends.len() > 1 {
+            let weights = self.backends.iter().map(|b| {
+                let usable = !b.endpoints.is_empty() && b.unresolved.is_none() && !only_avoided(b);
+                if usable { b.weight } else { 0 }
+            });
+            if let Some(i) = crate::balance::weighted_index(weights) {
+                return Ok(&self.backends[i]);
+            }
+        }
         let usable = |b: &&BackendSet| !b.endpoints.is_empty() || b.unresolved.is_some();
         let index = crate::balance::weighted_index(
             self.backends
@@ -134,7 +156,7 @@ impl Routes {
         avoid: Option<&EndpointState>,
         limit: usize,
     ) -> Result<Arc<EndpointState>, NoEndpoint> {
-        let backend = self.pick_backend()?;
+        let backend = self.pick_backend_avoiding(avoid)?;
         match crate::balance::pick(&backend.endpoints, avoid, limit) {
             Pick::Endpoint(endpoint) => Ok(endpoint.clone()),
             Pick::Overloaded => Err(NoEndpoint::Overloaded),
@@ -578,5 +600,22 @@ mod tests {
         rule.backends[0].weight = 100;
         let refused = (0..2000).filter(|_| rule.pick_backend().is_err()).count();
         assert!((800..1200).contains(&refused), "{refused} of 2000 refused");
+    }
+
+    #[test]
+    fn a_retry_leaves_a_backend_whose_only_endpoint_failed() {
+        let routes = weighted(&[(50, 1), (50, 1)]);
+        let failed = routes.backends[0].endpoints[0].clone();
+        for _ in 0..100 {
+            let next = routes.pick_endpoint(Some(&failed)).unwrap();
+            assert!(!Arc::ptr_eq(&next, &failed));
+        }
+        // With nowhere else to go, the same endpoint is used again.
+        let alone = weighted(&[(1, 1)]);
+        let only = alone.backends[0].endpoints[0].clone();
+        assert!(Arc::ptr_eq(
+            &alone.pick_endpoint(Some(&only)).unwrap(),
+            &only
+        ));
     }
 }

@@ -1,0 +1,387 @@
+//! Gateway API routes end to end: HTTPRoutes in the controller's discovery
+//! files, real proxies with mTLS between them, and the demo server saying
+//! what it received (`x-seen-*`).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use weft_testbed::Pod;
+use weft_testbed::cluster::{Cluster, SERVICE_PORT, load};
+use weft_testbed::identity::ControllerOptions;
+
+const WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const V1_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const V2_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+
+fn web() -> SocketAddr {
+    SocketAddr::from((WEB_IP, SERVICE_PORT))
+}
+
+/// `web` (served by `web-0`), `web-v1` (`v1-a`) and `web-v2` (`v2-a`),
+/// each server's app with `env`.
+async fn versions(label: &str, v1_env: &[(&str, &str)]) -> Cluster {
+    let c = Cluster::new(label, ControllerOptions::default())
+        .await
+        .expect("cluster");
+    c.service("web", WEB_IP, &[]);
+    c.service("web-v1", V1_IP, &[]);
+    c.service("web-v2", V2_IP, &[]);
+    c.add_server("web-0", "web", &[]).await.expect("web-0");
+    c.add_server("v1-a", "web-v1", v1_env).await.expect("v1-a");
+    c.add_server("v2-a", "web-v2", &[]).await.expect("v2-a");
+    c
+}
+
+/// A response as a test looks at it.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    took: Duration,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+
+    fn served_by(&self) -> &str {
+        self.header("x-served-by")
+    }
+}
+
+/// One request from `pod` to `web`, on a connection of its own.
+async fn send(pod: &Pod, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let started = Instant::now();
+    let stream = pod.connect(web()).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "web.demo");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.expect("response");
+    Answer {
+        status: resp.status().as_u16(),
+        headers: resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect(),
+        took: started.elapsed(),
+    }
+}
+
+async fn get(c: &Cluster, path: &str) -> Answer {
+    send(&c.client, "GET", path, &[]).await
+}
+
+/// Polls until `check` holds for a GET of `path` (a route reaches the
+/// proxy a moment after the controller loaded it).
+async fn eventually(c: &Cluster, path: &str, check: impl Fn(&Answer) -> bool) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = get(c, path).await;
+        if check(&answer) {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "GET {path}: still {answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const MATCHES_AND_FILTERS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules:
+  - matches: [{path: {type: Exact, value: /exact}}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /app}, headers: [{name: x-canary, value: "yes"}]}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-route, value: canary}], remove: [x-secret]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-canary-route, value: "1"}]}
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /app}}]
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /query}, queryParams: [{name: v, value: "2"}]}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /query}, method: POST}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /query}}]
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: RegularExpression, value: "/items/[0-9]+"}}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /v1}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: rewritten.demo, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+    backendRefs: [{name: web-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: new.demo, statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+  - matches: [{path: {type: PathPrefix, value: /split}}]
+    backendRefs: [{name: web-v1, port: 80, weight: 3}, {name: web-v2, port: 80, weight: 1}]
+  - matches: [{path: {type: PathPrefix, value: /ghost}}]
+    backendRefs: [{name: nobody, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /zero}}]
+    backendRefs: [{name: web-v1, port: 80, weight: 0}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_routes_match_filter_split_and_update_live() {
+    let c = versions("routes", &[]).await;
+    c.sync(false).await.expect("publish");
+    // Without a route, the Service's own pods answer.
+    assert_eq!(get(&c, "/").await.served_by(), "web-0");
+
+    c.routes(MATCHES_AND_FILTERS);
+    c.sync(true).await.expect("routes");
+    eventually(&c, "/exact", |a| a.served_by() == "v2-a").await;
+
+    // Precedence: an exact path, a header over the same prefix without.
+    assert_eq!(get(&c, "/exact/not").await.status, 404);
+    let canary = send(
+        &c.client,
+        "GET",
+        "/app/page",
+        &[("x-canary", "yes"), ("x-secret", "s3")],
+    )
+    .await;
+    assert_eq!(canary.served_by(), "v2-a", "{canary:?}");
+    assert_eq!(canary.header("x-seen-x-route"), "canary");
+    assert_eq!(canary.header("x-seen-x-secret"), "", "removed");
+    assert_eq!(canary.header("x-canary-route"), "1");
+    assert_eq!(get(&c, "/app/page").await.served_by(), "v1-a");
+    // Query parameters, then the method, then the bare prefix.
+    assert_eq!(get(&c, "/query?v=2").await.served_by(), "v2-a");
+    assert_eq!(
+        send(&c.client, "POST", "/query", &[]).await.served_by(),
+        "v2-a"
+    );
+    assert_eq!(get(&c, "/query?v=3").await.served_by(), "v1-a");
+    // A regular expression matches the whole path.
+    assert_eq!(get(&c, "/items/42").await.served_by(), "v2-a");
+    assert_eq!(get(&c, "/items/42/x").await.status, 404);
+
+    // Rewrite: the server sees the new path and host.
+    let rewritten = get(&c, "/v1/users?page=2").await;
+    assert_eq!(rewritten.served_by(), "v1-a");
+    assert_eq!(rewritten.header("x-seen-path"), "/v2/users?page=2");
+    assert_eq!(rewritten.header("x-seen-host"), "rewritten.demo");
+
+    // Redirect: answered by the proxy, no backend.
+    let moved = get(&c, "/old/page?x=1").await;
+    assert_eq!(moved.status, 301);
+    assert_eq!(moved.header("location"), "http://new.demo/new/page?x=1");
+    assert_eq!(moved.served_by(), "");
+
+    // A miss is 404 from the proxy, saying so; an unresolved backend or
+    // no weight, 500.
+    let miss = get(&c, "/nowhere").await;
+    assert_eq!(miss.status, 404);
+    assert!(
+        miss.header("weft-proxy-error")
+            .starts_with("no route of web.demo"),
+        "{miss:?}"
+    );
+    let ghost = get(&c, "/ghost").await;
+    assert_eq!(ghost.status, 500);
+    assert!(
+        ghost.header("weft-proxy-error").contains("BackendNotFound"),
+        "{ghost:?}"
+    );
+    assert_eq!(get(&c, "/zero").await.status, 500);
+
+    // Weights within a rule.
+    let tally = load(
+        &c.client,
+        web(),
+        "/split",
+        4,
+        Some(2000),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
+    assert!(
+        tally.failed.is_empty(),
+        "{:?}",
+        &tally.failed[..5.min(tally.failed.len())]
+    );
+    let v2 = tally.share("v2-");
+    println!(
+        "3:1 route split over {} requests: v2 {:.1} %",
+        tally.total(),
+        100.0 * v2
+    );
+    assert!(
+        (0.19..=0.31).contains(&v2),
+        "v2 share {v2}: {:?}",
+        tally.by_server
+    );
+
+    // Live: the route changes, then goes; the Service answers again.
+    c.routes(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: web}]
+  rules: [{backendRefs: [{name: web-v2, port: 80}]}]
+"#,
+    );
+    c.sync(true).await.expect("changed route");
+    eventually(&c, "/nowhere", |a| a.served_by() == "v2-a").await;
+    c.routes("");
+    c.sync(true).await.expect("route removed");
+    eventually(&c, "/", |a| a.served_by() == "web-0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_route_wins_for_its_namespace_only() {
+    let c = versions("consumer", &[]).await;
+    let other = c.add_client("client-other", "other").await.expect("client");
+    c.routes(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: producer, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: web}]
+  rules: [{backendRefs: [{name: web-v1, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: consumer, namespace: other}
+spec:
+  parentRefs: [{kind: Service, name: web, namespace: demo}]
+  rules:
+  - backendRefs: [{name: web-v2, namespace: demo, port: 80}]
+"#,
+    );
+    c.sync(false).await.expect("publish");
+    eventually(&c, "/", |a| a.served_by() == "v1-a").await;
+    // The consumer route names a backend in another namespace, which needs
+    // a ReferenceGrant: refused with 500, and the producer's route does not
+    // apply to this namespace any more.
+    let answer = send(&other, "GET", "/", &[]).await;
+    assert_eq!(answer.status, 500, "{answer:?}");
+    assert!(
+        answer
+            .header("weft-proxy-error")
+            .contains("RefNotPermitted")
+    );
+
+    // A consumer route to a Service of its own namespace's choosing in the
+    // producer's namespace without a cross-namespace backend: `web`'s own.
+    c.routes(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: producer, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: web}]
+  rules: [{backendRefs: [{name: web-v1, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: consumer, namespace: other}
+spec:
+  parentRefs: [{kind: Service, name: web, namespace: demo}]
+  rules:
+  - matches: [{path: {value: /only-here}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: consumer.other}
+"#,
+    );
+    c.sync(false).await.expect("publish");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = send(&other, "GET", "/only-here", &[]).await;
+        if answer.status == 302 {
+            assert_eq!(answer.header("location"), "http://consumer.other/only-here");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Only the consumer's rules apply to its namespace: `/` matches none.
+    assert_eq!(send(&other, "GET", "/", &[]).await.status, 404);
+    // The producer's namespace still gets the producer's route.
+    assert_eq!(get(&c, "/only-here").await.served_by(), "v1-a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeouts_and_retries_work_through_the_route() {
+    // v1 fails every request with 503; v2 is healthy.
+    let c = versions("route-policy", &[("DEMO_FAIL_STATUS", "503")]).await;
+    c.routes(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: web}]
+  rules:
+  - matches: [{path: {value: /delay}}]
+    timeouts: {request: 300ms}
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {value: /retried}}]
+    retry: {codes: [503], attempts: 3}
+    backendRefs: [{name: web-v1, port: 80}, {name: web-v2, port: 80}]
+  - matches: [{path: {value: /not-retried}}]
+    backendRefs: [{name: web-v1, port: 80}]
+"#,
+    );
+    c.sync(false).await.expect("publish");
+    eventually(&c, "/not-retried", |a| a.status == 503).await;
+
+    let slow = get(&c, "/delay?ms=3000").await;
+    assert_eq!(slow.status, 504, "{slow:?}");
+    assert!(
+        slow.header("weft-proxy-error")
+            .contains("timed out after 300ms")
+    );
+    assert!(
+        slow.took < Duration::from_millis(2000),
+        "took {:?}",
+        slow.took
+    );
+    assert_eq!(get(&c, "/delay?ms=10").await.status, 200);
+
+    // Half of the requests land on the failing backend first; the retry
+    // takes them to the other.
+    let mut served = BTreeMap::<String, u32>::new();
+    for _ in 0..40 {
+        let answer = get(&c, "/retried").await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        *served.entry(answer.served_by().to_string()).or_default() += 1;
+    }
+    assert_eq!(served.get("v2-a"), Some(&40), "{served:?}");
+    let retries = c
+        .client
+        .metrics()
+        .await
+        .expect("metrics")
+        .sum("retries_total", &[]);
+    assert!(retries >= 5.0, "{retries} retries");
+}
