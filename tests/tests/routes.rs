@@ -385,3 +385,56 @@ spec:
         .sum("retries_total", &[]);
     assert!(retries >= 5.0, "{retries} retries");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_routes_are_counted_and_the_rest_keeps_working() {
+    let c = versions("bad-routes", &[]).await;
+    c.routes(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: web}]
+  rules:
+  - matches: [{path: {type: RegularExpression, value: "/(unclosed"}}]
+    backendRefs: [{name: web-v2, port: 80}]
+  - matches: [{path: {value: /zero}}]
+    backendRefs: [{name: web-v2, port: 80, weight: 0}]
+  - matches: [{path: {value: /gone}}]
+    backendRefs: [{name: nobody, port: 80}]
+  - backendRefs: [{name: web-v1, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-nothing, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: ghost}]
+  rules: [{backendRefs: [{name: web-v1, port: 80}]}]
+"#,
+    );
+    c.sync(false).await.expect("publish");
+    // The bad rule is dropped; the others work.
+    eventually(&c, "/(unclosed", |a| a.served_by() == "v1-a").await;
+    assert_eq!(get(&c, "/zero").await.status, 500);
+    assert_eq!(get(&c, "/gone").await.status, 500);
+    let controller = c.controller().clone();
+    let scrape = c
+        .mesh
+        .controller_metrics(&controller)
+        .await
+        .expect("controller metrics");
+    for reason in ["invalid_regex", "zero_total_weight"] {
+        assert!(
+            scrape.sum(
+                "discovery_invalid_config_total",
+                &[("kind", "route"), ("reason", reason)]
+            ) >= 1.0,
+            "{reason} not counted"
+        );
+    }
+    assert!(
+        scrape.sum("discovery_objects", &[("kind", "httproute")]) == 2.0,
+        "both routes held"
+    );
+}

@@ -1,5 +1,6 @@
 //! The Kubernetes source: kube-rs watchers over Services, EndpointSlices,
-//! Pods and TrafficSplits, feeding the store as objects change.
+//! Pods, TrafficSplits and Gateway API routes (HTTPRoute, GRPCRoute, as
+//! the gateway-api crate's types), feeding the store as objects change.
 //!
 //! Objects are read straight from the API server's JSON into typed structs
 //! and converted into the store's model, with no second encoding:
@@ -32,7 +33,9 @@ use serde::de::DeserializeOwned;
 use weft_api::split::TrafficSplitSpec;
 
 use super::model::{Key, PodInfo, ServiceInfo, SliceInfo, SplitInfo};
-use super::{Kind, Object, Store};
+use super::{Kind, Object, Store, route};
+use gateway_api::apis::experimental::grpcroutes::GRPCRoute;
+use gateway_api::apis::experimental::httproutes::HTTPRoute;
 
 /// How often to look again for an API group that is not installed.
 const GROUP_RETRY: Duration = Duration::from_secs(30);
@@ -124,6 +127,20 @@ impl Discovered for Served<SliceBody> {
     }
 }
 
+impl Discovered for HTTPRoute {
+    fn discovered(&self, key: Key) -> Option<Object> {
+        let info = route::convert::http_route(&key.0, self);
+        Some(Object::Route(key, info))
+    }
+}
+
+impl Discovered for GRPCRoute {
+    fn discovered(&self, key: Key) -> Option<Object> {
+        let info = route::convert::grpc_route(&key.0, self);
+        Some(Object::Route(key, info))
+    }
+}
+
 impl Discovered for Served<SplitBody> {
     fn discovered(&self, key: Key) -> Option<Object> {
         Some(Object::Split(key, SplitInfo::from_spec(&self.body.spec)))
@@ -164,7 +181,7 @@ impl Listed {
 pub fn spawn(client: Client, store: Arc<Store>) {
     let gate = Arc::new(SyncGate {
         store: store.clone(),
-        pending: AtomicUsize::new(4),
+        pending: AtomicUsize::new(6),
     });
     let listed = || Listed(Some(gate.clone()));
     let config = watcher::Config::default;
@@ -204,10 +221,52 @@ pub fn spawn(client: Client, store: Arc<Store>) {
     spawn_served::<SplitBody>(
         Kind::Split,
         (weft_api::split::GROUP, weft_api::split::KIND),
-        client,
-        store,
+        client.clone(),
+        store.clone(),
         listed(),
     );
+    spawn_gateway::<HTTPRoute>(Kind::HttpRoute, client.clone(), store.clone(), listed());
+    spawn_gateway::<GRPCRoute>(Kind::GrpcRoute, client, store, listed());
+}
+
+/// Watches a Gateway API route kind in `v1` once the cluster serves it. A
+/// cluster without the CRDs works without routes (readiness does not wait
+/// for them) and picks them up once the CRDs appear.
+fn spawn_gateway<K>(kind: Kind, client: Client, store: Arc<Store>, mut listed: Listed)
+where
+    K: Discovered + Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
+{
+    tokio::spawn(async move {
+        let resource_kind = K::kind(&()).into_owned();
+        let mut reported = false;
+        loop {
+            match find(&client, &K::group(&()), &resource_kind).await {
+                Ok(resource) if resource.version == K::version(&()) => break,
+                Ok(resource) => {
+                    if !reported {
+                        tracing::warn!(kind = %resource_kind, served = %resource.version, "Gateway API route version not served; install the v1 CRDs");
+                    }
+                }
+                Err(error) => {
+                    if !reported {
+                        tracing::info!(kind = %resource_kind, %error, "Gateway API CRDs not installed; no routes until they are");
+                    }
+                }
+            }
+            reported = true;
+            listed.done();
+            tokio::time::sleep(GROUP_RETRY).await;
+        }
+        tracing::info!(kind = %resource_kind, "watching");
+        let api: Api<K> = Api::all(client);
+        run(
+            kind,
+            watcher::watcher(api, watcher::Config::default()),
+            &store,
+            &mut listed,
+        )
+        .await
+    });
 }
 
 /// Watches a kind in the version the server prefers, once the server
@@ -366,6 +425,29 @@ mod tests {
             r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web-0","namespace":"demo"},
                 "spec":{"serviceAccountName":"web","containers":[{"name":"app","ports":[{"name":"http","containerPort":8080}]},{"name":"weft-proxy"}]},
                 "status":{"podIP":"10.42.0.5","podIPs":[{"ip":"10.42.0.5"},{"ip":"fd00::5"}]}}"#,
+        );
+    }
+
+    #[test]
+    fn watched_routes_decode_as_the_file_source_reads_them() {
+        let route = same_as_file::<HTTPRoute>(
+            r#"{"apiVersion":"gateway.networking.k8s.io/v1","kind":"HTTPRoute",
+                "metadata":{"name":"web","namespace":"demo","generation":2,"creationTimestamp":"2026-12-01T10:00:00Z"},
+                "spec":{"parentRefs":[{"group":"","kind":"Service","name":"web","port":80}],
+                  "rules":[{"matches":[{"path":{"type":"PathPrefix","value":"/api"}}],
+                    "backendRefs":[{"name":"web-v2","port":80,"weight":10}]}]}}"#,
+        );
+        let Object::Route(_, info) = route else {
+            panic!("{route:?}")
+        };
+        assert_eq!((info.generation, info.rules.len()), (2, 1));
+        assert_eq!(info.created, "2026-12-01T10:00:00Z");
+        same_as_file::<GRPCRoute>(
+            r#"{"apiVersion":"gateway.networking.k8s.io/v1","kind":"GRPCRoute",
+                "metadata":{"name":"echo","namespace":"demo"},
+                "spec":{"parentRefs":[{"kind":"Service","name":"echo"}],
+                  "rules":[{"matches":[{"method":{"service":"echo.Echo"}}],
+                    "backendRefs":[{"name":"echo-v2","port":9000}]}]}}"#,
         );
     }
 

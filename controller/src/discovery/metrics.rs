@@ -111,7 +111,7 @@ impl DiscoveryMetrics {
         );
         registry.register(
             "invalid_config",
-            "Annotations and TrafficSplits ignored because they are invalid, by reason",
+            "Annotations, TrafficSplits and route rules ignored because they are invalid, by kind and reason",
             m.invalid.clone(),
         );
         registry.register(

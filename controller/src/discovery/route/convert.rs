@@ -43,7 +43,9 @@ fn meta_of(meta: &ObjectMeta) -> (i64, String) {
         meta.generation.unwrap_or(0),
         meta.creation_timestamp
             .as_ref()
-            .map(|t| t.0.to_string())
+            .map(|t| {
+                t.0.to_rfc3339_opts(k8s_openapi::chrono::SecondsFormat::Secs, true)
+            })
             .unwrap_or_default(),
     )
 }
@@ -279,6 +281,13 @@ fn http_rule(
             ));
         }
         backends.push(converted);
+    }
+    if !backends.is_empty() && backends.iter().all(|b| b.weight == 0) {
+        // Kept: its requests are answered 500, as the Gateway API says.
+        problems.push(invalid(
+            "zero_total_weight",
+            format!("rule {index}: every backend has weight 0"),
+        ));
     }
     let timeout = |v: Option<&String>, field: &str| -> Result<Option<u64>, Invalid> {
         v.map(|v| {

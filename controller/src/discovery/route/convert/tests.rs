@@ -100,6 +100,7 @@ spec:
     backendRefs: [{name: a, port: 80}]
   - timeouts: {request: soon}
   - backendRefs: [{name: a, port: 80}, {name: b}, {kind: Pod, name: c, port: 1}]
+  - backendRefs: [{name: a, port: 80, weight: 0}]
 "#,
     );
     let reasons: Vec<&str> = route.invalid.iter().map(|i| i.reason.as_str()).collect();
@@ -112,10 +113,11 @@ spec:
             "bad_timeout",
             "bad_timeout",
             "UnsupportedValue",
-            "InvalidKind"
+            "InvalidKind",
+            "zero_total_weight"
         ]
     );
-    assert_eq!(route.rules.len(), 1);
+    assert_eq!(route.rules.len(), 2);
     assert_eq!(route.rules[0].index, 5, "the rule keeps its index");
 }
 
