@@ -20,9 +20,8 @@ use serde_json::Value;
 use weft_api::split::TrafficSplit;
 
 use super::model::{PodInfo, ServiceInfo, SliceInfo, SplitInfo};
+use super::route::gateway::{GrpcRoute, HttpRoute};
 use super::{Kind, Object, Store, route};
-use gateway_api::apis::experimental::grpcroutes::GRPCRoute;
-use gateway_api::apis::experimental::httproutes::HTTPRoute;
 
 const ALL_KINDS: &[Kind] = &[
     Kind::Service,
@@ -135,12 +134,12 @@ fn object_of(kind: Kind, value: Value) -> Result<Option<Object>, String> {
             Some(Object::Split(key, SplitInfo::from_split(&split)))
         }
         Kind::HttpRoute => {
-            let route: HTTPRoute = serde_json::from_value(value).map_err(bad)?;
+            let route: HttpRoute = serde_json::from_value(value).map_err(bad)?;
             let info = route::convert::http_route(&key.0, &route);
             Some(Object::Route(key, info))
         }
         Kind::GrpcRoute => {
-            let route: GRPCRoute = serde_json::from_value(value).map_err(bad)?;
+            let route: GrpcRoute = serde_json::from_value(value).map_err(bad)?;
             let info = route::convert::grpc_route(&key.0, &route);
             Some(Object::Route(key, info))
         }

@@ -1,6 +1,6 @@
 //! The Kubernetes source: kube-rs watchers over Services, EndpointSlices,
 //! Pods, TrafficSplits and Gateway API routes (HTTPRoute, GRPCRoute, as
-//! the gateway-api crate's types), feeding the store as objects change.
+//! Weft's own types of them), feeding the store as objects change.
 //!
 //! Objects are read straight from the API server's JSON into typed structs
 //! and converted into the store's model, with no second encoding:
@@ -33,9 +33,8 @@ use serde::de::DeserializeOwned;
 use weft_api::split::TrafficSplitSpec;
 
 use super::model::{Key, PodInfo, ServiceInfo, SliceInfo, SplitInfo};
+use super::route::gateway::{GrpcRoute, HttpRoute};
 use super::{Kind, Object, Store, route};
-use gateway_api::apis::experimental::grpcroutes::GRPCRoute;
-use gateway_api::apis::experimental::httproutes::HTTPRoute;
 
 /// How often to look again for an API group that is not installed.
 const GROUP_RETRY: Duration = Duration::from_secs(30);
@@ -127,14 +126,14 @@ impl Discovered for Served<SliceBody> {
     }
 }
 
-impl Discovered for HTTPRoute {
+impl Discovered for HttpRoute {
     fn discovered(&self, key: Key) -> Option<Object> {
         let info = route::convert::http_route(&key.0, self);
         Some(Object::Route(key, info))
     }
 }
 
-impl Discovered for GRPCRoute {
+impl Discovered for GrpcRoute {
     fn discovered(&self, key: Key) -> Option<Object> {
         let info = route::convert::grpc_route(&key.0, self);
         Some(Object::Route(key, info))
@@ -225,8 +224,8 @@ pub fn spawn(client: Client, store: Arc<Store>) {
         store.clone(),
         listed(),
     );
-    spawn_gateway::<HTTPRoute>(Kind::HttpRoute, client.clone(), store.clone(), listed());
-    spawn_gateway::<GRPCRoute>(Kind::GrpcRoute, client, store, listed());
+    spawn_gateway::<HttpRoute>(Kind::HttpRoute, client.clone(), store.clone(), listed());
+    spawn_gateway::<GrpcRoute>(Kind::GrpcRoute, client, store, listed());
 }
 
 /// Watches a Gateway API route kind in `v1` once the cluster serves it. A
@@ -430,7 +429,7 @@ mod tests {
 
     #[test]
     fn watched_routes_decode_as_the_file_source_reads_them() {
-        let route = same_as_file::<HTTPRoute>(
+        let route = same_as_file::<HttpRoute>(
             r#"{"apiVersion":"gateway.networking.k8s.io/v1","kind":"HTTPRoute",
                 "metadata":{"name":"web","namespace":"demo","generation":2,"creationTimestamp":"2026-12-01T10:00:00Z"},
                 "spec":{"parentRefs":[{"group":"","kind":"Service","name":"web","port":80}],
@@ -442,7 +441,7 @@ mod tests {
         };
         assert_eq!((info.generation, info.rules.len()), (2, 1));
         assert_eq!(info.created, "2026-12-01T10:00:00Z");
-        same_as_file::<GRPCRoute>(
+        same_as_file::<GrpcRoute>(
             r#"{"apiVersion":"gateway.networking.k8s.io/v1","kind":"GRPCRoute",
                 "metadata":{"name":"echo","namespace":"demo"},
                 "spec":{"parentRefs":[{"kind":"Service","name":"echo"}],

@@ -1,28 +1,17 @@
 //! From the Kubernetes objects to [`RouteInfo`]: validation, and the wire
-//! form of matches and filters. GRPCRoute's filters and references share
-//! HTTPRoute's schema, so they are read through HTTPRoute's types; its
-//! method matches become path matches (`/service/method`), which is what
-//! gRPC puts on the wire.
+//! form of matches and filters. GRPCRoute's filters and references are
+//! HTTPRoute's; its method matches become path matches
+//! (`/service/method`), which is what gRPC puts on the wire.
 
-use gateway_api::apis::experimental::grpcroutes::{
-    GRPCRoute, GRPCRouteRulesMatchesHeadersType, GRPCRouteRulesMatchesMethodType,
-};
-use gateway_api::apis::experimental::httproutes::{
-    HTTPRoute, HTTPRouteParentRefs, HTTPRouteRules, HTTPRouteRulesBackendRefs,
-    HTTPRouteRulesFilters, HTTPRouteRulesFiltersRequestHeaderModifier,
-    HTTPRouteRulesFiltersRequestRedirectPathType, HTTPRouteRulesFiltersRequestRedirectScheme,
-    HTTPRouteRulesFiltersType, HTTPRouteRulesFiltersUrlRewritePathType,
-    HTTPRouteRulesMatchesHeadersType, HTTPRouteRulesMatchesPathType,
-    HTTPRouteRulesMatchesQueryParamsType,
-};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use weft_api::proto::destination::{
     HeaderModifier, HttpFilter, HttpRetry, HttpRouteMatch, PathMatch, PathModifier,
     RequestRedirect, UrlRewrite, ValueMatch, http_filter, path_match,
 };
 
+use super::gateway::{
+    self, GrpcRoute, HttpRoute, HttpRouteRule, MatchType, ParentRef, PathModifierType, RouteFilter,
+};
 use super::{BackendRef, BackendTarget, Parent, RouteInfo, RouteKind, RuleInfo, Unresolved};
 use crate::discovery::model::Invalid;
 
@@ -51,21 +40,17 @@ fn meta_of(meta: &ObjectMeta) -> (i64, String) {
 }
 
 /// An HTTPRoute in `namespace`.
-pub fn http_route(namespace: &str, route: &HTTPRoute) -> RouteInfo {
+pub fn http_route(namespace: &str, route: &HttpRoute) -> RouteInfo {
     let (generation, created) = meta_of(&route.metadata);
     let mut out = RouteInfo {
         kind: RouteKind::Http,
         generation,
         created,
-        parents: parents(
-            namespace,
-            route.spec.parent_refs.as_deref().unwrap_or_default(),
-        ),
+        parents: parents(namespace, &route.spec.parent_refs),
         rules: Vec::new(),
         invalid: Vec::new(),
     };
-    let rules = route.spec.rules.as_deref().unwrap_or_default();
-    for (index, rule) in rules.iter().enumerate() {
+    for (index, rule) in route.spec.rules.iter().enumerate() {
         match http_rule(namespace, index as u32, rule, &mut out.invalid) {
             Ok(rule) => out.rules.push(rule),
             Err(problem) => out.invalid.push(problem),
@@ -75,78 +60,95 @@ pub fn http_route(namespace: &str, route: &HTTPRoute) -> RouteInfo {
 }
 
 /// A GRPCRoute in `namespace`.
-pub fn grpc_route(namespace: &str, route: &GRPCRoute) -> RouteInfo {
+pub fn grpc_route(namespace: &str, route: &GrpcRoute) -> RouteInfo {
     let (generation, created) = meta_of(&route.metadata);
-    let parent_refs: Vec<HTTPRouteParentRefs> = same_schema(&route.spec.parent_refs);
     let mut out = RouteInfo {
         kind: RouteKind::Grpc,
         generation,
         created,
-        parents: parents(namespace, &parent_refs),
+        parents: parents(namespace, &route.spec.parent_refs),
         rules: Vec::new(),
         invalid: Vec::new(),
     };
-    for (index, rule) in route.spec.rules.iter().flatten().enumerate() {
-        let mut matches = Vec::new();
-        let mut problem = None;
-        for m in rule.matches.iter().flatten() {
-            let mut headers = Vec::new();
-            for h in m.headers.iter().flatten() {
-                let regex = matches!(
-                    h.r#type,
-                    Some(GRPCRouteRulesMatchesHeadersType::RegularExpression)
-                );
-                headers.push(value_match(&h.name, regex, &h.value));
-            }
-            let path = m.method.as_ref().and_then(|method| {
-                let regex = matches!(
-                    method.r#type,
-                    Some(GRPCRouteRulesMatchesMethodType::RegularExpression)
-                );
-                grpc_path(method.service.as_deref(), method.method.as_deref(), regex)
-            });
-            let candidate = HttpRouteMatch {
-                rule: 0,
-                path,
-                headers,
-                query_params: Vec::new(),
-                method: String::new(),
+    for (index, rule) in route.spec.rules.iter().enumerate() {
+        let converted = grpc_matches(index, &rule.matches).and_then(|matches| {
+            // The rest of a GRPCRoute rule reads as an HTTPRoute rule's.
+            let as_http = HttpRouteRule {
+                name: rule.name.clone(),
+                filters: rule.filters.clone(),
+                backend_refs: rule.backend_refs.clone(),
+                ..Default::default()
             };
-            if let Err(p) = check_regexes(&candidate) {
-                problem = Some(p);
+            let mut converted = http_rule(namespace, index as u32, &as_http, &mut out.invalid)?;
+            if !matches.is_empty() {
+                converted.matches = matches;
             }
-            matches.push(candidate);
-        }
-        if let Some(p) = problem {
-            out.invalid.push(p);
-            continue;
-        }
-        // The rest of a GRPCRoute rule reads as an HTTPRoute rule's.
-        let as_http = HTTPRouteRules {
-            backend_refs: same_schema(&rule.backend_refs),
-            filters: same_schema(&rule.filters),
-            name: rule.name.clone(),
-            ..Default::default()
-        };
-        match http_rule(namespace, index as u32, &as_http, &mut out.invalid) {
-            Ok(mut converted) => {
-                if !matches.is_empty() {
-                    converted.matches = matches;
-                }
-                out.rules.push(converted);
-            }
+            Ok(converted)
+        });
+        match converted {
+            Ok(rule) => out.rules.push(rule),
             Err(p) => out.invalid.push(p),
         }
     }
     out
 }
 
-/// Re-reads a value through another type with the same JSON schema.
-fn same_schema<T: Serialize, U: DeserializeOwned + Default>(value: &T) -> U {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default()
+fn grpc_matches(
+    index: usize,
+    matches: &[gateway::GrpcRouteMatch],
+) -> Result<Vec<HttpRouteMatch>, Invalid> {
+    let mut out = Vec::new();
+    for m in matches {
+        let headers = value_matches(index, "header", &m.headers)?;
+        let path = match &m.method {
+            None => None,
+            Some(method) => {
+                let regex = match method.kind.unwrap_or_default() {
+                    MatchType::Exact => false,
+                    MatchType::RegularExpression => true,
+                    other => return Err(unsupported_match(index, "method", other)),
+                };
+                grpc_path(method.service.as_deref(), method.method.as_deref(), regex)
+            }
+        };
+        let candidate = HttpRouteMatch {
+            rule: 0,
+            path,
+            headers,
+            query_params: Vec::new(),
+            method: String::new(),
+        };
+        check_regexes(&candidate)?;
+        out.push(candidate);
+    }
+    Ok(out)
+}
+
+fn unsupported_match(index: usize, what: &str, kind: MatchType) -> Invalid {
+    invalid(
+        "unsupported_match",
+        format!("rule {index}: a {what} match of type {kind:?} is not supported"),
+    )
+}
+
+/// Header or query parameter matches: `Exact` (the default) or
+/// `RegularExpression`.
+fn value_matches(
+    index: usize,
+    what: &str,
+    matches: &[gateway::ValueMatch],
+) -> Result<Vec<ValueMatch>, Invalid> {
+    matches
+        .iter()
+        .map(|m| {
+            let regex = match m.kind.unwrap_or_default() {
+                MatchType::Exact => false,
+                MatchType::RegularExpression => true,
+                other => return Err(unsupported_match(index, what, other)),
+            };
+            Ok(value_match(&m.name, regex, &m.value))
+        })
+        .collect()
 }
 
 /// The path a gRPC method match stands for.
@@ -170,10 +172,9 @@ fn grpc_path(service: Option<&str>, method: Option<&str>, regex: bool) -> Option
     })
 }
 
-fn parents(namespace: &str, refs: &[HTTPRouteParentRefs]) -> Vec<Parent> {
+fn parents(namespace: &str, refs: &[ParentRef]) -> Vec<Parent> {
     refs.iter()
-        .filter(|r| r.group.as_deref().unwrap_or_default().is_empty())
-        .filter(|r| r.kind.as_deref() == Some("Service"))
+        .filter(|r| is_service_parent(r))
         .map(|r| Parent {
             service: (
                 r.namespace.clone().unwrap_or_else(|| namespace.to_string()),
@@ -182,6 +183,12 @@ fn parents(namespace: &str, refs: &[HTTPRouteParentRefs]) -> Vec<Parent> {
             port: r.port.and_then(|p| u16::try_from(p).ok()),
         })
         .collect()
+}
+
+/// Whether a `parentRef` names a Service, which makes it the mesh's (GAMMA)
+/// rather than a Gateway's.
+pub fn is_service_parent(r: &ParentRef) -> bool {
+    r.group.as_deref().unwrap_or_default().is_empty() && r.kind.as_deref() == Some("Service")
 }
 
 fn value_match(name: &str, regex: bool, value: &str) -> ValueMatch {
@@ -197,52 +204,30 @@ fn value_match(name: &str, regex: bool, value: &str) -> ValueMatch {
 fn http_rule(
     namespace: &str,
     index: u32,
-    rule: &HTTPRouteRules,
+    rule: &HttpRouteRule,
     problems: &mut Vec<Invalid>,
 ) -> Result<RuleInfo, Invalid> {
+    let at = index as usize;
     let mut matches = Vec::new();
-    for m in rule.matches.iter().flatten() {
-        let path = m.path.as_ref().map(|p| {
-            let kind = match p.r#type {
-                Some(HTTPRouteRulesMatchesPathType::Exact) => path_match::Kind::Exact,
-                Some(HTTPRouteRulesMatchesPathType::RegularExpression) => path_match::Kind::Regex,
-                Some(HTTPRouteRulesMatchesPathType::PathPrefix) | None => path_match::Kind::Prefix,
-            };
-            PathMatch {
-                kind: kind.into(),
-                value: p.value.clone().unwrap_or_else(|| "/".into()),
+    for m in &rule.matches {
+        let path = match &m.path {
+            None => None,
+            Some(p) => {
+                let kind = match p.kind.unwrap_or(MatchType::PathPrefix) {
+                    MatchType::Exact => path_match::Kind::Exact,
+                    MatchType::PathPrefix => path_match::Kind::Prefix,
+                    MatchType::RegularExpression => path_match::Kind::Regex,
+                    other => return Err(unsupported_match(at, "path", other)),
+                };
+                Some(PathMatch {
+                    kind: kind.into(),
+                    value: p.value.clone().unwrap_or_else(|| "/".into()),
+                })
             }
-        });
-        let headers = m
-            .headers
-            .iter()
-            .flatten()
-            .map(|h| {
-                let regex = matches!(
-                    h.r#type,
-                    Some(HTTPRouteRulesMatchesHeadersType::RegularExpression)
-                );
-                value_match(&h.name, regex, &h.value)
-            })
-            .collect();
-        let query_params = m
-            .query_params
-            .iter()
-            .flatten()
-            .map(|q| {
-                let regex = matches!(
-                    q.r#type,
-                    Some(HTTPRouteRulesMatchesQueryParamsType::RegularExpression)
-                );
-                value_match(&q.name, regex, &q.value)
-            })
-            .collect();
-        let method = m
-            .method
-            .as_ref()
-            .and_then(|m| serde_json::to_value(m).ok())
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
+        };
+        let headers = value_matches(at, "header", &m.headers)?;
+        let query_params = value_matches(at, "query parameter", &m.query_params)?;
+        let method = m.method.clone().unwrap_or_default();
         let candidate = HttpRouteMatch {
             rule: 0,
             path,
@@ -263,11 +248,11 @@ fn http_rule(
         });
     }
     let name = rule.name.clone().unwrap_or_default();
-    let filters = filters(rule.filters.as_deref().unwrap_or_default())
+    let filters = filters(&rule.filters)
         .map_err(|why| invalid("unsupported_filter", format!("rule {index}: {why}")))?;
     let mut backends = Vec::new();
-    for b in rule.backend_refs.iter().flatten() {
-        if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+    for b in &rule.backend_refs {
+        if !b.filters.is_empty() {
             return Err(invalid(
                 "unsupported_filter",
                 format!("rule {index}: filters on a backendRef are not supported yet"),
@@ -319,7 +304,7 @@ fn http_rule(
         None => None,
         Some(r) => {
             let mut codes = Vec::new();
-            for code in r.codes.iter().flatten() {
+            for code in &r.codes {
                 match u32::try_from(*code) {
                     Ok(c) if (400..=599).contains(&c) => codes.push(c),
                     _ => {
@@ -389,71 +374,59 @@ fn check_regexes(m: &HttpRouteMatch) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn header_modifier(m: &HTTPRouteRulesFiltersRequestHeaderModifier) -> HeaderModifier {
-    let header = |name: &str, value: &str| weft_api::proto::destination::Header {
-        name: name.to_ascii_lowercase(),
-        value: value.to_string(),
+fn header_modifier(m: &gateway::HeaderModifier) -> HeaderModifier {
+    let header = |h: &gateway::HeaderValue| weft_api::proto::destination::Header {
+        name: h.name.to_ascii_lowercase(),
+        value: h.value.clone(),
     };
     HeaderModifier {
-        set: m
-            .set
-            .iter()
-            .flatten()
-            .map(|h| header(&h.name, &h.value))
-            .collect(),
-        add: m
-            .add
-            .iter()
-            .flatten()
-            .map(|h| header(&h.name, &h.value))
-            .collect(),
-        remove: m
-            .remove
-            .iter()
-            .flatten()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
+        set: m.set.iter().map(header).collect(),
+        add: m.add.iter().map(header).collect(),
+        remove: m.remove.iter().map(|h| h.to_ascii_lowercase()).collect(),
     }
 }
 
-fn filters(filters: &[HTTPRouteRulesFilters]) -> Result<Vec<HttpFilter>, String> {
+fn path_modifier(p: &gateway::PathModifier) -> Result<PathModifier, String> {
+    let (replace_prefix, value) = match p.kind {
+        PathModifierType::ReplaceFullPath => (false, &p.replace_full_path),
+        PathModifierType::ReplacePrefixMatch => (true, &p.replace_prefix_match),
+        PathModifierType::Unknown => return Err("a path modifier of unknown type".into()),
+    };
+    Ok(PathModifier {
+        replace_prefix,
+        value: value.clone().unwrap_or_default(),
+    })
+}
+
+fn filters(filters: &[RouteFilter]) -> Result<Vec<HttpFilter>, String> {
     let plain = |f: http_filter::Filter| HttpFilter { filter: Some(f) };
     let mut out = Vec::new();
     for f in filters {
-        let missing = || format!("{:?} filter without its settings", f.r#type);
-        out.push(match f.r#type {
-            HTTPRouteRulesFiltersType::RequestHeaderModifier => {
+        let missing = || format!("{} filter without its settings", f.kind);
+        out.push(match f.kind.as_str() {
+            "RequestHeaderModifier" => {
                 let m = f.request_header_modifier.as_ref().ok_or_else(missing)?;
                 plain(http_filter::Filter::RequestHeaderModifier(header_modifier(
                     m,
                 )))
             }
-            HTTPRouteRulesFiltersType::ResponseHeaderModifier => {
+            "ResponseHeaderModifier" => {
                 let m = f.response_header_modifier.as_ref().ok_or_else(missing)?;
-                let m: HTTPRouteRulesFiltersRequestHeaderModifier = same_schema(m);
                 plain(http_filter::Filter::ResponseHeaderModifier(
-                    header_modifier(&m),
+                    header_modifier(m),
                 ))
             }
-            HTTPRouteRulesFiltersType::RequestRedirect => {
+            "RequestRedirect" => {
                 let r = f.request_redirect.as_ref().ok_or_else(missing)?;
-                let path = r.path.as_ref().map(|p| PathModifier {
-                    replace_prefix: p.r#type
-                        == HTTPRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch,
-                    value: p
-                        .replace_prefix_match
-                        .clone()
-                        .or_else(|| p.replace_full_path.clone())
-                        .unwrap_or_default(),
-                });
+                let scheme = match r.scheme.as_deref() {
+                    None => String::new(),
+                    Some(s @ ("http" | "https")) => s.to_string(),
+                    Some(other) => return Err(format!("redirect scheme {other:?}")),
+                };
                 plain(http_filter::Filter::RequestRedirect(RequestRedirect {
-                    scheme: match r.scheme {
-                        Some(HTTPRouteRulesFiltersRequestRedirectScheme::Http) => "http".into(),
-                        Some(HTTPRouteRulesFiltersRequestRedirectScheme::Https) => "https".into(),
-                        None => String::new(),
-                    },
+                    scheme,
                     hostname: r.hostname.clone().unwrap_or_default(),
-                    path,
+                    path: r.path.as_ref().map(path_modifier).transpose()?,
                     port: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
                     status_code: r
                         .status_code
@@ -461,28 +434,14 @@ fn filters(filters: &[HTTPRouteRulesFilters]) -> Result<Vec<HttpFilter>, String>
                         .unwrap_or(302),
                 }))
             }
-            HTTPRouteRulesFiltersType::UrlRewrite => {
+            "URLRewrite" => {
                 let r = f.url_rewrite.as_ref().ok_or_else(missing)?;
-                let path = r.path.as_ref().map(|p| PathModifier {
-                    replace_prefix: p.r#type
-                        == HTTPRouteRulesFiltersUrlRewritePathType::ReplacePrefixMatch,
-                    value: p
-                        .replace_prefix_match
-                        .clone()
-                        .or_else(|| p.replace_full_path.clone())
-                        .unwrap_or_default(),
-                });
                 plain(http_filter::Filter::UrlRewrite(UrlRewrite {
                     hostname: r.hostname.clone().unwrap_or_default(),
-                    path,
+                    path: r.path.as_ref().map(path_modifier).transpose()?,
                 }))
             }
-            HTTPRouteRulesFiltersType::RequestMirror
-            | HTTPRouteRulesFiltersType::ExtensionRef
-            | HTTPRouteRulesFiltersType::Cors
-            | HTTPRouteRulesFiltersType::ExternalAuth => {
-                return Err(format!("the {:?} filter is not supported", f.r#type));
-            }
+            other => return Err(format!("the {other} filter is not supported")),
         });
     }
     Ok(out)
@@ -513,7 +472,7 @@ fn target(
     })
 }
 
-fn backend_ref(namespace: &str, b: &HTTPRouteRulesBackendRefs) -> BackendRef {
+fn backend_ref(namespace: &str, b: &gateway::BackendRef) -> BackendRef {
     BackendRef {
         target: target(
             namespace,

@@ -13,6 +13,7 @@
 //! apply to one client into the table the proxy matches requests against.
 
 pub mod convert;
+pub mod gateway;
 pub mod table;
 
 use weft_api::proto::destination::{HttpFilter, HttpRetry, HttpRouteMatch};

@@ -101,6 +101,12 @@ spec:
   - timeouts: {request: soon}
   - backendRefs: [{name: a, port: 80}, {name: b}, {kind: Pod, name: c, port: 1}]
   - backendRefs: [{name: a, port: 80, weight: 0}]
+  - matches: [{path: {type: FromTheFuture, value: /x}}]
+    backendRefs: [{name: a, port: 80}]
+  - matches: [{headers: [{type: PathPrefix, name: x, value: y}]}]
+    backendRefs: [{name: a, port: 80}]
+  - filters: [{type: URLRewrite, urlRewrite: {path: {type: Sideways}}}]
+    backendRefs: [{name: a, port: 80}]
 "#,
     );
     let reasons: Vec<&str> = route.invalid.iter().map(|i| i.reason.as_str()).collect();
@@ -114,7 +120,10 @@ spec:
             "bad_timeout",
             "UnsupportedValue",
             "InvalidKind",
-            "zero_total_weight"
+            "zero_total_weight",
+            "unsupported_match",
+            "unsupported_match",
+            "unsupported_filter",
         ]
     );
     assert_eq!(route.rules.len(), 2);
