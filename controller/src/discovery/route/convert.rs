@@ -187,7 +187,7 @@ fn parents(namespace: &str, refs: &[ParentRef]) -> Vec<Parent> {
 
 /// Whether a `parentRef` names a Service, which makes it the mesh's (GAMMA)
 /// rather than a Gateway's.
-pub fn is_service_parent(r: &ParentRef) -> bool {
+fn is_service_parent(r: &ParentRef) -> bool {
     r.group.as_deref().unwrap_or_default().is_empty() && r.kind.as_deref() == Some("Service")
 }
 
@@ -262,7 +262,11 @@ fn http_rule(
         if let Err(why) = &converted.target {
             problems.push(invalid(
                 why.as_str(),
-                format!("rule {index}: backend {:?}: {}", b.name, why.detail()),
+                format!(
+                    "rule {index}: backend {:?}: {}",
+                    b.target.name,
+                    why.detail()
+                ),
             ));
         }
         backends.push(converted);
@@ -447,41 +451,30 @@ fn filters(filters: &[RouteFilter]) -> Result<Vec<HttpFilter>, String> {
     Ok(out)
 }
 
-fn target(
-    namespace: &str,
-    group: Option<&str>,
-    kind: Option<&str>,
-    name: &str,
-    ref_namespace: Option<&str>,
-    port: Option<i32>,
-) -> Result<BackendTarget, Unresolved> {
-    if !group.unwrap_or_default().is_empty() || kind.unwrap_or("Service") != "Service" {
+fn target(namespace: &str, r: &gateway::ObjectRef) -> Result<BackendTarget, Unresolved> {
+    if !r.group.as_deref().unwrap_or_default().is_empty()
+        || r.kind.as_deref().unwrap_or("Service") != "Service"
+    {
         return Err(Unresolved::InvalidKind);
     }
-    let ns = ref_namespace.unwrap_or(namespace);
+    let ns = r.namespace.as_deref().unwrap_or(namespace);
     if ns != namespace {
         return Err(Unresolved::RefNotPermitted);
     }
-    let port = port
+    let port = r
+        .port
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p != 0)
         .ok_or(Unresolved::NoPort)?;
     Ok(BackendTarget {
-        service: (ns.to_string(), name.to_string()),
+        service: (ns.to_string(), r.name.clone()),
         port,
     })
 }
 
 fn backend_ref(namespace: &str, b: &gateway::BackendRef) -> BackendRef {
     BackendRef {
-        target: target(
-            namespace,
-            b.group.as_deref(),
-            b.kind.as_deref(),
-            &b.name,
-            b.namespace.as_deref(),
-            b.port,
-        ),
+        target: target(namespace, &b.target),
         weight: b.weight.unwrap_or(1).clamp(0, 1_000_000) as u32,
     }
 }

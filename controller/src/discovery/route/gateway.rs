@@ -290,7 +290,7 @@ pub struct Fraction {
     pub denominator: Option<i32>,
 }
 
-/// A reference to a backend object (for a mirror).
+/// A reference to a backend object (of a `backendRef` or a mirror).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ObjectRef {
     #[serde(default)]
@@ -304,18 +304,11 @@ pub struct ObjectRef {
     pub port: Option<i32>,
 }
 
-/// A weighted `backendRef`.
+/// A weighted `backendRef`: the object it names, and its share.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct BackendRef {
-    #[serde(default)]
-    pub group: Option<String>,
-    #[serde(default)]
-    pub kind: Option<String>,
-    pub name: String,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub port: Option<i32>,
+    #[serde(flatten)]
+    pub target: ObjectRef,
     /// 1 when absent.
     #[serde(default)]
     pub weight: Option<i32>,
