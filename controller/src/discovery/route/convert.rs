@@ -48,6 +48,7 @@ pub fn http_route(namespace: &str, route: &HttpRoute) -> RouteInfo {
         created,
         parents: parents(namespace, &route.spec.parent_refs),
         rules: Vec::new(),
+        rules_total: route.spec.rules.len(),
         invalid: Vec::new(),
     };
     for (index, rule) in route.spec.rules.iter().enumerate() {
@@ -68,6 +69,7 @@ pub fn grpc_route(namespace: &str, route: &GrpcRoute) -> RouteInfo {
         created,
         parents: parents(namespace, &route.spec.parent_refs),
         rules: Vec::new(),
+        rules_total: route.spec.rules.len(),
         invalid: Vec::new(),
     };
     for (index, rule) in route.spec.rules.iter().enumerate() {
@@ -181,6 +183,7 @@ fn parents(namespace: &str, refs: &[ParentRef]) -> Vec<Parent> {
                 r.name.clone(),
             ),
             port: r.port.and_then(|p| u16::try_from(p).ok()),
+            reference: r.clone(),
         })
         .collect()
 }

@@ -14,6 +14,7 @@
 
 pub mod convert;
 pub mod gateway;
+pub mod status;
 pub mod table;
 
 use weft_api::proto::destination::{HttpFilter, HttpRetry, HttpRouteMatch};
@@ -42,6 +43,8 @@ pub struct RouteInfo {
     pub parents: Vec<Parent>,
     /// The usable rules, each keeping its index in the route.
     pub rules: Vec<RuleInfo>,
+    /// How many rules the route has, usable or not.
+    pub rules_total: usize,
     /// What could not be honoured.
     pub invalid: Vec<Invalid>,
 }
@@ -52,6 +55,8 @@ pub struct Parent {
     pub service: Key,
     /// Only requests to this Service port; `None`: every port.
     pub port: Option<u16>,
+    /// The reference as written, which the route's status echoes.
+    pub reference: gateway::ParentRef,
 }
 
 #[derive(Debug, Clone, PartialEq)]

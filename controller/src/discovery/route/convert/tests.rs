@@ -48,11 +48,18 @@ fn an_http_route_converts_with_its_matches_filters_and_policy() {
         route.parents,
         vec![Parent {
             service: ("demo".into(), "web".into()),
-            port: Some(80)
+            port: Some(80),
+            reference: ParentRef {
+                group: Some(String::new()),
+                kind: Some("Service".into()),
+                name: "web".into(),
+                port: Some(80),
+                ..Default::default()
+            },
         }],
         "only the Service parent is Weft's"
     );
-    assert_eq!(route.rules.len(), 2);
+    assert_eq!((route.rules.len(), route.rules_total), (2, 2));
     let rule = &route.rules[0];
     let m = &rule.matches[0];
     assert_eq!(m.path.as_ref().unwrap().kind(), path_match::Kind::Prefix);
