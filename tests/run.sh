@@ -10,6 +10,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== Grafana dashboards match their generator"
 python3 examples/grafana/generate.py --check
+echo "== Gateway API CRDs match the pinned module"
+./tests/kube/gateway-api/crds.sh --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== build (profile ci, shared by all tests)"

@@ -55,6 +55,10 @@ mod tests {
             crate::discovery::metrics::Action::Apply,
         );
         discovery.invalid_config("trafficsplit", "no backends");
+        discovery.route_status(
+            crate::discovery::Kind::HttpRoute,
+            crate::discovery::metrics::StatusWrite::Written,
+        );
         let backends = [("web-v1".to_string(), 1)];
         discovery.set_split_weights(std::iter::once(("ns", "split", "web", &backends[..])));
         let text = metrics.encode();
@@ -74,6 +78,7 @@ mod tests {
                 "discovery_invalid_config",
                 "discovery_objects",
                 "discovery_requests_refused",
+                "discovery_route_status_writes",
                 "discovery_subscriptions",
                 "discovery_update_latency_ms",
                 "discovery_updates",

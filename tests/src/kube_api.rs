@@ -218,6 +218,47 @@ impl KubeApi {
         Ok(path)
     }
 
+    /// Installs the Gateway API CRDs of `examples/install/gateway-api/`
+    /// (once per server) and waits until they are served.
+    pub async fn gateway_api_crds(&self, client: &kube::Client) -> anyhow::Result<()> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        use kube::api::Api;
+        let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/install/gateway-api");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&folder)? {
+            let docs = manifest(&entry?.path())?;
+            for name in create_all(client, &docs, false).await? {
+                names.push(
+                    name.trim_start_matches("CustomResourceDefinition/")
+                        .to_string(),
+                );
+            }
+        }
+        let crds = Api::<CustomResourceDefinition>::all(client.clone());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        for name in names {
+            loop {
+                let established = crds
+                    .get(&name)
+                    .await?
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    break;
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "{name} not established"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Installs `examples/install/00-namespace.yaml` and `20-rbac.yaml` (once
     /// per server; later calls find them there) and returns a kubeconfig
     /// for the controller's own service account.

@@ -24,6 +24,21 @@ weft_api::label_values! {
     }
 }
 
+weft_api::label_values! {
+    /// How writing a route's status went.
+    pub enum StatusWrite {
+        Written => "written",
+        Unchanged => "unchanged",
+        Failed => "failed",
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub kind: Kind,
+    pub result: StatusWrite,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: Kind,
@@ -67,6 +82,7 @@ pub struct DiscoveryMetrics {
     /// Open subscriptions per proxy connection.
     peers: Mutex<HashMap<SocketAddr, usize>>,
     split_weights: Family<SplitLabels, Gauge<f64, AtomicU64>>,
+    route_status: Family<StatusLabels, Counter>,
 }
 
 impl DiscoveryMetrics {
@@ -92,6 +108,7 @@ impl DiscoveryMetrics {
             connected_proxies: Gauge::default(),
             peers: Mutex::default(),
             split_weights: Family::default(),
+            route_status: Family::default(),
         };
         root.register(
             "traffic_split_backend_weight",
@@ -113,6 +130,11 @@ impl DiscoveryMetrics {
             "invalid_config",
             "Annotations, TrafficSplits and route rules ignored because they are invalid, by kind and reason",
             m.invalid.clone(),
+        );
+        registry.register(
+            "route_status_writes",
+            "Route status checks against the API server, by route kind and result (written, unchanged, failed)",
+            m.route_status.clone(),
         );
         registry.register(
             "file_errors",
@@ -175,6 +197,12 @@ impl DiscoveryMetrics {
                 kind,
                 reason: reason.to_string(),
             })
+            .inc();
+    }
+
+    pub fn route_status(&self, kind: Kind, result: StatusWrite) {
+        self.route_status
+            .get_or_create(&StatusLabels { kind, result })
             .inc();
     }
 

@@ -105,7 +105,7 @@ impl Object {
 }
 
 impl Kind {
-    fn of_route(kind: RouteKind) -> Self {
+    pub(crate) fn of_route(kind: RouteKind) -> Self {
         match kind {
             RouteKind::Http => Kind::HttpRoute,
             RouteKind::Grpc => Kind::GrpcRoute,
@@ -379,6 +379,9 @@ pub struct Store {
     pub trust_domain: String,
     pub cluster_domain: String,
     metrics: Arc<DiscoveryMetrics>,
+    /// Bumped when Services or routes change, or discovery syncs: what a
+    /// route's status depends on.
+    route_inputs: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -394,6 +397,7 @@ impl Store {
             trust_domain: trust_domain.to_string(),
             cluster_domain: cluster_domain.trim_matches('.').to_string(),
             metrics,
+            route_inputs: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -414,9 +418,28 @@ impl Store {
         self.synced.load(Ordering::Acquire)
     }
 
+    pub(crate) fn metrics(&self) -> &DiscoveryMetrics {
+        &self.metrics
+    }
+
+    /// Changes whenever what route statuses depend on may have changed.
+    pub fn route_inputs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.route_inputs.subscribe()
+    }
+
+    fn route_inputs_changed(&self, kinds: &[Kind]) {
+        if kinds
+            .iter()
+            .any(|k| matches!(k, Kind::Service | Kind::HttpRoute | Kind::GrpcRoute))
+        {
+            self.route_inputs.send_modify(|v| *v += 1);
+        }
+    }
+
     pub fn mark_synced(&self) {
         if !self.synced.swap(true, Ordering::AcqRel) {
             tracing::info!("discovery synced");
+            self.route_inputs.send_modify(|v| *v += 1);
             self.metrics.changes.inc();
             self.interest.wake_all(Instant::now());
         }
@@ -450,6 +473,7 @@ impl Store {
         }
         self.metrics.event(kind, Action::Apply);
         self.changed(&touched, kind == Kind::Split);
+        self.route_inputs_changed(&[kind]);
     }
 
     /// Removes one object.
@@ -462,6 +486,7 @@ impl Store {
         }
         self.metrics.event(kind, Action::Delete);
         self.changed(&touched, kind == Kind::Split);
+        self.route_inputs_changed(&[kind]);
     }
 
     /// Makes `objects` the whole set of `kinds`: what is missing from it is
@@ -501,6 +526,7 @@ impl Store {
             }
         }
         self.changed(&touched, kinds.contains(&Kind::Split));
+        self.route_inputs_changed(kinds);
     }
 
     /// Wakes the subscriptions that read a touched topic; `splits` says

@@ -163,6 +163,15 @@ struct Cluster {
 }
 
 fn install(node: &KubeNode, install: &Path) -> anyhow::Result<()> {
+    // The Gateway API CRDs first, server-side as the README says (the
+    // HTTPRoute CRD is too large for client-side apply's annotation).
+    let gateway_api = node.repo().join("examples/install/gateway-api");
+    node.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        gateway_api.to_str().unwrap(),
+    ])?;
     node.kubectl(&["apply", "-f", install.to_str().unwrap()])?;
     for deploy in [
         "deploy/weft-controller",

@@ -55,7 +55,18 @@ macro_rules! route_resource {
                 &mut self.metadata
             }
         }
+
+        impl WithRouteStatus for $ty {
+            fn route_status(&self) -> Option<&RouteStatus> {
+                self.status.as_ref()
+            }
+        }
     };
+}
+
+/// A route kind, for code that reads the status of either.
+pub trait WithRouteStatus {
+    fn route_status(&self) -> Option<&RouteStatus>;
 }
 
 route_resource!(HttpRoute, HttpRouteSpec, "HTTPRoute", "httproutes");

@@ -11,7 +11,7 @@
 //! (`discovery.k8s.io/v1` on current clusters, `v1beta1` on 1.20), and
 //! TrafficSplits in the newest SMI version installed. A cluster without the
 //! TrafficSplit CRD works without splits, and picks them up once the CRD
-//! appears.
+//! appears. [`route_status`] writes the routes' status back.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -35,6 +35,8 @@ use weft_api::split::TrafficSplitSpec;
 use super::model::{Key, PodInfo, ServiceInfo, SliceInfo, SplitInfo};
 use super::route::gateway::{GrpcRoute, HttpRoute};
 use super::{Kind, Object, Store, route};
+
+mod route_status;
 
 /// How often to look again for an API group that is not installed.
 const GROUP_RETRY: Duration = Duration::from_secs(30);
@@ -176,7 +178,7 @@ impl Listed {
     }
 }
 
-/// Starts one watcher per kind.
+/// Starts one watcher per kind, and the route status writer.
 pub fn spawn(client: Client, store: Arc<Store>) {
     let gate = Arc::new(SyncGate {
         store: store.clone(),
@@ -225,7 +227,8 @@ pub fn spawn(client: Client, store: Arc<Store>) {
         listed(),
     );
     spawn_gateway::<HttpRoute>(Kind::HttpRoute, client.clone(), store.clone(), listed());
-    spawn_gateway::<GrpcRoute>(Kind::GrpcRoute, client, store, listed());
+    spawn_gateway::<GrpcRoute>(Kind::GrpcRoute, client.clone(), store.clone(), listed());
+    tokio::spawn(route_status::run(client, store));
 }
 
 /// Watches a Gateway API route kind in `v1` once the cluster serves it. A
