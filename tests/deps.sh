@@ -23,6 +23,7 @@ declare -A wanted=(
     [procps]=/usr/bin/pgrep
     [tcpdump]=/usr/bin/tcpdump
     [python3]=/usr/bin/python3
+    [openssl]=/usr/bin/openssl
 )
 missing=()
 for pkg in "${!wanted[@]}"; do

@@ -412,6 +412,27 @@ def service():
         [(f"sum by (namespace, workload) ({rate('request_total', s)})", "{{namespace}}/{{workload}}")],
         unit="reqps",
     )
+    d.row("Routes")
+    # Requests no route applied to have empty route labels; they show as
+    # "(no route)" so the shares add up.
+    by_route = 'label_replace(sum by (route_kind, route_namespace, route_name) ({q}), "route_name", "(no route)", "route_name", "")'
+    route_legend = "{{route_kind}} {{route_namespace}}/{{route_name}}"
+    d.series(
+        "Request rate by route",
+        [(by_route.format(q=rate("response_total", s)), route_legend)],
+        unit="reqps",
+        description="Requests to this service by the HTTPRoute or GRPCRoute that matched them: a consumer route shows under the client's namespace.",
+    )
+    d.series(
+        "Success rate by route",
+        [(by_route.format(q=success_rate(s, "route_kind, route_namespace, route_name")), route_legend)],
+        unit="percentunit",
+    )
+    d.series(
+        "p95 latency by route",
+        [(by_route.format(q=latency(0.95, s, "route_kind, route_namespace, route_name")), route_legend)],
+        unit="ms",
+    )
     d.row("Resilience")
     route = 'authority="$service"'
     d.series(

@@ -4,6 +4,8 @@
 #
 #   tests/kube/gobuild.sh coredns      # prints the path of the binary
 #   tests/kube/gobuild.sh prometheus
+#   tests/kube/gobuild.sh echo-server  # Istio's echo app (echo-advanced)
+#   tests/kube/gobuild.sh echo-client
 #
 # Each program has a module of its own beside this script (go.mod and
 # go.sum committed, a `tool` line or a main.go of ours), so the versions are
@@ -22,12 +24,17 @@ name=${1:-}
 # Build tags per program: Prometheus keeps only the discovery it is used
 # with here (Kubernetes, file, HTTP), which halves its build, and serves its
 # API without the web UI's assets (they are built with npm, not Go).
+module=$HERE/$name
 case $name in
     coredns) package=. tags= ;;
     prometheus) package=github.com/prometheus/prometheus/cmd/prometheus tags=remove_all_sd,enable_kubernetes_sd ;;
-    *) die "usage: gobuild.sh coredns | prometheus" ;;
+    # The Gateway API mesh conformance suite's client and server.
+    echo-server | echo-client)
+        package=istio.io/istio/pkg/test/echo/cmd/${name#echo-} tags= module=$HERE/echo-advanced ;;
+    # The Gateway API conformance suite, a Go test binary.
+    gateway-api-conformance) package=. tags= module=$HERE/gateway-api ;;
+    *) die "usage: gobuild.sh coredns | prometheus | echo-server | echo-client | gateway-api-conformance" ;;
 esac
-module=$HERE/$name
 command -v go >/dev/null || die "go not found (install Go first)"
 sources=("$module/go.mod" "$module/go.sum")
 for f in "$module"/*.go; do [[ -e $f ]] && sources+=("$f"); done
@@ -43,7 +50,8 @@ if [[ ! -x $out ]]; then
         CGO_ENABLED=0 GOFLAGS=-mod=readonly GOWORK=off
     started=$SECONDS
     echo "gobuild.sh: building $name ($package)" >&2
-    (cd "$module" && nice -n 10 go build -trimpath -tags "$tags" -ldflags "-s -w" -o "$out.tmp" "$package") >&2 \
+    if [[ $name == gateway-api-conformance ]]; then build=(test -c); else build=(build); fi
+    (cd "$module" && nice -n 10 go "${build[@]}" -trimpath -tags "$tags" -ldflags "-s -w" -o "$out.tmp" "$package") >&2 \
         || { rm -f "$out.tmp"; die "go build of $name failed"; }
     mv "$out.tmp" "$out"
     echo "gobuild.sh: built $name in $((SECONDS - started)) s" >&2

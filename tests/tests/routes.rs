@@ -328,6 +328,27 @@ spec:
     assert_eq!(send(&other, "GET", "/", &[]).await.status, 404);
     // The producer's namespace still gets the producer's route.
     assert_eq!(get(&c, "/only-here").await.served_by(), "v1-a");
+
+    // Each client's request metrics name the route that applied to it.
+    let producer = c.client.metrics().await.expect("metrics");
+    let consumer = other.metrics().await.expect("metrics");
+    let by_route = |scrape: &weft_testbed::metrics::Scrape, ns: &str, name: &str, status: &str| {
+        scrape.sum(
+            "response_total",
+            &[
+                ("direction", "outbound"),
+                ("route_kind", "HTTPRoute"),
+                ("route_namespace", ns),
+                ("route_name", name),
+                ("status_code", status),
+            ],
+        )
+    };
+    assert!(by_route(&producer, "demo", "producer", "200") >= 1.0);
+    assert_eq!(by_route(&producer, "other", "consumer", "302"), 0.0);
+    assert!(by_route(&consumer, "other", "consumer", "302") >= 1.0);
+    // A request no rule matched has no route.
+    assert!(by_route(&consumer, "", "", "404") >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use super::metered::{MeteredBody, ResponseMeter, grpc_status, is_grpc};
 use super::pool::{BoxBody, UpstreamError, Version};
 use super::server::HttpContext;
 use crate::metrics::PeerLabels;
-use crate::metrics::http::{Classification, RequestLabels, ResponseLabels};
+use crate::metrics::http::{Classification, RequestLabels, ResponseLabels, RouteRefLabels};
 use crate::trace::RequestSpan;
 
 /// The request's authority: the URI's (HTTP/2, absolute form), else Host.
@@ -34,6 +34,8 @@ pub(crate) struct Exchange {
     version: Version,
     started: Instant,
     authority: Arc<String>,
+    /// The route it matched, once the route layer has decided.
+    route: RouteRefLabels,
     span: Option<RequestSpan>,
 }
 
@@ -58,8 +60,14 @@ impl Exchange {
             version,
             started: Instant::now(),
             authority,
+            route: RouteRefLabels::default(),
             span,
         }
+    }
+
+    /// Labels the request's metrics with the route it matched.
+    pub(crate) fn matched(&mut self, route: &RouteRefLabels) {
+        self.route = route.clone();
     }
 
     /// Counts the request under the hop it takes.
@@ -72,6 +80,7 @@ impl Exchange {
                 direction: self.ctx.direction,
                 authority: self.authority.clone(),
                 remote,
+                route: self.route.clone(),
             })
             .inc();
     }
@@ -99,6 +108,7 @@ impl Exchange {
                 direction: ctx.direction,
                 authority: self.authority,
                 remote,
+                route: self.route,
                 status_code: status.as_u16(),
                 grpc_status: None,
                 classification: if status.is_server_error() {
@@ -189,6 +199,7 @@ mod tests {
                 direction: ctx.direction,
                 authority: Arc::new("web:80".into()),
                 remote,
+                route: RouteRefLabels::default(),
                 status_code: status,
                 grpc_status: None,
                 classification: if failed {
@@ -198,6 +209,32 @@ mod tests {
                 },
             })
             .get()
+    }
+
+    #[tokio::test]
+    async fn a_matched_route_labels_the_request_and_its_response() {
+        let ctx = context(Direction::Outbound);
+        let route = RouteRefLabels {
+            route_kind: Arc::new("HTTPRoute".into()),
+            route_namespace: Arc::new("demo".into()),
+            route_name: Arc::new("web".into()),
+        };
+        let mut req = request("web:80");
+        let mut exchange = Exchange::begin(&ctx, Version::Http1, &mut req, None);
+        exchange.matched(&route);
+        exchange.count(PeerLabels::plain());
+        exchange.respond(Ok(ok()), PeerLabels::plain());
+        let text = ctx.metrics.encode();
+        for family in ["request_total", "response_total"] {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(family))
+                .unwrap_or_else(|| panic!("no {family} in {text}"));
+            assert!(
+                line.contains(r#"route_kind="HTTPRoute",route_namespace="demo",route_name="web""#),
+                "{line}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -217,6 +254,7 @@ mod tests {
                 direction: Direction::Inbound,
                 authority: Arc::new("web:80".into()),
                 remote: client.clone(),
+                route: RouteRefLabels::default(),
             })
             .get();
         assert_eq!(requests, 1);

@@ -205,6 +205,7 @@ async fn refuse_head<I>(
             direction: ctx.direction,
             authority: ctx.metrics.http.authorities.label(None),
             remote: remote.clone(),
+            route: Default::default(),
             status_code: status.as_u16(),
             grpc_status: None,
             classification: Classification::Success,

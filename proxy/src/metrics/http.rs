@@ -21,12 +21,26 @@ label_values! {
     }
 }
 
+/// The Gateway API route a request matched: `route_kind` (`HTTPRoute`,
+/// `GRPCRoute`), `route_namespace` and `route_name`; all three empty when
+/// no route applied (inbound, or a Service without routes). Bounded by the
+/// routes attached to the destinations this proxy calls; the rule is left
+/// out to keep it so.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RouteRefLabels {
+    pub route_kind: Arc<String>,
+    pub route_namespace: Arc<String>,
+    pub route_name: Arc<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: Direction,
     pub authority: Arc<String>,
     #[prometheus(flatten)]
     pub remote: PeerLabels,
+    #[prometheus(flatten)]
+    pub route: RouteRefLabels,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -35,6 +49,8 @@ pub struct ResponseLabels {
     pub authority: Arc<String>,
     #[prometheus(flatten)]
     pub remote: PeerLabels,
+    #[prometheus(flatten)]
+    pub route: RouteRefLabels,
     pub status_code: u16,
     /// The `grpc-status` a gRPC response ended with; absent otherwise.
     pub grpc_status: Option<u16>,
@@ -180,6 +196,7 @@ mod tests {
                 authority: authority.clone(),
                 remote: PeerLabels::server(Arc::new("spiffe://td/ns/demo/sa/web".into()))
                     .with_dst(dst),
+                route: RouteRefLabels::default(),
             })
             .inc();
         metrics
@@ -189,15 +206,16 @@ mod tests {
                 direction: Direction::Inbound,
                 authority,
                 remote: PeerLabels::plain(),
+                route: RouteRefLabels::default(),
             })
             .inc();
         let text = metrics.encode();
         assert!(
-            text.contains(r#"request_total{direction="outbound",authority="web.demo.svc.cluster.local:80",tls="true",client_id="",server_id="spiffe://td/ns/demo/sa/web",dst_namespace="demo",dst_service="web-v1",dst_workload="web-v1",dst_pod="web-v1-abc"} 1"#),
+            text.contains(r#"request_total{direction="outbound",authority="web.demo.svc.cluster.local:80",tls="true",client_id="",server_id="spiffe://td/ns/demo/sa/web",dst_namespace="demo",dst_service="web-v1",dst_workload="web-v1",dst_pod="web-v1-abc",route_kind="",route_namespace="",route_name=""} 1"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"request_total{direction="inbound",authority="web.demo.svc.cluster.local:80",tls="false",client_id="",server_id=""} 1"#),
+            text.contains(r#"request_total{direction="inbound",authority="web.demo.svc.cluster.local:80",tls="false",client_id="",server_id="",route_kind="",route_namespace="",route_name=""} 1"#),
             "{text}"
         );
     }

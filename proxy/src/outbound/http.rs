@@ -55,15 +55,21 @@ impl Outbound {
             Route::Fixed(_) => None,
         };
         let authority = routes.as_ref().and_then(|r| r.authority.clone());
-        let exchange = Exchange::begin(&self.ctx, self.version, &mut req, authority);
+        let mut exchange = Exchange::begin(&self.ctx, self.version, &mut req, authority);
         // With Gateway API routes, the rule comes first: it may answer at
         // once, and its backends and policy replace the Service's.
         let (routes, rule) = match (routes, &self.route) {
             (Some(service), Route::Balanced(dest)) if service.http.is_some() => {
                 let table = service.http.as_ref().expect("checked above");
                 match table.route(&mut req, dest.addr.port(), &service.service) {
-                    Decision::Forward(rule) => (Some(rule.routes.clone()), Some(rule)),
-                    Decision::Respond(resp) => {
+                    Decision::Forward(rule) => {
+                        exchange.matched(&rule.labels);
+                        (Some(rule.routes.clone()), Some(rule))
+                    }
+                    Decision::Respond(resp, route) => {
+                        if let Some(route) = &route {
+                            exchange.matched(route);
+                        }
                         exchange.count(PeerLabels::plain());
                         return Ok(exchange.respond(Ok(resp), PeerLabels::plain()));
                     }

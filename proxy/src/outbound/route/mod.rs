@@ -22,6 +22,7 @@ use crate::balance::EndpointState;
 use crate::discovery::{BackendSet, RetryOn, RetryRules, Routes};
 use crate::http::headers::proxy_error;
 use crate::http::pool::BoxBody;
+use crate::metrics::http::RouteRefLabels;
 use filters::Filter;
 use matching::RequestMatch;
 
@@ -37,6 +38,8 @@ pub(crate) struct RouteTable {
 pub(crate) struct RouteRule {
     /// `HTTPRoute demo/web rule 0`, for logs and error responses.
     pub name: Arc<str>,
+    /// The route, for request metrics; made once per rule.
+    pub labels: RouteRefLabels,
     /// The rule's backends and policy, in the shape the balanced stack
     /// takes.
     pub routes: Arc<Routes>,
@@ -49,8 +52,8 @@ pub(crate) enum Decision {
     /// Balance along the rule's routes; its response filters apply to
     /// what comes back.
     Forward(Arc<RouteRule>),
-    /// Answer at once: a redirect, or no rule matched.
-    Respond(Response<BoxBody>),
+    /// Answer at once: a redirect (with its route), or no rule matched.
+    Respond(Response<BoxBody>, Option<RouteRefLabels>),
 }
 
 impl RouteTable {
@@ -89,14 +92,17 @@ impl RouteTable {
     /// its request filters.
     pub(crate) fn route<B>(&self, req: &mut Request<B>, port: u16, service: &str) -> Decision {
         let Some(matched) = self.matches.iter().find_map(|m| m.matches(req)) else {
-            return Decision::Respond(proxy_error(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no route of {service} matches {} {}",
-                    req.method(),
-                    req.uri().path()
+            return Decision::Respond(
+                proxy_error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no route of {service} matches {} {}",
+                        req.method(),
+                        req.uri().path()
+                    ),
                 ),
-            ));
+                None,
+            );
         };
         let rule = &self.rules[matched.rule];
         tracing::trace!(rule = %rule.name, "request matched");
@@ -105,7 +111,10 @@ impl RouteTable {
                 Filter::RequestHeaders(changes) => changes.apply(req.headers_mut()),
                 Filter::Rewrite(rewrite) => rewrite.apply(req, matched.prefix),
                 Filter::Redirect(redirect) => {
-                    return Decision::Respond(redirect.response(req, port, matched.prefix));
+                    return Decision::Respond(
+                        redirect.response(req, port, matched.prefix),
+                        Some(rule.labels.clone()),
+                    );
                 }
                 Filter::ResponseHeaders(_) => {}
             }
@@ -120,6 +129,15 @@ impl RouteRule {
             Some(r) => format!("{} {}/{} rule {}", r.kind, r.namespace, r.name, r.rule).into(),
             None => "route".into(),
         };
+        let labels = rule
+            .route
+            .as_ref()
+            .map(|r| RouteRefLabels {
+                route_kind: Arc::new(r.kind.clone()),
+                route_namespace: Arc::new(r.namespace.clone()),
+                route_name: Arc::new(r.name.clone()),
+            })
+            .unwrap_or_default();
         let filters = rule
             .filters
             .iter()
@@ -155,6 +173,7 @@ impl RouteRule {
         RouteRule {
             routes: Arc::new(parent.for_rule(rule, sets, name.clone())),
             name,
+            labels,
             filters,
         }
     }

@@ -125,7 +125,7 @@ fn get(path: &str) -> Request<()> {
 fn forward(table: &RouteTable, req: &mut Request<()>) -> Arc<RouteRule> {
     match table.route(req, 80, "web.demo") {
         Decision::Forward(rule) => rule,
-        Decision::Respond(resp) => panic!("answered {}", resp.status()),
+        Decision::Respond(resp, _) => panic!("answered {}", resp.status()),
     }
 }
 
@@ -135,6 +135,14 @@ fn a_rule_brings_its_backends_and_policy() {
     let mut req = get("/api/users");
     let api = forward(&table, &mut req);
     assert_eq!(&*api.name, "HTTPRoute demo/api rule 0");
+    assert_eq!(
+        (
+            api.labels.route_kind.as_str(),
+            api.labels.route_namespace.as_str(),
+            api.labels.route_name.as_str()
+        ),
+        ("HTTPRoute", "demo", "api")
+    );
     assert_eq!(req.headers()["x-route"], "api");
     let routes = &api.routes;
     assert_eq!(routes.backends.len(), 1);
@@ -168,14 +176,16 @@ fn weights_split_within_a_rule() {
 fn redirects_and_misses_are_answered_at_once() {
     let (table, _) = table();
     match table.route(&mut get("/old/page"), 80, "web.demo") {
-        Decision::Respond(resp) => {
+        Decision::Respond(resp, route) => {
+            assert!(route.is_some(), "a redirect is its route's");
             assert_eq!(resp.status(), 302);
             assert_eq!(resp.headers()["location"], "http://new.example/old/page");
         }
         other => panic!("{other:?}"),
     }
     match table.route(&mut get("/elsewhere"), 80, "web.demo") {
-        Decision::Respond(resp) => {
+        Decision::Respond(resp, route) => {
+            assert_eq!(route, None, "a miss has no route");
             assert_eq!(resp.status(), 404);
             assert!(
                 resp.headers()[crate::http::PROXY_ERROR_HEADER]
