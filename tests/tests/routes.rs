@@ -337,7 +337,7 @@ spec:
             "response_total",
             &[
                 ("direction", "outbound"),
-                ("route_kind", "HTTPRoute"),
+                ("route_kind", if ns.is_empty() { "" } else { "HTTPRoute" }),
                 ("route_namespace", ns),
                 ("route_name", name),
                 ("status_code", status),
