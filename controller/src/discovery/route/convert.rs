@@ -52,7 +52,13 @@ pub fn http_route(namespace: &str, route: &HttpRoute) -> RouteInfo {
         invalid: Vec::new(),
     };
     for (index, rule) in route.spec.rules.iter().enumerate() {
-        match http_rule(namespace, index as u32, rule, &mut out.invalid) {
+        match http_rule(
+            namespace,
+            index as u32,
+            rule,
+            &out.parents,
+            &mut out.invalid,
+        ) {
             Ok(rule) => out.rules.push(rule),
             Err(problem) => out.invalid.push(problem),
         }
@@ -81,7 +87,13 @@ pub fn grpc_route(namespace: &str, route: &GrpcRoute) -> RouteInfo {
                 backend_refs: rule.backend_refs.clone(),
                 ..Default::default()
             };
-            let mut converted = http_rule(namespace, index as u32, &as_http, &mut out.invalid)?;
+            let mut converted = http_rule(
+                namespace,
+                index as u32,
+                &as_http,
+                &out.parents,
+                &mut out.invalid,
+            )?;
             if !matches.is_empty() {
                 converted.matches = matches;
             }
@@ -208,6 +220,7 @@ fn http_rule(
     namespace: &str,
     index: u32,
     rule: &HttpRouteRule,
+    parents: &[Parent],
     problems: &mut Vec<Invalid>,
 ) -> Result<RuleInfo, Invalid> {
     let at = index as usize;
@@ -261,7 +274,7 @@ fn http_rule(
                 format!("rule {index}: filters on a backendRef are not supported yet"),
             ));
         }
-        let converted = backend_ref(namespace, b);
+        let converted = backend_ref(namespace, parents, b);
         if let Err(why) = &converted.target {
             problems.push(invalid(
                 why.as_str(),
@@ -454,14 +467,27 @@ fn filters(filters: &[RouteFilter]) -> Result<Vec<HttpFilter>, String> {
     Ok(out)
 }
 
-fn target(namespace: &str, r: &gateway::ObjectRef) -> Result<BackendTarget, Unresolved> {
+/// Where a backend reference points. Another namespace's Service needs a
+/// ReferenceGrant, which Weft does not read yet, except the route's own
+/// parent: a consumer route sending its namespace's requests on to the
+/// Service it routes (GAMMA) grants nothing the client did not have.
+fn target(
+    namespace: &str,
+    parents: &[Parent],
+    r: &gateway::ObjectRef,
+) -> Result<BackendTarget, Unresolved> {
     if !r.group.as_deref().unwrap_or_default().is_empty()
         || r.kind.as_deref().unwrap_or("Service") != "Service"
     {
         return Err(Unresolved::InvalidKind);
     }
     let ns = r.namespace.as_deref().unwrap_or(namespace);
-    if ns != namespace {
+    let is_parent = || {
+        parents
+            .iter()
+            .any(|p| p.service.0 == ns && p.service.1 == r.name)
+    };
+    if ns != namespace && !is_parent() {
         return Err(Unresolved::RefNotPermitted);
     }
     let port = r
@@ -475,9 +501,9 @@ fn target(namespace: &str, r: &gateway::ObjectRef) -> Result<BackendTarget, Unre
     })
 }
 
-fn backend_ref(namespace: &str, b: &gateway::BackendRef) -> BackendRef {
+fn backend_ref(namespace: &str, parents: &[Parent], b: &gateway::BackendRef) -> BackendRef {
     BackendRef {
-        target: target(namespace, &b.target),
+        target: target(namespace, parents, &b.target),
         weight: b.weight.unwrap_or(1).clamp(0, 1_000_000) as u32,
     }
 }

@@ -191,3 +191,35 @@ fn gateway_durations() {
         assert_eq!(gateway_duration(bad), None, "{bad}");
     }
 }
+
+#[test]
+fn a_consumer_route_may_send_on_to_its_parent_only() {
+    let route = route_of(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: add-header, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, namespace: demo}]
+  rules:
+  - backendRefs:
+    - {name: web, namespace: demo, port: 80}
+    - {name: web-v2, namespace: demo, port: 80}
+"#,
+    );
+    let targets: Vec<_> = route.rules[0]
+        .backends
+        .iter()
+        .map(|b| b.target.clone())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            Ok(BackendTarget {
+                service: ("demo".into(), "web".into()),
+                port: 80
+            }),
+            Err(Unresolved::RefNotPermitted)
+        ]
+    );
+}
