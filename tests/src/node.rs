@@ -111,6 +111,25 @@ impl KubeNode {
         })
     }
 
+    /// Imports an OCI image archive into every node's containerd.
+    pub fn import(&self, archive: &Path) -> anyhow::Result<()> {
+        let out = Command::new("bash")
+            .arg(self.repo.join("tests/kube/node.sh"))
+            .arg("import")
+            .arg(archive)
+            .env("WEFT_NODE", &self.dir)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "node.sh import {}: {}",
+                archive.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     pub fn repo(&self) -> &Path {
         &self.repo
     }

@@ -105,6 +105,7 @@ fn load_pod(node: &KubeNode, ns: &str) -> anyhow::Result<String> {
     ))
 }
 
+mod conformance;
 mod disruptive;
 mod dns;
 mod mesh;
@@ -296,6 +297,7 @@ mod scenarios {
         classic_sidecars => sidecars::classic_sidecars,
         dns => dns::dns,
         metrics => metrics::metrics,
+        gateway_api_conformance => conformance::gateway_api,
     }
 
     #[test]
