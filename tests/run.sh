@@ -18,12 +18,17 @@ echo "== build (profile ci, shared by all tests)"
 cargo build --locked --profile ci --bins
 # Built from the Go module proxy once per version, cached outside the clone
 # (/var/cache/weft-kube): on a cold 2-core machine about 9 min for
-# Kubernetes, 6 for CoreDNS and 6 for Prometheus; seconds once cached.
+# Kubernetes, 6 for CoreDNS, 6 for Prometheus and 8.5 for the conformance
+# suite with its echo app; seconds once cached.
 echo "== Kubernetes $(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' tests/kube/go/go.mod) and CoreDNS for the Kubernetes tests"
 started=$SECONDS
 ./tests/kube/node.sh build
 echo "== Prometheus (upstream, with Kubernetes service discovery)"
 ./tests/kube/gobuild.sh prometheus
+echo "== the Gateway API conformance suite and its echo app (Istio's)"
+for tool in gateway-api-conformance echo-server echo-client; do
+    ./tests/kube/gobuild.sh "$tool" >/dev/null
+done
 echo "Go builds took $((SECONDS - started)) s"
 echo "== benchmark smoke run (figures are not checked; see README)"
 ./target/ci/weft-mesh bench --duration 1 >/dev/null
