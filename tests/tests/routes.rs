@@ -459,3 +459,67 @@ spec:
         "both routes held"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_gets_a_copy_and_the_request_is_unaffected() {
+    let c = versions("mirror", &[]).await;
+    c.sync(false).await.expect("publish");
+    // The client subscribes to `web` with its first request.
+    assert_eq!(get(&c, "/").await.served_by(), "web-0");
+    c.routes(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: web}]
+  rules:
+  - matches: [{path: {value: /mirrored}}]
+    filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: web-v2, port: 80}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: nowhere, port: 80}}}
+    backendRefs: [{name: web-v1, port: 80}]
+  - backendRefs: [{name: web-v1, port: 80}]
+"#,
+    );
+    c.sync(true).await.expect("routes");
+    eventually(&c, "/", |a| a.served_by() == "v1-a").await;
+    let v2 = c
+        .servers()
+        .into_iter()
+        .find(|s| s.name == "v2-a")
+        .expect("v2-a")
+        .pod;
+    let seen_by_v2 = || async {
+        v2.metrics()
+            .await
+            .expect("metrics")
+            .sum("request_total", &[("direction", "inbound")])
+    };
+    let before = seen_by_v2().await;
+    // Every mirrored request is answered by its own backend; a mirror to a
+    // Service that does not exist costs nothing.
+    for _ in 0..20 {
+        let answer = get(&c, "/mirrored/page").await;
+        assert_eq!(
+            (answer.status, answer.served_by()),
+            (200, "v1-a"),
+            "{answer:?}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen_by_v2().await < before + 20.0 {
+        assert!(
+            Instant::now() < deadline,
+            "web-v2 saw {} mirrored requests of 20",
+            seen_by_v2().await - before
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Requests of the other rule are not mirrored.
+    for _ in 0..10 {
+        assert_eq!(get(&c, "/other").await.served_by(), "v1-a");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen_by_v2().await, before + 20.0);
+}

@@ -22,6 +22,7 @@ use crate::http::server::HttpContext;
 use crate::http::upgrade;
 use crate::metrics::PeerLabels;
 use crate::outbound::error::Error as OutboundError;
+use crate::outbound::mirror::{self, Mirror};
 use crate::outbound::retry::Served;
 use crate::outbound::route::Decision;
 use crate::transport::Target;
@@ -85,7 +86,11 @@ impl Outbound {
                 (self.forward_to(target, req).await, remote)
             }
             (None, Route::Balanced(dest)) => {
-                let (response, remote) = self.balanced(&exchange, req, dest, routes).await;
+                let mirrors = rule
+                    .as_ref()
+                    .map(|r| r.mirrors.as_slice())
+                    .unwrap_or_default();
+                let (response, remote) = self.balanced(&exchange, req, dest, routes, mirrors).await;
                 (Ok(response), remote)
             }
         };
@@ -148,6 +153,7 @@ impl Outbound {
         req: Request<Incoming>,
         dest: &Arc<Destination>,
         routes: Option<Arc<Routes>>,
+        mirrors: &[Arc<Mirror>],
     ) -> (Response<BoxBody>, PeerLabels) {
         let Some(routes) = routes else {
             // Not (or no longer) in discovery: forward to the original
@@ -175,6 +181,10 @@ impl Outbound {
         let sender = EndpointSender {
             pool: self.ctx.pool.clone(),
             direction: self.ctx.direction,
+        };
+        let req = match mirrors {
+            [] => req,
+            mirrors => mirror::start(mirrors, req, &sender),
         };
         let outcome =
             crate::outbound::send(routes.clone(), dest.budget.clone(), first, sender, req).await;

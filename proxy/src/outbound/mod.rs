@@ -3,7 +3,8 @@
 //!
 //! 0. when the destination has Gateway API routes, [`route`] picks the
 //!    request's rule (or answers: a redirect, or 404), whose backends and
-//!    policy the layers below then use;
+//!    policy the layers below then use, and [`mirror`] tees the request to
+//!    the rule's mirrors;
 //! 1. the route timeout (`tower::timeout`), over all attempts;
 //! 2. retries (`tower::retry`, with [`retry::RetryPolicy`] and the
 //!    destination's `TpsBudget`), each attempt replaying the body copy;
@@ -24,6 +25,7 @@
 
 pub(crate) mod error;
 pub(crate) mod http;
+pub(crate) mod mirror;
 pub(crate) mod pick;
 pub(crate) mod retry;
 pub(crate) mod route;

@@ -264,8 +264,22 @@ fn http_rule(
         });
     }
     let name = rule.name.clone().unwrap_or_default();
-    let filters = filters(&rule.filters)
-        .map_err(|why| invalid("unsupported_filter", format!("rule {index}: {why}")))?;
+    let mut mirrors = Vec::new();
+    let filters = filters(&rule.filters, &mut |m| {
+        let to = target(namespace, parents, &m.backend_ref);
+        if let Err(why) = &to {
+            problems.push(invalid(
+                why.as_str(),
+                format!(
+                    "rule {index}: mirror {:?}: {}",
+                    m.backend_ref.name,
+                    why.detail()
+                ),
+            ));
+        }
+        mirrors.push(to);
+    })
+    .map_err(|why| invalid("unsupported_filter", format!("rule {index}: {why}")))?;
     let mut backends = Vec::new();
     for b in &rule.backend_refs {
         if !b.filters.is_empty() {
@@ -361,6 +375,7 @@ fn http_rule(
         name,
         matches,
         filters,
+        mirrors,
         backends,
         request_timeout_ms,
         backend_request_timeout_ms,
@@ -418,7 +433,30 @@ fn path_modifier(p: &gateway::PathModifier) -> Result<PathModifier, String> {
     })
 }
 
-fn filters(filters: &[RouteFilter]) -> Result<Vec<HttpFilter>, String> {
+/// A mirror's share of requests, in parts per million: `percent`, or
+/// `fraction` (denominator 100 by default), or all of them.
+fn mirror_share(m: &gateway::RequestMirror) -> Result<u32, String> {
+    let share = match (m.percent, &m.fraction) {
+        (Some(p), _) if (0..=100).contains(&p) => i64::from(p) * 10_000,
+        (Some(p), _) => return Err(format!("mirror percent {p} is not from 0 to 100")),
+        (None, Some(f)) => {
+            let d = f.denominator.unwrap_or(100);
+            if d <= 0 || f.numerator < 0 || f.numerator > d {
+                return Err(format!("mirror fraction {}/{d}", f.numerator));
+            }
+            i64::from(f.numerator) * 1_000_000 / i64::from(d)
+        }
+        (None, None) => 1_000_000,
+    };
+    Ok(share as u32)
+}
+
+/// The wire form of a rule's filters; each mirror's backend reference
+/// goes to `mirror`, in order, for the table to resolve.
+fn filters(
+    filters: &[RouteFilter],
+    mirror: &mut dyn FnMut(&gateway::RequestMirror),
+) -> Result<Vec<HttpFilter>, String> {
     let plain = |f: http_filter::Filter| HttpFilter { filter: Some(f) };
     let mut out = Vec::new();
     for f in filters {
@@ -460,6 +498,17 @@ fn filters(filters: &[RouteFilter]) -> Result<Vec<HttpFilter>, String> {
                     hostname: r.hostname.clone().unwrap_or_default(),
                     path: r.path.as_ref().map(path_modifier).transpose()?,
                 }))
+            }
+            "RequestMirror" => {
+                let m = f.request_mirror.as_ref().ok_or_else(missing)?;
+                let per_million = mirror_share(m)?;
+                mirror(m);
+                plain(http_filter::Filter::RequestMirror(
+                    weft_api::proto::destination::RequestMirror {
+                        backend: None,
+                        per_million,
+                    },
+                ))
             }
             other => return Err(format!("the {other} filter is not supported")),
         });

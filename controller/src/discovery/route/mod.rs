@@ -7,9 +7,9 @@
 //! recorded as [`Invalid`] (for the log, the metrics and the route's
 //! status) and the rest keeps working: a rule with a bad regex or an
 //! unsupported filter is dropped, a backend that does not resolve gets
-//! its share of requests answered 500. `RequestMirror` and filters on a
-//! backend reference are not supported yet: a rule using them is dropped,
-//! and the route's status says so. [`table`] turns the routes that
+//! its share of requests answered 500, a mirror that does not resolve
+//! mirrors nothing. Filters on a backend reference are not supported yet:
+//! a rule using them is dropped, and the route's status says so. [`table`] turns the routes that
 //! apply to one client into the table the proxy matches requests against.
 
 pub mod convert;
@@ -66,8 +66,11 @@ pub struct RuleInfo {
     pub name: String,
     /// Never empty: a rule without matches matches every request.
     pub matches: Vec<HttpRouteMatch>,
-    /// In the proxy's wire form, applied in order.
+    /// In the proxy's wire form, applied in order. A `RequestMirror`'s
+    /// backend is left for the table to resolve, from `mirrors`.
     pub filters: Vec<HttpFilter>,
+    /// Where each `RequestMirror` filter points, in their order.
+    pub mirrors: Vec<Result<BackendTarget, Unresolved>>,
     pub backends: Vec<BackendRef>,
     pub request_timeout_ms: Option<u64>,
     pub backend_request_timeout_ms: Option<u64>,

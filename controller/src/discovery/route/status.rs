@@ -132,8 +132,9 @@ pub fn desired(route: &RouteInfo, services: &HashMap<Key, ServiceInfo>) -> Desir
 /// `ResolvedRefs` over the usable rules' backends.
 fn resolved_refs(route: &RouteInfo, services: &HashMap<Key, ServiceInfo>) -> Wanted {
     for rule in &route.rules {
-        for backend in &rule.backends {
-            let why = match &backend.target {
+        let targets = rule.backends.iter().map(|b| &b.target).chain(&rule.mirrors);
+        for target in targets {
+            let why = match target {
                 Err(why) => Some((why.as_str(), why.detail().to_string())),
                 Ok(BackendTarget { service, port }) => match services.get(service) {
                     Some(s) if has_port(s, *port) => None,

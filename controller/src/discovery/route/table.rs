@@ -15,8 +15,8 @@ use std::cmp::Reverse;
 use std::collections::HashMap;
 
 use weft_api::proto::destination::{
-    Backend, HttpRouteMatch, HttpRouteRule, HttpRouteTable, RouteRef, WeightedBackendRef,
-    path_match,
+    Backend, HttpFilter, HttpRouteMatch, HttpRouteRule, HttpRouteTable, RouteRef,
+    WeightedBackendRef, http_filter, path_match,
 };
 
 use super::{BackendTarget, RouteInfo, Unresolved};
@@ -106,6 +106,21 @@ struct Builder<R> {
 }
 
 impl<R: FnMut(&BackendTarget) -> Option<Backend>> Builder<R> {
+    /// The rule's filters, each mirror pointing at its backend's index.
+    fn mirrors_resolved(&mut self, rule: &super::RuleInfo) -> Vec<HttpFilter> {
+        let mut targets = rule.mirrors.iter();
+        let mut filters = rule.filters.clone();
+        for f in &mut filters {
+            if let Some(http_filter::Filter::RequestMirror(m)) = &mut f.filter {
+                m.backend = match targets.next() {
+                    Some(Ok(target)) => self.backend(target),
+                    _ => None,
+                };
+            }
+        }
+        filters
+    }
+
     fn backend(&mut self, target: &BackendTarget) -> Option<u32> {
         if let Some(known) = self.index.get(target) {
             return *known;
@@ -150,6 +165,7 @@ pub fn build(
                     unresolved,
                 });
             }
+            let filters = b.mirrors_resolved(rule);
             b.table.rules.push(HttpRouteRule {
                 route: Some(RouteRef {
                     kind: route.kind.as_str().to_string(),
@@ -158,7 +174,7 @@ pub fn build(
                     rule: rule.index,
                     rule_name: rule.name.clone(),
                 }),
-                filters: rule.filters.clone(),
+                filters,
                 backends,
                 request_timeout_ms: rule.request_timeout_ms,
                 backend_request_timeout_ms: rule.backend_request_timeout_ms,

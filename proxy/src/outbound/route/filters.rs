@@ -19,6 +19,8 @@ pub(crate) enum FilterError {
     Status(u32),
     #[error("empty filter")]
     Empty,
+    #[error("a mirror is not a request filter")]
+    Mirror,
 }
 
 /// Header changes: set replaces, add appends, remove drops.
@@ -149,6 +151,8 @@ impl Filter {
                     other => return Err(FilterError::Status(other)),
                 },
             }),
+            // Compiled with the rule's backends (see `RouteRule::build`).
+            http_filter::Filter::RequestMirror(_) => return Err(FilterError::Mirror),
             http_filter::Filter::UrlRewrite(r) => Filter::Rewrite(Rewrite {
                 hostname: match r.hostname.as_str() {
                     "" => None,

@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use weft_api::proto::destination::{HttpRouteRule, HttpRouteTable};
+use weft_api::proto::destination::{HttpRouteRule, HttpRouteTable, http_filter};
 
 use crate::balance::EndpointState;
 use crate::discovery::{BackendSet, RetryOn, RetryRules, Routes};
 use crate::http::headers::proxy_error;
 use crate::http::pool::BoxBody;
 use crate::metrics::http::RouteRefLabels;
+use crate::outbound::mirror::Mirror;
 use filters::Filter;
 use matching::RequestMatch;
 
@@ -44,6 +45,8 @@ pub(crate) struct RouteRule {
     /// takes.
     pub routes: Arc<Routes>,
     filters: Vec<Filter>,
+    /// Its `RequestMirror` filters.
+    pub mirrors: Vec<Arc<Mirror>>,
 }
 
 /// What the route layer decided for one request.
@@ -138,9 +141,21 @@ impl RouteRule {
                 route_name: Arc::new(r.name.clone()),
             })
             .unwrap_or_default();
+        let mut mirrors = Vec::new();
+        for f in &rule.filters {
+            if let Some(http_filter::Filter::RequestMirror(m)) = &f.filter {
+                let set = m.backend.and_then(|i| backends.get(i as usize));
+                mirrors.push(Arc::new(Mirror {
+                    service: set.map(|s| s.service.clone()).unwrap_or_default(),
+                    endpoints: set.map(|s| s.endpoints.clone()).unwrap_or_default(),
+                    per_million: m.per_million,
+                }));
+            }
+        }
         let filters = rule
             .filters
             .iter()
+            .filter(|f| !matches!(f.filter, Some(http_filter::Filter::RequestMirror(_))))
             .filter_map(|f| match Filter::compile(f) {
                 Ok(f) => Some(f),
                 Err(error) => {
@@ -175,6 +190,7 @@ impl RouteRule {
             name,
             labels,
             filters,
+            mirrors,
         }
     }
 

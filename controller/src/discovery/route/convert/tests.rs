@@ -101,7 +101,7 @@ spec:
     backendRefs: [{name: a, port: 80}]
   - filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]
     backendRefs: [{name: a, port: 80}]
-  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]
+  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}, percent: -1}}]
     backendRefs: [{name: a, port: 80}]
   - timeouts: {request: 1s, backendRequest: 2s}
     backendRefs: [{name: a, port: 80}]
@@ -221,5 +221,46 @@ spec:
             }),
             Err(Unresolved::RefNotPermitted)
         ]
+    );
+}
+
+#[test]
+fn request_mirrors_convert_with_their_share_and_target() {
+    let route = route_of(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: web}]
+  rules:
+  - filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}, percent: 25}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}, fraction: {numerator: 1, denominator: 3}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: far, namespace: other, port: 80}}}
+    backendRefs: [{name: web-v1, port: 80}]
+  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}, percent: 101}}]
+"#,
+    );
+    let shares: Vec<u32> = route.rules[0]
+        .filters
+        .iter()
+        .filter_map(|f| match &f.filter {
+            Some(http_filter::Filter::RequestMirror(m)) => Some(m.per_million),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shares, [250_000, 333_333, 1_000_000]);
+    assert_eq!(
+        route.rules[0].mirrors[0].as_ref().unwrap().service.1,
+        "shadow"
+    );
+    assert_eq!(route.rules[0].mirrors[2], Err(Unresolved::RefNotPermitted));
+    assert_eq!(route.rules.len(), 1, "a percent over 100 drops the rule");
+    assert!(
+        route
+            .invalid
+            .iter()
+            .any(|p| p.reason == "unsupported_filter")
     );
 }
