@@ -523,3 +523,45 @@ spec:
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(seen_by_v2().await, before + 20.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_wins_over_a_split_and_the_annotations_stay_the_defaults() {
+    let c = Cluster::new("over-split", ControllerOptions::default())
+        .await
+        .expect("cluster");
+    c.service("web", WEB_IP, &[("timeout.weft.io/request", "300ms")]);
+    c.service("web-v1", V1_IP, &[]);
+    c.service("web-v2", V2_IP, &[]);
+    c.add_server("web-0", "web", &[]).await.expect("web-0");
+    c.add_server("v1-a", "web-v1", &[]).await.expect("v1-a");
+    c.add_server("v2-a", "web-v2", &[]).await.expect("v2-a");
+    c.split("web", Some(&[("web-v2", 100)]));
+    c.sync(false).await.expect("publish");
+    eventually(&c, "/", |a| a.served_by() == "v2-a").await;
+
+    // A route for the same Service replaces the split for HTTP.
+    c.routes(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web, namespace: demo}
+spec:
+  parentRefs: [{kind: Service, name: web}]
+  rules: [{backendRefs: [{name: web-v1, port: 80}]}]
+"#,
+    );
+    c.sync(true).await.expect("route");
+    eventually(&c, "/", |a| a.served_by() == "v1-a").await;
+    for _ in 0..10 {
+        assert_eq!(get(&c, "/").await.served_by(), "v1-a");
+    }
+    // The rule sets no timeout: the Service's annotation applies.
+    let slow = get(&c, "/delay?ms=2000").await;
+    assert_eq!(slow.status, 504, "{slow:?}");
+    assert!(slow.took < Duration::from_millis(1500), "{:?}", slow.took);
+
+    // The route removed, the split applies again.
+    c.routes("");
+    c.sync(true).await.expect("no route");
+    eventually(&c, "/", |a| a.served_by() == "v2-a").await;
+}
