@@ -1126,13 +1126,37 @@ mod route_status {
             weft(p).is_some_and(|ours| ours["conditions"][0]["observedGeneration"] == 2)
         })
         .await;
+        // A later route with the same matches for the same Service: it
+        // is accepted, and says which of its rules never match and why.
+        route(
+            &client,
+            "copycat",
+            json!({"parentRefs": [parent], "rules": [{"backendRefs": [{"name": "web-v1", "port": 80}]}]}),
+        )
+        .await;
+        let copycat = parents_when(&client, "copycat", "written", |p| weft(p).is_some()).await;
+        let message = weft(&copycat).unwrap()["conditions"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            message.contains("rule 0 never matches: route routing/canary"),
+            "{message}"
+        );
+        let conflicts = controller
+            .metric(
+                "discovery_invalid_config_total",
+                &[("kind", "route"), ("reason", "conflicting_match")],
+            )
+            .await;
+        assert_eq!(conflicts, 1.0);
         let written = controller
             .metric(
                 "discovery_route_status_writes_total",
                 &[("result", "written")],
             )
             .await;
-        assert!(written >= 4.0, "{written}");
+        assert!(written >= 5.0, "{written}");
 
         // A restarted controller finds its entries in place and writes
         // nothing.
@@ -1146,7 +1170,7 @@ mod route_status {
                     &[("result", "unchanged")],
                 )
                 .await;
-            if unchanged >= 3.0 {
+            if unchanged >= 4.0 {
                 break;
             }
             assert!(

@@ -70,6 +70,10 @@ pub async fn run(client: Client, store: Arc<Store>) {
             match write(&client, &id, &desired).await {
                 Ok(result) => {
                     store.metrics().route_status(kind, result);
+                    let before = written.get(&id).map_or(0, |d| d.shadowed);
+                    if desired.shadowed > before {
+                        store.metrics().invalid_config("route", "conflicting_match");
+                    }
                     written.insert(id, desired);
                 }
                 Err(error) => {
@@ -88,13 +92,35 @@ fn wanted(store: &Store) -> HashMap<RouteId, Desired> {
     let http = objects
         .http_routes
         .iter()
-        .map(|(k, r)| ((RouteKind::Http, k.clone()), r));
+        .map(|(k, r)| (RouteKind::Http, k, r));
     let grpc = objects
         .grpc_routes
         .iter()
-        .map(|(k, r)| ((RouteKind::Grpc, k.clone()), r));
-    http.chain(grpc)
-        .map(|(id, route)| (id, status::desired(route, &objects.services)))
+        .map(|(k, r)| (RouteKind::Grpc, k, r));
+    let all: Vec<_> = http.chain(grpc).collect();
+    // Routes by (their namespace, a parent Service): the peers whose
+    // matches can conflict, since they apply to the same clients.
+    let mut groups: HashMap<(&str, &Key), Vec<status::Peer<'_>>> = HashMap::new();
+    for (_, key, route) in &all {
+        for parent in &route.parents {
+            groups
+                .entry((key.0.as_str(), &parent.service))
+                .or_default()
+                .push((key, route));
+        }
+    }
+    all.iter()
+        .map(|(kind, key, route)| {
+            let peers: Vec<status::Peer<'_>> = route
+                .parents
+                .iter()
+                .flat_map(|p| &groups[&(key.0.as_str(), &p.service)])
+                .filter(|(k, _)| k != key)
+                .copied()
+                .collect();
+            let desired = status::desired(key, route, &objects.services, &peers);
+            ((*kind, (*key).clone()), desired)
+        })
         .collect()
 }
 

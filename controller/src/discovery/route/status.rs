@@ -12,6 +12,11 @@
 //!   does not resolve (`InvalidKind`, `RefNotPermitted`,
 //!   `BackendNotFound`), else `True`.
 //!
+//! An accepted route's `Accepted` message also names the rules that are
+//! served but cannot do what they say: a rule whose matches a route
+//! ahead of it in precedence already has (conflicting routes: the older
+//! wins, as the Gateway API says), and a rule whose weights are all 0.
+//!
 //! Entries of other controllers (a Gateway's, for its own parents) are
 //! kept as they are; a condition that keeps its status keeps its
 //! `lastTransitionTime`.
@@ -48,6 +53,35 @@ pub struct ParentState {
 pub struct Desired {
     pub generation: i64,
     pub parents: Vec<ParentState>,
+    /// Rules that never match because another route's same matches take
+    /// precedence (counted once when they appear).
+    pub shadowed: usize,
+}
+
+/// A route of the same namespace attached to the same Service.
+pub type Peer<'a> = (&'a Key, &'a RouteInfo);
+
+/// The rules of `route` (keyed `key`) that never match: each of their
+/// matches is also a match of a peer that takes precedence (the older
+/// route, then the smaller `namespace/name`, as [`super::table`] orders
+/// them).
+fn shadowed_rules(key: &Key, route: &RouteInfo, peers: &[Peer<'_>]) -> Vec<(u32, String)> {
+    let ahead: Vec<&Peer<'_>> = peers
+        .iter()
+        .filter(|(k, r)| (r.created.as_str(), *k) < (route.created.as_str(), key))
+        .collect();
+    route
+        .rules
+        .iter()
+        .filter_map(|rule| {
+            let winner = ahead.iter().find(|(_, r)| {
+                rule.matches
+                    .iter()
+                    .all(|m| r.rules.iter().any(|theirs| theirs.matches.contains(m)))
+            })?;
+            Some((rule.index, format!("{}/{}", winner.0.0, winner.0.1)))
+        })
+        .collect()
 }
 
 fn wanted(kind: &'static str, status: bool, reason: &'static str, message: String) -> Wanted {
@@ -64,9 +98,36 @@ fn has_port(service: &ServiceInfo, port: u16) -> bool {
     service.ports.iter().any(|p| p.port == port)
 }
 
-/// The conditions of every Service parent of `route`.
-pub fn desired(route: &RouteInfo, services: &HashMap<Key, ServiceInfo>) -> Desired {
+/// The conditions of every Service parent of `route` (keyed `key`), given
+/// the Services and the `peers` it shares a parent with.
+pub fn desired(
+    key: &Key,
+    route: &RouteInfo,
+    services: &HashMap<Key, ServiceInfo>,
+    peers: &[Peer<'_>],
+) -> Desired {
     let dropped = route.rules_total.saturating_sub(route.rules.len());
+    let shadowed = shadowed_rules(key, route, peers);
+    // What an accepted route's message adds: rules that are served but
+    // cannot do what they say.
+    let mut notes: Vec<String> = shadowed
+        .iter()
+        .map(|(rule, winner)| {
+            format!("rule {rule} never matches: route {winner} has the same matches and takes precedence")
+        })
+        .collect();
+    notes.extend(
+        route
+            .rules
+            .iter()
+            .filter(|r| !r.backends.is_empty() && r.backends.iter().all(|b| b.weight == 0))
+            .map(|r| {
+                format!(
+                    "rule {}: every backend has weight 0, so its requests are answered 500",
+                    r.index
+                )
+            }),
+    );
     let problems = || {
         route
             .invalid
@@ -101,7 +162,15 @@ pub fn desired(route: &RouteInfo, services: &HashMap<Key, ServiceInfo>) -> Desir
                     "UnsupportedValue",
                     format!("no rule can be served: {}", problems()),
                 ),
-                _ => wanted("Accepted", true, "Accepted", "served by the mesh".into()),
+                _ if notes.is_empty() => {
+                    wanted("Accepted", true, "Accepted", "served by the mesh".into())
+                }
+                _ => wanted(
+                    "Accepted",
+                    true,
+                    "Accepted",
+                    format!("served by the mesh; {}", notes.join("; ")),
+                ),
             };
             let mut conditions = vec![accepted];
             if conditions[0].status && dropped > 0 {
@@ -126,6 +195,7 @@ pub fn desired(route: &RouteInfo, services: &HashMap<Key, ServiceInfo>) -> Desir
     Desired {
         generation: route.generation,
         parents,
+        shadowed: shadowed.len(),
     }
 }
 

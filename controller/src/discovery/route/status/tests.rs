@@ -40,6 +40,10 @@ fn route(spec: &str) -> RouteInfo {
     }
 }
 
+fn key() -> Key {
+    ("demo".into(), "r".into())
+}
+
 /// `(type, status, reason)` of the only parent's conditions.
 fn summary(d: &Desired) -> Vec<(&'static str, bool, &'static str)> {
     assert_eq!(d.parents.len(), 1, "{d:?}");
@@ -56,7 +60,7 @@ fn a_route_whose_parent_and_backends_exist_is_accepted_and_resolved() {
         "  parentRefs: [{group: \"\", kind: Service, name: web, port: 80}, {name: a-gateway}]\n\
          \x20 rules: [{backendRefs: [{name: web-v1, port: 80}]}]\n",
     );
-    let d = desired(&r, &services());
+    let d = desired(&key(), &r, &services(), &[]);
     assert_eq!(d.generation, 4);
     assert_eq!(
         summary(&d),
@@ -77,7 +81,7 @@ fn a_missing_parent_or_port_is_no_matching_parent() {
         let r = route(&format!(
             "  parentRefs: [{parent}]\n  rules: [{{backendRefs: [{{name: web-v1, port: 80}}]}}]\n"
         ));
-        let s = summary(&desired(&r, &services()));
+        let s = summary(&desired(&key(), &r, &services(), &[]));
         assert_eq!(s[0], ("Accepted", false, "NoMatchingParent"), "{parent}");
     }
 }
@@ -99,7 +103,7 @@ fn unresolved_backends_say_why() {
         let r = route(&format!(
             "  parentRefs: [{{kind: Service, group: \"\", name: web}}]\n  rules: [{{backendRefs: [{backend}]}}]\n"
         ));
-        let s = summary(&desired(&r, &services()));
+        let s = summary(&desired(&key(), &r, &services(), &[]));
         assert_eq!(s[0], ("Accepted", true, "Accepted"), "{backend}");
         assert_eq!(s[1], ("ResolvedRefs", false, reason), "{backend}");
     }
@@ -111,8 +115,10 @@ fn dropped_rules_make_a_route_partially_invalid_or_refused() {
     let good = "{backendRefs: [{name: web-v1, port: 80}]}";
     let parent = "  parentRefs: [{kind: Service, group: \"\", name: web}]\n";
     let partly = desired(
+        &key(),
         &route(&format!("{parent}  rules: [{good}, {bad}]\n")),
         &services(),
+        &[],
     );
     assert_eq!(
         summary(&partly),
@@ -128,7 +134,12 @@ fn dropped_rules_make_a_route_partially_invalid_or_refused() {
             .contains("1 of 2 rules dropped"),
         "{partly:?}"
     );
-    let none = desired(&route(&format!("{parent}  rules: [{bad}]\n")), &services());
+    let none = desired(
+        &key(),
+        &route(&format!("{parent}  rules: [{bad}]\n")),
+        &services(),
+        &[],
+    );
     assert_eq!(summary(&none)[0], ("Accepted", false, "UnsupportedValue"));
 }
 
@@ -137,7 +148,7 @@ fn merging_keeps_other_controllers_and_unchanged_transition_times() {
     let r = route(
         "  parentRefs: [{kind: Service, group: \"\", name: web}]\n  rules: [{backendRefs: [{name: gone, port: 80}]}]\n",
     );
-    let first = desired(&r, &services());
+    let first = desired(&key(), &r, &services(), &[]);
     let t0 = Time(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
     let t1 = Time(Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap());
     let gateway = RouteParentStatus {
@@ -165,7 +176,7 @@ fn merging_keeps_other_controllers_and_unchanged_transition_times() {
     let mut more = services();
     let v1 = more[&("demo".to_string(), "web-v1".to_string())].clone();
     more.insert(("demo".into(), "gone".into()), v1);
-    let second = desired(&r, &more);
+    let second = desired(&key(), &r, &more, &[]);
     assert!(!up_to_date(Some(&written), &second));
     let again = merged(Some(&written), &second, &t1);
     let ours = &again.parents[1].conditions;
@@ -182,4 +193,37 @@ fn merging_keeps_other_controllers_and_unchanged_transition_times() {
         ("ResolvedRefs", "True", &t1)
     );
     assert!(ours.iter().all(|c| c.observed_generation == Some(4)));
+}
+
+#[test]
+fn conflicting_and_zero_weight_rules_are_named_on_an_accepted_route() {
+    let parent = "  parentRefs: [{kind: Service, group: \"\", name: web}]\n";
+    let same = "{matches: [{path: {value: /api}}], backendRefs: [{name: web-v1, port: 80}]}";
+    let mut older = route(&format!("{parent}  rules: [{same}]\n"));
+    older.created = "2026-01-01T00:00:00Z".into();
+    let mut newer = route(&format!(
+        "{parent}  rules: [{same}, {{backendRefs: [{{name: web-v1, port: 80, weight: 0}}]}}]\n"
+    ));
+    newer.created = "2026-02-01T00:00:00Z".into();
+    let older_key: Key = ("demo".into(), "older".into());
+    let d = desired(&key(), &newer, &services(), &[(&older_key, &older)]);
+    assert_eq!(d.shadowed, 1);
+    let accepted = &d.parents[0].conditions[0];
+    assert!(accepted.status, "{accepted:?}");
+    assert!(
+        accepted
+            .message
+            .contains("rule 0 never matches: route demo/older has the same matches"),
+        "{}",
+        accepted.message
+    );
+    assert!(
+        accepted
+            .message
+            .contains("rule 1: every backend has weight 0")
+    );
+    // The older route is the one that wins: nothing to say about it.
+    let o = desired(&older_key, &older, &services(), &[(&key(), &newer)]);
+    assert_eq!(o.shadowed, 0);
+    assert_eq!(o.parents[0].conditions[0].message, "served by the mesh");
 }
