@@ -1150,6 +1150,17 @@ mod route_status {
             )
             .await;
         assert_eq!(conflicts, 1.0);
+        // An unknown parent (orphan) and an unknown backend (canary, at
+        // first) were counted when they appeared.
+        for reason in ["NoMatchingParent", "BackendNotFound"] {
+            let counted = controller
+                .metric(
+                    "discovery_invalid_config_total",
+                    &[("kind", "route"), ("reason", reason)],
+                )
+                .await;
+            assert_eq!(counted, 1.0, "{reason}");
+        }
         let written = controller
             .metric(
                 "discovery_route_status_writes_total",

@@ -70,9 +70,12 @@ pub async fn run(client: Client, store: Arc<Store>) {
             match write(&client, &id, &desired).await {
                 Ok(result) => {
                     store.metrics().route_status(kind, result);
-                    let before = written.get(&id).map_or(0, |d| d.shadowed);
-                    if desired.shadowed > before {
+                    let before = written.get(&id);
+                    if desired.shadowed > before.map_or(0, |d| d.shadowed) {
                         store.metrics().invalid_config("route", "conflicting_match");
+                    }
+                    for reason in newly_unresolved(before, &desired) {
+                        store.metrics().invalid_config("route", reason);
                     }
                     written.insert(id, desired);
                 }
@@ -84,6 +87,27 @@ pub async fn run(client: Client, store: Arc<Store>) {
             }
         }
     }
+}
+
+/// Reasons only the store's other objects reveal (a parent or backend
+/// Service that does not exist), in `now`'s conditions but not in
+/// `before`'s: counted once when they appear. What the route itself gets
+/// wrong was counted when it was read.
+fn newly_unresolved(before: Option<&Desired>, now: &Desired) -> Vec<&'static str> {
+    let reasons = |d: &Desired| -> Vec<&'static str> {
+        d.parents
+            .iter()
+            .flat_map(|p| &p.conditions)
+            .filter(|c| !c.status && matches!(c.reason, "NoMatchingParent" | "BackendNotFound"))
+            .map(|c| c.reason)
+            .collect()
+    };
+    let old = before.map(reasons).unwrap_or_default();
+    let mut new = reasons(now);
+    new.retain(|r| !old.contains(r));
+    new.sort_unstable();
+    new.dedup();
+    new
 }
 
 /// Every route's entries, from one read of the store.
