@@ -565,3 +565,103 @@ spec:
     c.sync(true).await.expect("no route");
     eventually(&c, "/", |a| a.served_by() == "v2-a").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routes_match_service_method_and_headers() {
+    use weft_demo::proto::EchoRequest;
+    use weft_demo::proto::echo_client::EchoClient;
+    use weft_testbed::objects;
+
+    const GRPC: u16 = 50051;
+    let echo_ip = Ipv4Addr::new(10, 96, 0, 20);
+    let c = versions("grpc-routes", &[]).await;
+    let servers = c.servers();
+    for s in servers.iter().filter(|s| s.name != "web-0") {
+        c.mesh
+            .spawn_demo(&s.pod, "grpc", GRPC, &s.name)
+            .await
+            .expect("grpc app");
+    }
+    let pod_ip = |name: &str| servers.iter().find(|s| s.name == name).unwrap().pod.ip;
+    // `echo` (both pods), `echo-v1` and `echo-v2`, on a gRPC port.
+    let port = [("grpc", GRPC, GRPC)];
+    let mut docs = Vec::new();
+    for (name, ip, pods) in [
+        ("echo", echo_ip, vec!["v1-a", "v2-a"]),
+        ("echo-v1", Ipv4Addr::new(10, 96, 0, 21), vec!["v1-a"]),
+        ("echo-v2", Ipv4Addr::new(10, 96, 0, 22), vec!["v2-a"]),
+    ] {
+        docs.push(objects::service(
+            "demo",
+            name,
+            ip,
+            &port,
+            &serde_json::json!({}),
+        ));
+        let endpoints: Vec<objects::SliceEndpoint> =
+            pods.iter().map(|p| (*p, pod_ip(p), true)).collect();
+        docs.push(objects::endpoint_slice("demo", name, &port, &endpoints));
+    }
+    c.extra_documents(&objects::file(&docs));
+    c.routes(
+        r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 50051}]
+  rules:
+  - matches: [{method: {service: weft.demo.Echo, method: Repeat}}]
+    backendRefs: [{name: echo-v2, port: 50051}]
+  - matches: [{method: {service: weft.demo.Echo}, headers: [{name: x-canary, value: "yes"}]}]
+    backendRefs: [{name: echo-v2, port: 50051}]
+  - matches: [{method: {service: weft.demo.Echo}}]
+    backendRefs: [{name: echo-v1, port: 50051}]
+"#,
+    );
+    c.sync(false).await.expect("publish");
+    let channel = c
+        .client
+        .grpc_channel(SocketAddr::from((echo_ip, GRPC)))
+        .await
+        .expect("channel");
+    let mut client = EchoClient::new(channel);
+    let request = |message: &str| EchoRequest {
+        message: message.into(),
+        count: 3,
+    };
+    // The route reaches the client's proxy a moment after the controller.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut replies = client
+            .repeat(request("r"))
+            .await
+            .expect("repeat")
+            .into_inner();
+        let first = replies.message().await.expect("reply").expect("one");
+        if first.served_by == "v2-a" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Repeat still served by {first:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The exact method goes to v2, every other method of the service to v1.
+    for _ in 0..10 {
+        let mut replies = client.repeat(request("r")).await.unwrap().into_inner();
+        while let Some(reply) = replies.message().await.unwrap() {
+            assert_eq!(reply.served_by, "v2-a");
+        }
+        let said = client.say(request("s")).await.unwrap().into_inner();
+        assert_eq!(said.served_by, "v1-a");
+    }
+    // Of two matches of the same service, the one with a header wins.
+    let mut canary = tonic::Request::new(request("c"));
+    canary
+        .metadata_mut()
+        .insert("x-canary", "yes".parse().unwrap());
+    let said = client.say(canary).await.unwrap().into_inner();
+    assert_eq!(said.served_by, "v2-a");
+}
