@@ -23,10 +23,19 @@ fn web() -> SocketAddr {
 /// `web` (served by `web-0`), `web-v1` (`v1-a`) and `web-v2` (`v2-a`),
 /// each server's app with `env`.
 async fn versions(label: &str, v1_env: &[(&str, &str)]) -> Cluster {
+    versions_annotated(label, &[], v1_env).await
+}
+
+/// [`versions`], with `web_annotations` on the `web` Service.
+async fn versions_annotated(
+    label: &str,
+    web_annotations: &[(&str, &str)],
+    v1_env: &[(&str, &str)],
+) -> Cluster {
     let c = Cluster::new(label, ControllerOptions::default())
         .await
         .expect("cluster");
-    c.service("web", WEB_IP, &[]);
+    c.service("web", WEB_IP, web_annotations);
     c.service("web-v1", V1_IP, &[]);
     c.service("web-v2", V2_IP, &[]);
     c.add_server("web-0", "web", &[]).await.expect("web-0");
@@ -526,15 +535,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_wins_over_a_split_and_the_annotations_stay_the_defaults() {
-    let c = Cluster::new("over-split", ControllerOptions::default())
-        .await
-        .expect("cluster");
-    c.service("web", WEB_IP, &[("timeout.weft.io/request", "300ms")]);
-    c.service("web-v1", V1_IP, &[]);
-    c.service("web-v2", V2_IP, &[]);
-    c.add_server("web-0", "web", &[]).await.expect("web-0");
-    c.add_server("v1-a", "web-v1", &[]).await.expect("v1-a");
-    c.add_server("v2-a", "web-v2", &[]).await.expect("v2-a");
+    let c = versions_annotated("over-split", &[("timeout.weft.io/request", "300ms")], &[]).await;
     c.split("web", Some(&[("web-v2", 100)]));
     c.sync(false).await.expect("publish");
     eventually(&c, "/", |a| a.served_by() == "v2-a").await;
