@@ -185,6 +185,12 @@ pub fn mutate(
     }
     add_to_map(&mut ops, "labels", pod_labels.is_some(), new_labels);
 
+    // Tells other proxies (through discovery) that this one takes mesh
+    // mTLS on the app's own ports.
+    let mut new_annotations = vec![(
+        weft_api::annotations::MESH_TRANSPORT,
+        weft_api::annotations::MESH_TRANSPORT_APP_PORT.to_string(),
+    )];
     let mut warnings = Vec::new();
     if mode == SidecarMode::Classic {
         // The proxy becomes the first container; without this, `kubectl
@@ -192,12 +198,7 @@ pub fn mutate(
         if !annotations.contains_key(DEFAULT_CONTAINER_ANNOTATION)
             && let Some(app) = spec.containers.first()
         {
-            add_to_map(
-                &mut ops,
-                "annotations",
-                pod.metadata.annotations.is_some(),
-                vec![(DEFAULT_CONTAINER_ANNOTATION, app.name.clone())],
-            );
+            new_annotations.push((DEFAULT_CONTAINER_ANNOTATION, app.name.clone()));
         }
         for init in spec.init_containers.iter().flatten() {
             warnings.push(format!(
@@ -208,6 +209,12 @@ pub fn mutate(
             ));
         }
     }
+    add_to_map(
+        &mut ops,
+        "annotations",
+        pod.metadata.annotations.is_some(),
+        new_annotations,
+    );
     for c in spec
         .containers
         .iter()

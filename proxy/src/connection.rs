@@ -1,6 +1,7 @@
 //! One accepted connection, either direction: its original destination,
 //! the route to it, protocol detection, then HTTP or opaque forwarding.
-//! Mesh mTLS addressed to the inbound port goes to [`crate::inbound`].
+//! Inbound mesh mTLS (Weft's ClientHello on an app port, or anything at
+//! the inbound port) goes to [`crate::inbound`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::net::TcpStream;
 use crate::config::InboundMtls;
 use crate::detect::{Detection, Protocol};
 use crate::http::server::version_of;
+use crate::inbound::hello::{self, First};
 use crate::inbound::{local_app, serve_mesh};
 use crate::listener::Listener;
 use crate::metrics::detect::Detected;
@@ -19,7 +21,7 @@ use crate::metrics::tcp::{ConnectionGuard, Side};
 use crate::metrics::{Direction, PeerLabels};
 use crate::outbound::http::Route;
 use crate::transport::Target;
-use crate::{detect, inbound, io, orig_dst, outbound, tcp, transport};
+use crate::{detect, inbound, io, mesh, orig_dst, outbound, tcp, transport};
 
 /// Where an outbound connection should go, given where the app sent it,
 /// and the protocol discovery says the port speaks, if it says.
@@ -49,7 +51,7 @@ enum Next {
     Out(Route),
 }
 
-pub(crate) async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
+pub(crate) async fn handle(ctx: Arc<Listener>, mut stream: TcpStream, peer: SocketAddr) {
     let direction = ctx.direction;
     let orig_dst = match orig_dst::original_dst(&stream) {
         Ok(addr) => addr,
@@ -58,11 +60,12 @@ pub(crate) async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAd
             return;
         }
     };
-    // Another proxy addresses the inbound port itself: mesh traffic.
+    // A proxy from before app-port mesh addresses the inbound port itself.
     if direction == Direction::Inbound && orig_dst.port() == ctx.config.inbound_port {
         let _ = stream.set_nodelay(true);
         let span = tracing::debug_span!("mesh", %peer);
-        tracing::Instrument::instrument(serve_mesh(ctx, stream, orig_dst), span).await;
+        let serve = serve_mesh(ctx, stream, orig_dst, mesh::Arrival::InboundPort);
+        tracing::Instrument::instrument(serve, span).await;
         return;
     }
     // Without NAT the "original" destination is the listener itself: a
@@ -72,15 +75,39 @@ pub(crate) async fn handle(ctx: Arc<Listener>, stream: TcpStream, peer: SocketAd
         return;
     }
     let _ = stream.set_nodelay(true);
-    if direction == Direction::Inbound && ctx.config.inbound_mtls == InboundMtls::Strict {
-        tracing::info!(%peer, %orig_dst, "refusing a connection that is not mesh mTLS (strict mode)");
-        ctx.metrics.identity.refused(direction, Refusal::Plaintext);
-        return;
+    let mut buf = BytesMut::with_capacity(1024);
+    let mut first = None;
+    if direction == Direction::Inbound {
+        // Mesh mTLS to the app's port opens with Weft's ClientHello. A
+        // port that skips detection waits for it only from a meshed pod.
+        let opaque = ctx.config.opaque_ports.contains(&orig_dst.port());
+        if !opaque || inbound::source_may_be_mesh(&ctx, peer, orig_dst.port()).await {
+            match hello::read_first(&mut stream, &mut buf, ctx.config.detect_timeout).await {
+                Ok(First::Mesh) => {
+                    let span = tracing::debug_span!("mesh", %peer, port = orig_dst.port());
+                    let stream = io::PrefixedIo::new(buf, stream);
+                    let arrival = mesh::Arrival::AppPort(orig_dst.port());
+                    let serve = serve_mesh(ctx, stream, orig_dst, arrival);
+                    tracing::Instrument::instrument(serve, span).await;
+                    return;
+                }
+                Ok(First::App(detection)) => first = Some(detection),
+                Err(error) => {
+                    tracing::debug!(%peer, %orig_dst, %error, "connection failed before its first bytes");
+                    return;
+                }
+            }
+        }
+        if ctx.config.inbound_mtls == InboundMtls::Strict {
+            tracing::info!(%peer, %orig_dst, "refusing a connection that is not mesh mTLS (strict mode)");
+            ctx.metrics.identity.refused(direction, Refusal::Plaintext);
+            return;
+        }
     }
     let span = tracing::debug_span!("conn", %direction, %peer, dst = %orig_dst);
     // Instrument the whole future: a span entered with `enter()` must not be
     // held across an await.
-    tracing::Instrument::instrument(serve(ctx, stream, orig_dst), span).await;
+    tracing::Instrument::instrument(serve(ctx, stream, orig_dst, buf, first), span).await;
 }
 
 /// Counts a detection timeout on `port`, and the first time for that port
@@ -101,8 +128,15 @@ fn detection_timed_out(ctx: &Listener, port: u16) {
     }
 }
 
-/// Detects the protocol of an accepted connection and forwards it.
-async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
+/// Detects the protocol of an accepted connection and forwards it. `buf`
+/// holds what was already read, and `first` what detection made of it.
+async fn serve(
+    ctx: Arc<Listener>,
+    stream: TcpStream,
+    orig_dst: SocketAddr,
+    mut buf: BytesMut,
+    first: Option<Detection>,
+) {
     let direction = ctx.direction;
     let (next, declared) = match direction {
         Direction::Inbound => {
@@ -118,7 +152,12 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
     // is the app, inbound an unmeshed client.
     let mut guard = ConnectionGuard::open(&ctx.metrics, direction, Side::Src, PeerLabels::plain());
     let mut io = transport::counting(&ctx.metrics, stream, guard.labels());
-    let mut buf = BytesMut::with_capacity(1024);
+    // Bytes read before the counters existed.
+    ctx.metrics
+        .tcp
+        .read_bytes
+        .get_or_create(guard.labels())
+        .inc_by(buf.len() as u64);
     // The proxy's own opaque ports win over what discovery declares.
     let declared = match ctx.config.opaque_ports.contains(&orig_dst.port()) {
         true => Some(Protocol::Opaque),
@@ -131,7 +170,11 @@ async fn serve(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
         };
         (protocol, outcome)
     } else {
-        match detect::detect(&mut io, &mut buf, ctx.config.detect_timeout).await {
+        let detection = match first {
+            Some(detection) => Ok(detection),
+            None => detect::detect(&mut io, &mut buf, ctx.config.detect_timeout).await,
+        };
+        match detection {
             Ok(Detection::Found(protocol)) => (protocol, protocol.into()),
             Ok(Detection::TimedOut) => {
                 detection_timed_out(&ctx, orig_dst.port());

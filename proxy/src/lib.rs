@@ -194,10 +194,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
             direction,
             shutdown: shutdown.clone(),
             endpoints: endpoints.clone(),
-            resolver: match direction {
-                Direction::Outbound => resolver.clone(),
-                Direction::Inbound => None,
-            },
+            // Inbound uses it only to ask whether a client is a meshed pod.
+            resolver: resolver.clone(),
             mesh_server: mesh.as_ref().map(|m| m.server.clone()),
         });
         for (_, addr) in listeners.iter().filter(|(d, _)| *d == direction) {

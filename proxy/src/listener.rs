@@ -22,7 +22,8 @@ pub(crate) struct Listener {
     pub shutdown: CancellationToken,
     /// Destinations pinned as meshed (outbound).
     pub endpoints: Arc<Endpoints>,
-    /// Discovery (outbound), when a controller is configured.
+    /// Discovery, when a controller is configured: destinations outbound;
+    /// inbound, whether a client is a meshed pod.
     pub resolver: Option<Arc<Resolver>>,
     /// Terminates mesh mTLS (inbound), when the proxy has an identity.
     pub mesh_server: Option<Arc<rustls::ServerConfig>>,

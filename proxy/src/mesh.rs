@@ -1,11 +1,13 @@
 //! Proxy-to-proxy connections (framing in [`weft_api::mesh`]).
 //!
 //! Outbound, a destination known to be meshed gets an mTLS connection to
-//! its proxy's inbound port (see `transport::Connector`). Inbound, a
-//! connection addressed to the inbound port itself is mesh traffic: the
+//! the port the app dialled, or to its proxy's inbound port when that
+//! proxy predates app-port mesh (see `transport::Connector`). Inbound, a
+//! ClientHello offering Weft's ALPN on any port (`inbound::hello`), or any
+//! connection addressed to the inbound port itself, is mesh traffic: the
 //! TLS handshake must succeed with a client certificate under the trust
-//! anchors and Weft's ALPN, then the header says where the app wanted to go
-//! and in which protocol.
+//! anchors and Weft's ALPN, then the header says which protocol the client
+//! proxy found (and, at the inbound port, where the app wanted to go).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -15,7 +17,6 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use weft_api::identity::SpiffeId;
 use weft_api::mesh::{ALPN, Header};
 
@@ -31,21 +32,26 @@ pub struct MeshPeer {
     pub label: Arc<String>,
     /// The SNI that asks for (and lets the verifier check) that identity.
     pub server_name: ServerName<'static>,
+    /// Its proxy takes mesh mTLS on the app's port itself; otherwise
+    /// (an older proxy, or a port the pod skips inbound) the connection
+    /// goes to the inbound port and the header names the app's port.
+    pub app_port: bool,
 }
 
 impl MeshPeer {
-    pub fn new(identity: SpiffeId) -> Result<Self, tls::NoTlsName> {
+    pub fn new(identity: SpiffeId, app_port: bool) -> Result<Self, tls::NoTlsName> {
         Ok(MeshPeer {
             server_name: tls::server_name_for(&identity)?,
             label: Arc::new(identity.to_string()),
             identity,
+            app_port,
         })
     }
 }
 
 impl PartialEq for MeshPeer {
     fn eq(&self, other: &Self) -> bool {
-        self.identity == other.identity
+        self.identity == other.identity && self.app_port == other.app_port
     }
 }
 
@@ -53,7 +59,8 @@ impl Eq for MeshPeer {}
 
 impl Hash for MeshPeer {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.identity.hash(state)
+        self.identity.hash(state);
+        self.app_port.hash(state);
     }
 }
 
@@ -76,7 +83,8 @@ impl Endpoints {
     pub fn new(entries: &[(IpAddr, SpiffeId)]) -> Result<Self, tls::NoTlsName> {
         let mut by_ip = HashMap::new();
         for (ip, identity) in entries {
-            by_ip.insert(*ip, Arc::new(MeshPeer::new(identity.clone())?));
+            // A static table names proxies of this same version.
+            by_ip.insert(*ip, Arc::new(MeshPeer::new(identity.clone(), true)?));
         }
         Ok(Endpoints { by_ip })
     }
@@ -113,15 +121,30 @@ impl AcceptError {
 }
 
 /// An accepted, authenticated mesh connection.
-pub type MeshStream = tokio_rustls::server::TlsStream<CountingIo<TcpStream>>;
+pub type MeshStream<I> = tokio_rustls::server::TlsStream<CountingIo<I>>;
+
+/// Where a mesh connection arrived, which decides the app's port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// At the inbound port (proxies from before app-port mesh): the
+    /// header names the app's port.
+    InboundPort,
+    /// At the app's port itself: the header must name that same port, so
+    /// a client cannot be let in on one port and reach another.
+    AppPort(u16),
+}
 
 /// Completes the server side of a mesh connection: handshake, client
 /// identity, header.
-pub async fn accept(
+pub async fn accept<I>(
     config: Arc<rustls::ServerConfig>,
-    io: CountingIo<TcpStream>,
+    io: CountingIo<I>,
+    arrival: Arrival,
     timeout: Duration,
-) -> Result<(MeshStream, SpiffeId, Header), AcceptError> {
+) -> Result<(MeshStream<I>, SpiffeId, Header), AcceptError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let deadline = tokio::time::Instant::now() + timeout;
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let mut stream = match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
@@ -147,5 +170,13 @@ pub async fn accept(
         Ok(Ok(_)) => {}
     }
     let header = Header::decode(&header).map_err(|e| AcceptError::Header(e.to_string()))?;
+    if let Arrival::AppPort(port) = arrival
+        && header.port != port
+    {
+        return Err(AcceptError::Header(format!(
+            "names port {} on a connection to port {port}",
+            header.port
+        )));
+    }
     Ok((stream, identity, header))
 }

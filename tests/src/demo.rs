@@ -344,7 +344,7 @@ impl Demo {
 
 /// Services, EndpointSlices, Pods and the TrafficSplit, as the
 /// controller's file source reads them.
-fn discovery_objects(client: &Pod, web_v1: &Pod, web_v2: &Pod) -> Vec<Value> {
+pub fn discovery_objects(client: &Pod, web_v1: &Pod, web_v2: &Pod) -> Vec<Value> {
     let ports = [
         ("http", HTTP_PORT, HTTP_TARGET_PORT),
         ("grpc", GRPC_PORT, GRPC_PORT),

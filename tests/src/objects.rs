@@ -75,6 +75,9 @@ pub fn meshed_pod(
                 weft_api::labels::CONTROL_PLANE_NS: weft_api::controller::NAMESPACE,
                 weft_api::labels::WORKLOAD: workload,
             },
+            "annotations": {
+                weft_api::annotations::MESH_TRANSPORT: weft_api::annotations::MESH_TRANSPORT_APP_PORT,
+            },
         },
         "spec": {
             "serviceAccountName": service_account,

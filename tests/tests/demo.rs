@@ -124,16 +124,72 @@ async fn the_underlay_check_catches_plaintext_between_nodes() {
         not_tls.iter().all(|s| s.contains(":8080")),
         "meshed streams flagged: {not_tls:?}"
     );
+    // Meshed streams go to the app's port too, as TLS from the first byte.
     let meshed = report
         .streams
         .iter()
-        .filter(|s| s.to.port() == weft_api::ports::INBOUND)
+        .filter(|s| s.to.port() == weft_testbed::demo::HTTP_TARGET_PORT)
+        .filter(|s| s.from_start && weft_testbed::wire::tls_records(&s.bytes).is_ok())
         .count();
     assert!(
         meshed >= 1,
         "no meshed stream crossed: {:?}",
         report.streams
     );
+}
+
+/// A rolling upgrade mixes proxies: one injected before app-port mesh
+/// (its pod lacks the injector's `weft.io/mesh-transport` annotation) is
+/// reached on its inbound port with the mesh header, a current one on the
+/// app's port, and every request succeeds either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_from_before_app_port_mesh_is_reached_at_its_inbound_port() {
+    use weft_testbed::demo::{Demo, DemoOptions, HTTP_TARGET_PORT, discovery_objects};
+    weft_testbed::require_root();
+    let demo = Demo::start("mixed", DemoOptions::default()).await.unwrap();
+    let mut docs = discovery_objects(&demo.client, &demo.web_v1, &demo.web_v2);
+    for doc in &mut docs {
+        // web-v1 is on the other node, so its traffic crosses the underlay.
+        if doc["kind"] == "Pod" && doc["metadata"]["name"] == demo.web_v1.name.as_str() {
+            doc["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("annotations");
+        }
+    }
+    demo.mesh
+        .publish("demo", &weft_testbed::objects::file(&docs))
+        .unwrap();
+    // Requests to the pods' own addresses pick each one for sure.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        for pod in [&demo.web_v1, &demo.web_v2] {
+            let addr = std::net::SocketAddr::from((pod.ip, HTTP_TARGET_PORT));
+            let (status, _) = weft_testbed::http_request(&demo.client, addr, "GET", "/")
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "to {addr}");
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let report = demo.underlay_report().await.unwrap();
+    let tls_to = |ip: std::net::Ipv4Addr, port: u16| {
+        report
+            .streams
+            .iter()
+            .filter(|s| s.to == std::net::SocketAddr::from((ip, port)))
+            .filter(|s| s.from_start && weft_testbed::wire::tls_records(&s.bytes).is_ok())
+            .count()
+    };
+    assert!(
+        tls_to(demo.web_v1.ip, weft_api::ports::INBOUND) >= 1,
+        "no mesh stream to the older proxy's inbound port: {:?}",
+        report.streams
+    );
+    assert_eq!(report.not_tls(), Vec::<String>::new());
 }
 
 #[test]

@@ -140,16 +140,23 @@ async fn meshed_traffic_is_encrypted_on_the_wire() {
         !contains(SECRET),
         "the marker crossed the bridge in clear text"
     );
-    let mesh_packets = weft_testbed::sh(
-        "tcpdump",
-        &["-r", &pcap.to_string_lossy(), "-nn", "tcp dst port 6143"],
-    )
-    .unwrap();
-    assert!(
-        mesh_packets.lines().count() > 10,
-        "expected the meshed traffic on the inbound port:\n{mesh_packets}"
+    // Mesh traffic keeps the app's port on the wire (NetworkPolicy ports
+    // keep their meaning), and every such stream is TLS from its first byte.
+    let streams = weft_testbed::wire::tcp_streams(&pcap).unwrap();
+    let meshed: Vec<_> = streams
+        .iter()
+        .filter(|s| s.from.ip() == p.client.ip && s.to.ip() == p.server.ip)
+        .collect();
+    let ports: std::collections::BTreeSet<u16> = meshed.iter().map(|s| s.to.port()).collect();
+    assert_eq!(
+        ports,
+        [HTTP_PORT, BANNER_OPAQUE_PORT, GRPC_PORT].into(),
+        "mesh connections go to the ports the app dialled"
     );
-
+    for stream in meshed.iter().filter(|s| s.from_start) {
+        weft_testbed::wire::tls_records(&stream.bytes)
+            .unwrap_or_else(|e| panic!("{} -> {} is not TLS: {e}", stream.from, stream.to));
+    }
     // Both proxies label the traffic with TLS and the peer's identity.
     let server = p.server.metrics().await.unwrap();
     let client = p.client.metrics().await.unwrap();
@@ -549,12 +556,12 @@ async fn proxies_wait_for_a_late_controller_and_outlive_a_lost_one() {
             .mint_token(&ca, &format!("{sa}-token"), NAMESPACE, sa, &[])
             .unwrap();
         let mut env = identity_env_with_token(&planned, &spiffe_id(NAMESPACE, sa), &token);
-        if sa == "client" {
-            env.push((
-                "WEFT_MESH_ENDPOINTS".into(),
-                format!("{}={}", server.ip, server_id()),
-            ));
-        }
+        // Discovery knows no pods here: each side pins the other.
+        let (peer, id) = match sa {
+            "client" => (&server, server_id()),
+            _ => (&client, client_id()),
+        };
+        env.push(("WEFT_MESH_ENDPOINTS".into(), format!("{}={id}", peer.ip)));
         mesh.spawn_proxy(
             pod,
             ProxyOptions {

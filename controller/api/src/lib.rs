@@ -103,6 +103,12 @@ pub mod annotations {
     /// `permissive` (default: plaintext from unmeshed clients is accepted)
     /// or `strict` (only mesh mTLS is accepted).
     pub const INBOUND_MTLS: &str = "config.weft.io/inbound-mtls";
+    /// Set by the injector: how the pod's proxy takes mesh mTLS.
+    /// [`MESH_TRANSPORT_APP_PORT`] means on the port the app dialled,
+    /// recognised by ALPN; without it (a proxy injected before), only on
+    /// the inbound port with the mesh header.
+    pub const MESH_TRANSPORT: &str = "weft.io/mesh-transport";
+    pub const MESH_TRANSPORT_APP_PORT: &str = "app-port";
 }
 
 /// Service annotations that set route policy. Invalid values are reported

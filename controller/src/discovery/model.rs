@@ -91,6 +91,11 @@ pub struct PodInfo {
     /// The pod runs Weft's proxy, so it terminates mesh mTLS.
     pub meshed: bool,
     pub opaque_ports: BTreeSet<u16>,
+    /// Its proxy takes mesh mTLS on app ports (set by the injector).
+    pub mesh_app_port: bool,
+    /// Ports its redirect rules leave alone: mesh traffic to them must
+    /// use the inbound port.
+    pub skip_inbound_ports: BTreeSet<u16>,
     pub workload: String,
     /// Named container ports, for services whose target port is a name.
     pub named_ports: BTreeMap<String, u16>,
@@ -108,18 +113,22 @@ pub struct SplitInfo {
 
 /// The `config.weft.io/opaque-ports` annotation; a bad value is recorded
 /// in `invalid` and read as no ports.
-fn opaque_ports(
+/// A port-list annotation; a bad one is reported as `reason` and read
+/// as empty.
+fn port_set(
     annotations: &BTreeMap<String, String>,
+    key: &str,
+    reason: &str,
     invalid: &mut Vec<Invalid>,
 ) -> BTreeSet<u16> {
-    let Some(v) = annotations.get(weft_api::annotations::OPAQUE_PORTS) else {
+    let Some(v) = annotations.get(key) else {
         return BTreeSet::new();
     };
-    weft_api::port_list::parse_set(v).unwrap_or_else(|reason| {
+    weft_api::port_list::parse_set(v).unwrap_or_else(|detail| {
         invalid.push(Invalid {
             kind: "annotation",
-            reason: "bad_opaque_ports".into(),
-            detail: format!("{}={v:?}: {reason}", weft_api::annotations::OPAQUE_PORTS),
+            reason: reason.into(),
+            detail: format!("{key}={v:?}: {detail}"),
         });
         BTreeSet::new()
     })
@@ -170,7 +179,12 @@ impl ServiceInfo {
         let empty = BTreeMap::new();
         let annotations = svc.metadata.annotations.as_ref().unwrap_or(&empty);
         let (policy, mut invalid) = policy::from_annotations(annotations);
-        let opaque_ports = opaque_ports(annotations, &mut invalid);
+        let opaque_ports = port_set(
+            annotations,
+            weft_api::annotations::OPAQUE_PORTS,
+            "bad_opaque_ports",
+            &mut invalid,
+        );
         ServiceInfo {
             cluster_ips,
             ports,
@@ -262,7 +276,21 @@ impl PodInfo {
             .any(|c| c.name == weft_api::PROXY_CONTAINER_NAME);
         let meshed = has_proxy || labels.contains_key(weft_api::labels::CONTROL_PLANE_NS);
         let mut invalid = Vec::new();
-        let opaque_ports = opaque_ports(&annotations, &mut invalid);
+        let opaque_ports = port_set(
+            &annotations,
+            weft_api::annotations::OPAQUE_PORTS,
+            "bad_opaque_ports",
+            &mut invalid,
+        );
+        let skip_inbound_ports = port_set(
+            &annotations,
+            weft_api::annotations::SKIP_INBOUND_PORTS,
+            "bad_skip_inbound_ports",
+            &mut invalid,
+        );
+        let mesh_app_port = annotations
+            .get(weft_api::annotations::MESH_TRANSPORT)
+            .is_some_and(|v| v == weft_api::annotations::MESH_TRANSPORT_APP_PORT);
         let named_ports = spec
             .containers
             .iter()
@@ -278,6 +306,8 @@ impl PodInfo {
                 .unwrap_or_else(|| "default".into()),
             meshed,
             opaque_ports,
+            mesh_app_port,
+            skip_inbound_ports,
             workload: labels
                 .get(weft_api::labels::WORKLOAD)
                 .cloned()

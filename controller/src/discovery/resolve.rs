@@ -286,6 +286,8 @@ impl Resolver<'_> {
             hint: Some(ProtocolHint {
                 http2: meshed.is_some(),
                 opaque: pod.is_some_and(|(_, p)| p.opaque_ports.contains(&port)),
+                app_port: meshed
+                    .is_some_and(|(_, p)| p.mesh_app_port && !p.skip_inbound_ports.contains(&port)),
             }),
             namespace: namespace.to_string(),
             pod: pod.map(|(name, _)| name.clone()).unwrap_or_default(),

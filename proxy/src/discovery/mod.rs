@@ -85,6 +85,15 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// The mesh identity of the endpoint at `ip`, when it is meshed.
+    pub fn mesh_peer_at(&self, ip: std::net::IpAddr) -> Option<&Arc<MeshPeer>> {
+        self.backends
+            .iter()
+            .flat_map(|b| &b.endpoints)
+            .find(|e| e.target.addr.ip() == ip)
+            .and_then(|e| e.target.mesh.as_ref())
+    }
+
     /// A backend by weight, among those with endpoints: a backend whose
     /// service is unknown or has no ready pods hands its share to the rest.
     /// A route's backend that does not resolve keeps its share (which is
@@ -202,6 +211,11 @@ pub struct Destination {
 impl Destination {
     pub fn routes(&self) -> Option<Arc<Routes>> {
         self.routes.load_full()
+    }
+
+    /// Whether discovery has answered for it at all (known or not).
+    pub fn answered(&self) -> bool {
+        *self.answered.borrow()
     }
 }
 
@@ -452,7 +466,8 @@ fn backend_set(
             .to_string(),
     );
     for e in backend.endpoints {
-        let Some(mut target) = target_of(&e.address, &e.identity) else {
+        let app_port = e.hint.as_ref().is_some_and(|h| h.app_port);
+        let Some(mut target) = target_of(&e.address, &e.identity, app_port) else {
             tracing::warn!(addr = %dest, endpoint = %e.address, identity = %e.identity, "ignoring an unusable endpoint");
             continue;
         };
@@ -488,13 +503,13 @@ fn declared_protocol(update: &DestinationUpdate) -> Option<crate::detect::Protoc
     }
 }
 
-fn target_of(address: &str, identity: &str) -> Option<Target> {
+fn target_of(address: &str, identity: &str, app_port: bool) -> Option<Target> {
     let addr: SocketAddr = address.parse().ok()?;
     let mesh = if identity.is_empty() {
         None
     } else {
         let id: SpiffeId = identity.parse().ok()?;
-        Some(Arc::new(MeshPeer::new(id).ok()?))
+        Some(Arc::new(MeshPeer::new(id, app_port).ok()?))
     };
     Some(Target {
         addr,

@@ -2,14 +2,14 @@ use super::*;
 
 #[test]
 fn endpoints_need_an_address_and_a_valid_identity() {
-    assert!(target_of("10.0.0.1:80", "").unwrap().mesh.is_none());
-    let t = target_of("10.0.0.1:80", "spiffe://cluster.local/ns/a/sa/b").unwrap();
+    assert!(target_of("10.0.0.1:80", "", false).unwrap().mesh.is_none());
+    let t = target_of("10.0.0.1:80", "spiffe://cluster.local/ns/a/sa/b", true).unwrap();
     assert_eq!(
         t.mesh.unwrap().identity.to_string(),
         "spiffe://cluster.local/ns/a/sa/b"
     );
-    assert!(target_of("nowhere", "").is_none());
-    assert!(target_of("10.0.0.1:80", "spiffe://x/bad").is_none());
+    assert!(target_of("nowhere", "", false).is_none());
+    assert!(target_of("10.0.0.1:80", "spiffe://x/bad", true).is_none());
 }
 
 fn weighted(weights: &[(u64, usize)]) -> Routes {

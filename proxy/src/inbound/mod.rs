@@ -1,17 +1,19 @@
-//! The inbound side: connections from other proxies, over mesh mTLS.
-//! The handshake proves the client's identity, the mesh header names the
-//! app's port and protocol, and the connection goes to the app on
-//! loopback with no detection: HTTP through [`http::LocalApp`], anything
-//! else spliced. (Plaintext from unmeshed clients takes the detection path
-//! of [`crate::connection`], then the same service.)
+//! The inbound side: connections from other proxies, over mesh mTLS,
+//! recognised by their ClientHello ([`hello`]) on the app's port or by
+//! arriving at the inbound port. The handshake proves the client's
+//! identity, the mesh header names the protocol, and the connection goes
+//! to the app on loopback with no detection: HTTP through
+//! [`http::LocalApp`], anything else spliced. (Plaintext from unmeshed
+//! clients takes the detection path of [`crate::connection`], then the
+//! same service.)
 
+pub(crate) mod hello;
 pub(crate) mod http;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use crate::http::pool::Version;
 use crate::listener::Listener;
@@ -34,8 +36,16 @@ pub(crate) fn local_app(orig_dst: SocketAddr, port: u16) -> SocketAddr {
 }
 
 /// Serves a connection from another proxy: mTLS, then the mesh header says
-/// which local port and protocol; no detection is needed.
-pub(crate) async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: SocketAddr) {
+/// which protocol (and, at the inbound port, which local port); no
+/// detection is needed.
+pub(crate) async fn serve_mesh<I>(
+    ctx: Arc<Listener>,
+    stream: I,
+    orig_dst: SocketAddr,
+    arrival: mesh::Arrival,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let direction = ctx.direction;
     let Some(server) = ctx.mesh_server.clone() else {
         tracing::info!("mesh connection refused: this proxy has no identity");
@@ -46,10 +56,11 @@ pub(crate) async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: 
     };
     // Counted under the client's identity once the handshake tells it.
     let io = io::CountingIo::new(stream, Default::default(), Default::default());
-    let (mut tls, client, header) = match mesh::accept(server, io, MESH_HANDSHAKE_TIMEOUT).await {
+    let accepted = mesh::accept(server, io, arrival, MESH_HANDSHAKE_TIMEOUT).await;
+    let (mut tls, client, header) = match accepted {
         Ok(accepted) => accepted,
         Err(error) => {
-            tracing::info!(%error, "mesh connection refused");
+            tracing::info!(%error, ?arrival, "mesh connection refused");
             ctx.metrics.identity.refused(direction, error.reason());
             return;
         }
@@ -62,7 +73,7 @@ pub(crate) async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: 
         ctx.metrics.tcp.write_bytes.get_or_create(&labels).clone(),
     );
     let target = Target::plain(local_app(orig_dst, header.port));
-    tracing::debug!(%client, port = header.port, protocol = ?header.protocol, "mesh connection");
+    tracing::debug!(%client, port = header.port, protocol = ?header.protocol, ?arrival, "mesh connection");
     match header.protocol {
         weft_api::mesh::Protocol::Http1 | weft_api::mesh::Protocol::Http2 => {
             let version = if header.protocol == weft_api::mesh::Protocol::Http2 {
@@ -76,6 +87,30 @@ pub(crate) async fn serve_mesh(ctx: Arc<Listener>, stream: TcpStream, orig_dst: 
             tcp::forward(tls, &mut guard, &target, &ctx.http.pool.connector).await
         }
     }
+}
+
+/// Whether a client at `source` may be a proxy that speaks mesh on app
+/// ports, so that a connection to a port detection skips (a server that
+/// speaks first) is worth waiting on for its ClientHello. Discovery knows
+/// every pod: an address it says is no meshed pod does not wait. While it
+/// has not answered, the connection waits, so mesh traffic keeps working
+/// through a controller outage (an unmeshed client then waits out the
+/// detection timeout). Without discovery only pinned peers are meshed.
+pub(crate) async fn source_may_be_mesh(ctx: &Listener, source: SocketAddr, port: u16) -> bool {
+    if let Some(peer) = ctx.endpoints.lookup(source.ip()) {
+        return peer.app_port;
+    }
+    let Some(resolver) = &ctx.resolver else {
+        return false;
+    };
+    // Keyed by the local port, so the cache holds one entry per client
+    // pod and server-speaks-first port.
+    let dest = resolver.resolve(SocketAddr::new(source.ip(), port)).await;
+    if !dest.answered() {
+        return true;
+    }
+    dest.routes()
+        .is_some_and(|routes| routes.mesh_peer_at(source.ip()).is_some_and(|p| p.app_port))
 }
 
 /// Serves an inbound HTTP connection, meshed or plaintext, to the app.

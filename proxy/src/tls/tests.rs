@@ -188,3 +188,44 @@ fn anchors_must_be_pem_certificates() {
         load_anchors(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err()
     );
 }
+
+/// At an app port, the mesh header must name that port: a client let in
+/// on one port (say by a NetworkPolicy) cannot ask for another.
+#[tokio::test]
+async fn a_header_for_another_port_is_refused_at_an_app_port() {
+    use crate::mesh::{AcceptError, Arrival, accept};
+    use weft_api::mesh::{Header, Protocol};
+
+    async fn offer(arrival: Arrival, port: u16) -> Result<Header, AcceptError> {
+        let ca = TestCa::new();
+        let client = mesh_client_config(ca.roots(), ca.store_for(WEB)).unwrap();
+        let server = mesh_server_config(ca.roots(), ca.store_for(API)).unwrap();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let connector = tokio_rustls::TlsConnector::from(client);
+            let name = server_name_for(&API.parse().unwrap()).unwrap();
+            let mut tls = connector.connect(name, client_io).await.unwrap();
+            let header = Header {
+                port,
+                protocol: Protocol::Http1,
+            };
+            tls.write_all(&header.encode()).await.unwrap();
+            let _ = tls.read(&mut [0u8; 1]).await;
+        });
+        let io = crate::io::CountingIo::new(server_io, Default::default(), Default::default());
+        let timeout = std::time::Duration::from_secs(5);
+        accept(server, io, arrival, timeout)
+            .await
+            .map(|(_, _, header)| header)
+    }
+    assert_eq!(
+        offer(Arrival::AppPort(8080), 8080).await.unwrap().port,
+        8080
+    );
+    assert_eq!(offer(Arrival::InboundPort, 9090).await.unwrap().port, 9090);
+    let refused = offer(Arrival::AppPort(8080), 9090).await.unwrap_err();
+    assert!(
+        matches!(&refused, AcceptError::Header(m) if m.contains("9090")),
+        "{refused}"
+    );
+}

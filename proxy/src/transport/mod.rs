@@ -47,8 +47,8 @@ pub struct Target {
     /// address (inbound).
     pub addr: SocketAddr,
     /// Set when the destination is a meshed pod: the identity its proxy
-    /// must prove. The connection then goes to that proxy's inbound port
-    /// over mTLS.
+    /// must prove. The connection is then mTLS to that proxy, on the
+    /// app's port or its inbound port as [`MeshPeer::app_port`] says.
     pub mesh: Option<Arc<MeshPeer>>,
     /// What discovery said the endpoint is (outbound only).
     pub dst: Dst,
@@ -108,7 +108,12 @@ impl Connector {
                 return Ok((Upstream::Plain(io), guard));
             }
         };
-        let addr = SocketAddr::new(target.addr.ip(), weft_api::ports::INBOUND);
+        // The app's port keeps its meaning on the wire (NetworkPolicy);
+        // a peer that cannot take that gets its inbound port.
+        let addr = match peer.app_port {
+            true => target.addr,
+            false => SocketAddr::new(target.addr.ip(), weft_api::ports::INBOUND),
+        };
         if tokio::time::timeout_at(deadline, mesh.certs.wait_ready())
             .await
             .is_err()

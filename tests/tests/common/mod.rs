@@ -99,6 +99,12 @@ pub async fn meshed_pair(
     let mut env = mesh
         .identity_env(&controller, &server, NAMESPACE, "server")
         .expect("server identity");
+    // Without pods in discovery, the server knows its meshed client this
+    // way (it waits for its ClientHello on server-speaks-first ports).
+    env.push((
+        "WEFT_MESH_ENDPOINTS".into(),
+        format!("{}={}", client.ip, client_id()),
+    ));
     env.extend(weft_testbed::env(server_env));
     let client_proxy = mesh
         .spawn_proxy(
