@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/weft/identity/v1/identity.proto",
             "proto/weft/destination/v1/destination.proto",
+            "proto/weft/policy/v1/policy.proto",
         ],
         &["proto"],
     )?;

@@ -30,6 +30,7 @@ use anyhow::Context;
 use weft_api::identity::SpiffeId;
 use weft_api::proto::destination::destination_server::DestinationServer;
 use weft_api::proto::identity::identity_server::IdentityServer;
+use weft_api::proto::policy::policy_server::PolicyServer;
 
 use crate::ca::{Ca, CaSettings};
 use crate::discovery::Store;
@@ -167,6 +168,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         discovery = ?config.discovery,
         "serving identity and discovery"
     );
+    let policies = PolicyServer::new(discovery::netpol::service::PolicyService {
+        store: store.clone(),
+    })
+    .max_decoding_message_size(16 * 1024);
     let destinations = DestinationServer::new(discovery::service::DestinationService {
         store,
         metrics: metrics.clone(),
@@ -188,6 +193,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(service)
         .add_service(destinations)
+        .add_service(policies)
         .serve_with_incoming_shutdown(serving::incoming(grpc, tls), shutdown_signal())
         .await
         .context("gRPC server failed")?;

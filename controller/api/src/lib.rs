@@ -31,6 +31,11 @@ pub mod proto {
         #![allow(missing_debug_implementations, clippy::all)]
         tonic::include_proto!("weft.destination.v1");
     }
+    /// NetworkPolicy, resolved per pod: `weft.policy.v1.Policy`.
+    pub mod policy {
+        #![allow(missing_debug_implementations, clippy::all)]
+        tonic::include_proto!("weft.policy.v1");
+    }
 }
 
 /// Ports the proxy listens on inside a meshed pod.
@@ -109,6 +114,13 @@ pub mod annotations {
     /// the inbound port with the mesh header.
     pub const MESH_TRANSPORT: &str = "weft.io/mesh-transport";
     pub const MESH_TRANSPORT_APP_PORT: &str = "app-port";
+}
+
+/// Namespace annotations that set how the proxies apply policy there.
+pub mod policy_annotations {
+    /// `enforce` (default) or `audit`: would-be denials are counted and
+    /// logged, and let through.
+    pub const MODE: &str = "policy.weft.io/mode";
 }
 
 /// Service annotations that set route policy. Invalid values are reported

@@ -70,6 +70,8 @@ vars! {
         "ask the controller where destinations are (on or off)";
     DISCOVERY_WAIT = "WEFT_DISCOVERY_WAIT", "3s",
         "how long a first lookup waits for the controller";
+    POD_NAME = "WEFT_POD_NAME", "",
+        "the pod's name: with discovery, the proxy enforces its NetworkPolicy";
     TRACE_COLLECTOR = "WEFT_TRACE_COLLECTOR", "",
         "OTLP/gRPC collector URL for request spans";
     TRACE_SAMPLE_RATIO = "WEFT_TRACE_SAMPLE_RATIO", "1",

@@ -1,5 +1,6 @@
-//! The file source: Services, EndpointSlices, Pods, TrafficSplits and
-//! Gateway API routes (HTTPRoute, GRPCRoute) as
+//! The file source: Services, EndpointSlices, Pods, TrafficSplits,
+//! Gateway API routes (HTTPRoute, GRPCRoute), Namespaces and
+//! NetworkPolicies as
 //! Kubernetes YAML (or JSON) on disk, reloaded when the files change.
 //!
 //! A path may be one file or a folder (its `*.yaml`, `*.yml` and `*.json`
@@ -13,13 +14,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::Deserialize;
 use serde_json::Value;
 use weft_api::split::TrafficSplit;
 
 use super::model::{PodInfo, ServiceInfo, SliceInfo, SplitInfo};
+use super::netpol::{NamespaceInfo, NetworkPolicyInfo};
 use super::route::gateway::{GrpcRoute, HttpRoute};
 use super::{Kind, Object, Store, route};
 
@@ -30,6 +33,8 @@ const ALL_KINDS: &[Kind] = &[
     Kind::Split,
     Kind::HttpRoute,
     Kind::GrpcRoute,
+    Kind::Namespace,
+    Kind::NetworkPolicy,
 ];
 
 /// Why a file could not be used.
@@ -91,6 +96,8 @@ pub fn convert(mut value: Value, out: &mut Vec<Object>) -> Result<(), String> {
         (v, "TrafficSplit") if v.starts_with(weft_api::split::GROUP) => Kind::Split,
         ("gateway.networking.k8s.io/v1", "HTTPRoute") => Kind::HttpRoute,
         ("gateway.networking.k8s.io/v1", "GRPCRoute") => Kind::GrpcRoute,
+        ("v1", "Namespace") => Kind::Namespace,
+        ("networking.k8s.io/v1", "NetworkPolicy") => Kind::NetworkPolicy,
         (_, kind) => {
             tracing::debug!(%api_version, %kind, "not a discovery object; skipped");
             return Ok(());
@@ -142,6 +149,18 @@ fn object_of(kind: Kind, value: Value) -> Result<Option<Object>, String> {
             let route: GrpcRoute = serde_json::from_value(value).map_err(bad)?;
             let info = route::convert::grpc_route(&key.0, &route);
             Some(Object::Route(key, info))
+        }
+        Kind::Namespace => {
+            let namespace: Namespace = serde_json::from_value(value).map_err(bad)?;
+            let info = NamespaceInfo::from_k8s(&namespace);
+            Some(Object::Namespace((String::new(), name), info))
+        }
+        Kind::NetworkPolicy => {
+            let policy: NetworkPolicy = serde_json::from_value(value).map_err(bad)?;
+            Some(Object::NetworkPolicy(
+                key,
+                NetworkPolicyInfo::from_k8s(&policy),
+            ))
         }
     })
 }

@@ -13,6 +13,7 @@ pub mod interest;
 pub mod kubernetes;
 pub mod metrics;
 pub mod model;
+pub mod netpol;
 pub mod policy;
 pub mod resolve;
 pub mod route;
@@ -27,6 +28,7 @@ use std::time::Instant;
 use interest::{Interest, Subscription, Topic};
 use metrics::{Action, DiscoveryMetrics};
 use model::{Invalid, Key, PodInfo, ServiceInfo, SliceInfo, SplitInfo};
+use netpol::{NamespaceInfo, NetworkPolicyInfo};
 use route::{RouteInfo, RouteKind};
 
 /// The topics a change touched.
@@ -57,6 +59,10 @@ pub struct Objects {
     pub grpc_routes: HashMap<Key, RouteInfo>,
     /// `(namespace, parent service)` → the routes naming it as a parent.
     routes_of: HashMap<Key, HashSet<(RouteKind, Key)>>,
+    /// By name; a namespace without an object has only its name label.
+    pub namespaces: HashMap<String, NamespaceInfo>,
+    /// Keyed by `(namespace, policy name)`.
+    pub network_policies: HashMap<Key, NetworkPolicyInfo>,
 }
 
 /// One object from a source.
@@ -67,6 +73,9 @@ pub enum Object {
     Pod(Key, PodInfo, Vec<Invalid>),
     Split(Key, SplitInfo),
     Route(Key, RouteInfo),
+    /// Keyed by `("", name)`.
+    Namespace(Key, NamespaceInfo),
+    NetworkPolicy(Key, NetworkPolicyInfo),
 }
 
 weft_api::label_values! {
@@ -79,6 +88,8 @@ weft_api::label_values! {
         Split => "trafficsplit",
         HttpRoute => "httproute",
         GrpcRoute => "grpcroute",
+        Namespace => "namespace",
+        NetworkPolicy => "networkpolicy",
     }
 }
 
@@ -90,6 +101,8 @@ impl Object {
             Object::Pod(..) => Kind::Pod,
             Object::Split(..) => Kind::Split,
             Object::Route(_, route) => Kind::of_route(route.kind),
+            Object::Namespace(..) => Kind::Namespace,
+            Object::NetworkPolicy(..) => Kind::NetworkPolicy,
         }
     }
 
@@ -99,7 +112,9 @@ impl Object {
             | Object::Slice(k, _)
             | Object::Pod(k, _, _)
             | Object::Split(k, _)
-            | Object::Route(k, _) => k,
+            | Object::Route(k, _)
+            | Object::Namespace(k, _)
+            | Object::NetworkPolicy(k, _) => k,
         }
     }
 }
@@ -206,6 +221,14 @@ impl Objects {
                 }
                 self.routes_mut(info.kind).insert(key, info);
             }
+            // Destinations do not depend on these; policy streams follow
+            // their own signal (`Store::policy_inputs`).
+            Object::Namespace(key, info) => {
+                self.namespaces.insert(key.1, info);
+            }
+            Object::NetworkPolicy(key, info) => {
+                self.network_policies.insert(key, info);
+            }
         }
         let mut after = self.invalid_of(kind, &key);
         after.retain(|i| !before.contains(i));
@@ -245,6 +268,16 @@ impl Objects {
                 .route_kind()
                 .and_then(|k| self.routes(k).get(key))
                 .map(|r| r.invalid.clone())
+                .unwrap_or_default(),
+            Kind::Namespace => self
+                .namespaces
+                .get(&key.1)
+                .map(|n| n.invalid.clone())
+                .unwrap_or_default(),
+            Kind::NetworkPolicy => self
+                .network_policies
+                .get(key)
+                .map(|p| p.invalid.clone())
                 .unwrap_or_default(),
             // A pod's problems are reported when it arrives; pods are not
             // kept whole.
@@ -332,6 +365,8 @@ impl Objects {
                     touched.insert(Topic::Service(parent.service));
                 }
             }
+            Kind::Namespace => return self.namespaces.remove(&key.1).is_some(),
+            Kind::NetworkPolicy => return self.network_policies.remove(key).is_some(),
         }
         true
     }
@@ -344,6 +379,12 @@ impl Objects {
             Kind::Split => self.splits.keys().cloned().collect(),
             Kind::HttpRoute => self.http_routes.keys().cloned().collect(),
             Kind::GrpcRoute => self.grpc_routes.keys().cloned().collect(),
+            Kind::Namespace => self
+                .namespaces
+                .keys()
+                .map(|n| (String::new(), n.clone()))
+                .collect(),
+            Kind::NetworkPolicy => self.network_policies.keys().cloned().collect(),
         }
     }
 
@@ -355,6 +396,8 @@ impl Objects {
             Object::Pod(k, v, _) => self.pods.get(k) == Some(v),
             Object::Split(k, v) => self.splits.get(k) == Some(v),
             Object::Route(k, v) => self.routes(v.kind).get(k) == Some(v),
+            Object::Namespace(k, v) => self.namespaces.get(&k.1) == Some(v),
+            Object::NetworkPolicy(k, v) => self.network_policies.get(k) == Some(v),
         }
     }
 
@@ -366,6 +409,8 @@ impl Objects {
             Kind::Split => self.splits.len(),
             Kind::HttpRoute => self.http_routes.len(),
             Kind::GrpcRoute => self.grpc_routes.len(),
+            Kind::Namespace => self.namespaces.len(),
+            Kind::NetworkPolicy => self.network_policies.len(),
         }
     }
 }
@@ -382,6 +427,7 @@ pub struct Store {
     /// Bumped when Services or routes change, or discovery syncs: what a
     /// route's status depends on.
     route_inputs: tokio::sync::watch::Sender<u64>,
+    policy_inputs: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -398,6 +444,7 @@ impl Store {
             cluster_domain: cluster_domain.trim_matches('.').to_string(),
             metrics,
             route_inputs: tokio::sync::watch::Sender::new(0),
+            policy_inputs: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -427,6 +474,26 @@ impl Store {
         self.route_inputs.subscribe()
     }
 
+    /// Bumped when anything a pod's NetworkPolicy depends on changes:
+    /// pods, namespaces, policies, and the first full listing.
+    pub fn policy_inputs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.policy_inputs.subscribe()
+    }
+
+    /// The resolved NetworkPolicy of pod `key`.
+    pub fn policy_for(&self, key: &Key) -> weft_api::proto::policy::PolicyUpdate {
+        netpol::resolve::policy_for(&self.read(), &self.trust_domain, key)
+    }
+
+    fn policy_inputs_changed(&self, kinds: &[Kind]) {
+        if kinds
+            .iter()
+            .any(|k| matches!(k, Kind::Pod | Kind::Namespace | Kind::NetworkPolicy))
+        {
+            self.policy_inputs.send_modify(|v| *v += 1);
+        }
+    }
+
     fn route_inputs_changed(&self, kinds: &[Kind]) {
         if kinds
             .iter()
@@ -440,6 +507,7 @@ impl Store {
         if !self.synced.swap(true, Ordering::AcqRel) {
             tracing::info!("discovery synced");
             self.route_inputs.send_modify(|v| *v += 1);
+            self.policy_inputs.send_modify(|v| *v += 1);
             self.metrics.changes.inc();
             self.interest.wake_all(Instant::now());
         }
@@ -474,6 +542,7 @@ impl Store {
         self.metrics.event(kind, Action::Apply);
         self.changed(&touched, kind == Kind::Split);
         self.route_inputs_changed(&[kind]);
+        self.policy_inputs_changed(&[kind]);
     }
 
     /// Removes one object.
@@ -487,6 +556,7 @@ impl Store {
         self.metrics.event(kind, Action::Delete);
         self.changed(&touched, kind == Kind::Split);
         self.route_inputs_changed(&[kind]);
+        self.policy_inputs_changed(&[kind]);
     }
 
     /// Makes `objects` the whole set of `kinds`: what is missing from it is
@@ -527,6 +597,7 @@ impl Store {
         }
         self.changed(&touched, kinds.contains(&Kind::Split));
         self.route_inputs_changed(kinds);
+        self.policy_inputs_changed(kinds);
     }
 
     /// Wakes the subscriptions that read a touched topic; `splits` says

@@ -99,6 +99,8 @@ pub struct PodInfo {
     pub workload: String,
     /// Named container ports, for services whose target port is a name.
     pub named_ports: BTreeMap<String, u16>,
+    /// For NetworkPolicy `podSelector`s.
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -313,6 +315,7 @@ impl PodInfo {
                 .cloned()
                 .unwrap_or_default(),
             named_ports,
+            labels,
         };
         (info, invalid)
     }

@@ -83,6 +83,8 @@ pub(super) fn proxy_container(
         // when the service account is filled in after this webhook.
         field_env("_WEFT_POD_NS", "metadata.namespace"),
         field_env("_WEFT_POD_SA", "spec.serviceAccountName"),
+        // The proxy asks for its pod's NetworkPolicy by name.
+        field_env(env::POD_NAME.name, "metadata.name"),
         env(
             env::IDENTITY.name,
             format!(

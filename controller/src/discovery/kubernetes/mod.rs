@@ -1,6 +1,7 @@
 //! The Kubernetes source: kube-rs watchers over Services, EndpointSlices,
-//! Pods, TrafficSplits and Gateway API routes (HTTPRoute, GRPCRoute, as
-//! Weft's own types of them), feeding the store as objects change.
+//! Pods, Namespaces, NetworkPolicies, TrafficSplits and Gateway API routes
+//! (HTTPRoute, GRPCRoute, as Weft's own types of them), feeding the store
+//! as objects change.
 //!
 //! Objects are read straight from the API server's JSON into typed structs
 //! and converted into the store's model, with no second encoding:
@@ -19,8 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::core::DynamicResourceScope;
@@ -33,6 +35,7 @@ use serde::de::DeserializeOwned;
 use weft_api::split::TrafficSplitSpec;
 
 use super::model::{Key, PodInfo, ServiceInfo, SliceInfo, SplitInfo};
+use super::netpol::{NamespaceInfo, NetworkPolicyInfo};
 use super::route::gateway::{GrpcRoute, HttpRoute};
 use super::{Kind, Object, Store, route};
 
@@ -115,6 +118,25 @@ impl Discovered for Pod {
     }
 }
 
+impl Discovered for Namespace {
+    fn discovered(&self, key: Key) -> Option<Object> {
+        // Cluster-scoped: keyed by name alone.
+        Some(Object::Namespace(
+            (String::new(), key.1),
+            NamespaceInfo::from_k8s(self),
+        ))
+    }
+}
+
+impl Discovered for NetworkPolicy {
+    fn discovered(&self, key: Key) -> Option<Object> {
+        Some(Object::NetworkPolicy(
+            key,
+            NetworkPolicyInfo::from_k8s(self),
+        ))
+    }
+}
+
 impl Discovered for Served<SliceBody> {
     fn discovered(&self, key: Key) -> Option<Object> {
         let body = &self.body;
@@ -182,7 +204,7 @@ impl Listed {
 pub fn spawn(client: Client, store: Arc<Store>) {
     let gate = Arc::new(SyncGate {
         store: store.clone(),
-        pending: AtomicUsize::new(6),
+        pending: AtomicUsize::new(8),
     });
     let listed = || Listed(Some(gate.clone()));
     let config = watcher::Config::default;
@@ -212,6 +234,8 @@ pub fn spawn(client: Client, store: Arc<Store>) {
             .await
         });
     }
+    spawn_typed::<Namespace>(Kind::Namespace, client.clone(), store.clone(), listed());
+    spawn_typed::<NetworkPolicy>(Kind::NetworkPolicy, client.clone(), store.clone(), listed());
     spawn_served::<SliceBody>(
         Kind::Slice,
         ("discovery.k8s.io", "EndpointSlice"),
@@ -229,6 +253,23 @@ pub fn spawn(client: Client, store: Arc<Store>) {
     spawn_gateway::<HttpRoute>(Kind::HttpRoute, client.clone(), store.clone(), listed());
     spawn_gateway::<GrpcRoute>(Kind::GrpcRoute, client.clone(), store.clone(), listed());
     tokio::spawn(route_status::run(client, store));
+}
+
+/// Watches a built-in kind, cluster-wide.
+fn spawn_typed<K>(kind: Kind, client: Client, store: Arc<Store>, mut listed: Listed)
+where
+    K: Discovered + Resource<DynamicType = ()>,
+{
+    let api: Api<K> = Api::all(client);
+    tokio::spawn(async move {
+        run(
+            kind,
+            watcher::watcher(api, watcher::Config::default()),
+            &store,
+            &mut listed,
+        )
+        .await
+    });
 }
 
 /// Watches a Gateway API route kind in `v1` once the cluster serves it. A
