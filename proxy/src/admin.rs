@@ -22,6 +22,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// With an identity, the proxy is ready only once it has a certificate.
     pub certs: Option<Arc<CertStore>>,
+    /// An enforcing proxy is ready only once the pod's policy arrived.
+    pub policy: Arc<crate::policy::Policy>,
     /// Cancelled to begin a graceful shutdown.
     pub shutdown: CancellationToken,
 }
@@ -30,6 +32,10 @@ impl Admin for AdminState {
     fn readiness(&self) -> Result<(), weft_api::admin::NotReady> {
         if !self.certs.as_ref().is_none_or(|c| c.is_ready()) {
             Err(weft_api::admin::NotReady("no workload certificate yet"))
+        } else if !self.policy.is_ready() {
+            Err(weft_api::admin::NotReady(
+                "the pod's NetworkPolicy has not arrived yet",
+            ))
         } else if !self.ready.load(Ordering::Acquire) {
             Err(weft_api::admin::NotReady(
                 "listeners not bound yet, or draining",

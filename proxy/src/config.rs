@@ -101,6 +101,9 @@ pub struct Config {
     /// How long a connection to a destination seen for the first time
     /// waits for discovery's answer before going to the original address.
     pub discovery_wait: Duration,
+    /// The pod's name: with discovery, the proxy asks for its pod's
+    /// NetworkPolicy and enforces it. Without one, no policy applies.
+    pub pod_name: Option<String>,
     /// The pod's redirect exemptions, as the injector copied them from its
     /// `config.weft.io/skip-*` annotations. The CNI plugin applies them;
     /// the proxy only reports them.
@@ -257,6 +260,7 @@ impl Config {
                     "off" | "false" => Ok(false),
                     _ => Err(Invalid::Rule("must be on or off")),
                 })?,
+                pod_name: var(env::POD_NAME).map(|v| v.trim().to_string()),
                 discovery_wait: parse_or(
                     var(env::DISCOVERY_WAIT),
                     env::DISCOVERY_WAIT,

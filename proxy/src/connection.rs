@@ -20,6 +20,7 @@ use crate::metrics::identity::Refusal;
 use crate::metrics::tcp::{ConnectionGuard, Side};
 use crate::metrics::{Direction, PeerLabels};
 use crate::outbound::http::Route;
+use crate::policy::Way;
 use crate::transport::Target;
 use crate::{detect, inbound, io, mesh, orig_dst, outbound, tcp, transport};
 
@@ -40,6 +41,26 @@ async fn outbound_route(ctx: &Listener, orig_dst: SocketAddr) -> (Route, Option<
     let dest = resolver.resolve(orig_dst).await;
     let declared = dest.routes().and_then(|r| r.protocol);
     (Route::Balanced(dest), declared)
+}
+
+/// Where an outbound connection may end up, for egress policy: its
+/// target, or every endpoint of its destination. With Gateway API routes
+/// a rule may send it elsewhere, so only each endpoint connection is
+/// checked then.
+fn egress_candidates(route: &Route) -> Vec<SocketAddr> {
+    match route {
+        Route::Fixed(target) => vec![target.addr],
+        Route::Balanced(dest) => match dest.routes() {
+            Some(routes) if routes.http.is_some() => Vec::new(),
+            Some(routes) => routes
+                .backends
+                .iter()
+                .flat_map(|b| &b.endpoints)
+                .map(|e| e.target.addr)
+                .collect(),
+            None => vec![dest.addr],
+        },
+    }
 }
 
 /// The next hop of an accepted connection that is not mesh mTLS.
@@ -64,7 +85,7 @@ pub(crate) async fn handle(ctx: Arc<Listener>, mut stream: TcpStream, peer: Sock
     if direction == Direction::Inbound && orig_dst.port() == ctx.config.inbound_port {
         let _ = stream.set_nodelay(true);
         let span = tracing::debug_span!("mesh", %peer);
-        let serve = serve_mesh(ctx, stream, orig_dst, mesh::Arrival::InboundPort);
+        let serve = serve_mesh(ctx, stream, peer, orig_dst, mesh::Arrival::InboundPort);
         tracing::Instrument::instrument(serve, span).await;
         return;
     }
@@ -87,7 +108,7 @@ pub(crate) async fn handle(ctx: Arc<Listener>, mut stream: TcpStream, peer: Sock
                     let span = tracing::debug_span!("mesh", %peer, port = orig_dst.port());
                     let stream = io::PrefixedIo::new(buf, stream);
                     let arrival = mesh::Arrival::AppPort(orig_dst.port());
-                    let serve = serve_mesh(ctx, stream, orig_dst, arrival);
+                    let serve = serve_mesh(ctx, stream, peer, orig_dst, arrival);
                     tracing::Instrument::instrument(serve, span).await;
                     return;
                 }
@@ -97,6 +118,11 @@ pub(crate) async fn handle(ctx: Arc<Listener>, mut stream: TcpStream, peer: Sock
                     return;
                 }
             }
+        }
+        // Plaintext: the source address is all NetworkPolicy has, as for
+        // a CNI.
+        if !ctx.policy.allows(Way::Ingress, peer, None, orig_dst.port()) {
+            return;
         }
         if ctx.config.inbound_mtls == InboundMtls::Strict {
             tracing::info!(%peer, %orig_dst, "refusing a connection that is not mesh mTLS (strict mode)");
@@ -148,6 +174,13 @@ async fn serve(
             (Next::Out(route), declared)
         }
     };
+    if let Next::Out(route) = &next
+        && !ctx
+            .policy
+            .allows_any(Way::Egress, &egress_candidates(route))
+    {
+        return;
+    }
     // The accepted side of this connection is never mesh TLS: outbound it
     // is the app, inbound an unmeshed client.
     let mut guard = ConnectionGuard::open(&ctx.metrics, direction, Side::Src, PeerLabels::plain());

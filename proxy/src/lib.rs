@@ -28,6 +28,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod orig_dst;
 pub(crate) mod outbound;
+pub mod policy;
 pub mod tcp;
 pub mod tls;
 pub mod trace;
@@ -48,6 +49,7 @@ use crate::http::server::HttpContext;
 use crate::listener::Listener;
 use crate::mesh::{Endpoints, MeshClient};
 use crate::metrics::{Direction, Metrics};
+use crate::policy::Policy;
 use crate::tls::CertStore;
 use crate::transport::Connector;
 
@@ -131,6 +133,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
         _ => None,
     };
+    let policy = match (&config.identity, &config.pod_name) {
+        (Some(identity), Some(pod)) if config.discovery => {
+            let channel = identity::controller_channel(identity, None)?;
+            let namespace = identity.identity.namespace().to_string();
+            tracing::info!(%namespace, %pod, "enforcing the pod's NetworkPolicy; refusing connections until it arrives");
+            Policy::follow(channel, namespace, pod.clone(), metrics.clone())
+        }
+        _ => Policy::off(metrics.clone()),
+    };
 
     let tracer = match &config.trace_collector {
         None => None,
@@ -150,6 +161,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         metrics: metrics.clone(),
         ready: Default::default(),
         certs: mesh.as_ref().map(|m| m.certs.clone()),
+        policy: policy.clone(),
         shutdown: shutdown.clone(),
     });
     tokio::spawn(weft_api::admin::serve(admin_listener, state.clone()));
@@ -186,6 +198,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 Direction::Outbound => mesh.as_ref().map(|m| m.client.clone()),
                 Direction::Inbound => None,
             },
+            egress: match direction {
+                Direction::Outbound => Some(policy.clone()),
+                Direction::Inbound => None,
+            },
         };
         let ctx = Arc::new(Listener {
             config: config.clone(),
@@ -197,6 +213,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             // Inbound uses it only to ask whether a client is a meshed pod.
             resolver: resolver.clone(),
             mesh_server: mesh.as_ref().map(|m| m.server.clone()),
+            policy: policy.clone(),
         });
         for (_, addr) in listeners.iter().filter(|(d, _)| *d == direction) {
             match bind(*addr, addr.is_ipv6()) {

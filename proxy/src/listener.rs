@@ -11,6 +11,7 @@ use crate::discovery::Resolver;
 use crate::http::server::HttpContext;
 use crate::mesh::Endpoints;
 use crate::metrics::{Direction, Metrics};
+use crate::policy::Policy;
 
 /// Everything a connection handler needs.
 #[derive(Debug)]
@@ -27,4 +28,7 @@ pub(crate) struct Listener {
     pub resolver: Option<Arc<Resolver>>,
     /// Terminates mesh mTLS (inbound), when the proxy has an identity.
     pub mesh_server: Option<Arc<rustls::ServerConfig>>,
+    /// The pod's NetworkPolicy (ingress is checked here; egress in the
+    /// outbound connector).
+    pub policy: Arc<Policy>,
 }

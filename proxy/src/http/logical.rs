@@ -175,6 +175,7 @@ mod tests {
             metrics: Metrics::new(),
             direction,
             mesh: None,
+            egress: None,
         };
         Arc::new(HttpContext::new(config, connector, None))
     }

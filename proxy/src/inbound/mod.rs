@@ -20,6 +20,7 @@ use crate::listener::Listener;
 use crate::metrics::PeerLabels;
 use crate::metrics::identity::Refusal;
 use crate::metrics::tcp::{ConnectionGuard, Side};
+use crate::policy::Way;
 use crate::transport::Target;
 use crate::{io, mesh, tcp};
 
@@ -41,6 +42,7 @@ pub(crate) fn local_app(orig_dst: SocketAddr, port: u16) -> SocketAddr {
 pub(crate) async fn serve_mesh<I>(
     ctx: Arc<Listener>,
     stream: I,
+    peer: SocketAddr,
     orig_dst: SocketAddr,
     arrival: mesh::Arrival,
 ) where
@@ -65,6 +67,13 @@ pub(crate) async fn serve_mesh<I>(
             return;
         }
     };
+    // NetworkPolicy sees the app's port and the proven identity.
+    if !ctx
+        .policy
+        .allows(Way::Ingress, peer, Some(&client), header.port)
+    {
+        return;
+    }
     let peer_labels = PeerLabels::client(Arc::new(client.to_string()));
     let mut guard = ConnectionGuard::open(&ctx.metrics, direction, Side::Src, peer_labels.clone());
     let labels = guard.labels().clone();

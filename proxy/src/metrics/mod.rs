@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod http;
 pub mod identity;
 pub mod peer;
+pub mod policy;
 pub mod routes;
 pub mod tcp;
 
@@ -57,6 +58,7 @@ pub struct Metrics {
     pub identity: identity::IdentityMetrics,
     pub discovery: discovery::DiscoveryMetrics,
     pub routes: routes::RouteMetrics,
+    pub policy: policy::PolicyMetrics,
 }
 
 impl Metrics {
@@ -69,6 +71,7 @@ impl Metrics {
             identity: identity::IdentityMetrics::register(sub(&mut registry)),
             discovery: discovery::DiscoveryMetrics::register(sub(&mut registry)),
             routes: routes::RouteMetrics::register(sub(&mut registry)),
+            policy: policy::PolicyMetrics::register(sub(&mut registry)),
             registry: Registry::default(),
         };
         registry.register_collector(Box::new(weft_api::process::ProcessCollector));

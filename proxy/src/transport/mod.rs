@@ -17,6 +17,7 @@ use crate::mesh::{MeshClient, MeshPeer};
 use crate::metrics::identity::Refusal;
 use crate::metrics::tcp::{ConnectionGuard, Side, TcpLabels};
 use crate::metrics::{Direction, Dst, Metrics, PeerLabels};
+use crate::policy::{Policy, Way};
 
 /// Why an upstream connection could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub enum ConnectError {
     },
     #[error("no workload certificate yet; cannot open mTLS to {addr}")]
     NoCertificate { addr: SocketAddr },
+    #[error("NetworkPolicy refuses connections to {addr}")]
+    Denied { addr: SocketAddr },
 }
 
 /// Where a connection goes.
@@ -88,6 +91,8 @@ pub struct Connector {
     pub direction: Direction,
     /// Present when the proxy has a workload identity.
     pub mesh: Option<Arc<MeshClient>>,
+    /// Egress NetworkPolicy, checked before each outbound connection.
+    pub egress: Option<Arc<Policy>>,
 }
 
 impl Connector {
@@ -98,6 +103,11 @@ impl Connector {
         target: &Target,
         protocol: MeshProtocol,
     ) -> Result<(Upstream, ConnectionGuard), ConnectError> {
+        if let Some(policy) = &self.egress
+            && !policy.allows(Way::Egress, target.addr, None, target.addr.port())
+        {
+            return Err(ConnectError::Denied { addr: target.addr });
+        }
         let deadline = tokio::time::Instant::now() + self.timeout;
         let (peer, mesh) = match (&target.mesh, &self.mesh) {
             (Some(peer), Some(mesh)) => (peer, mesh),
