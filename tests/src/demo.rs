@@ -131,6 +131,8 @@ impl Demo {
             (&client, "client", "client"),
         ] {
             let mut env = mesh.identity_env(&controller, pod, NAMESPACE, sa)?;
+            // As the injector does: the proxy enforces its pod's policy.
+            env.push(("WEFT_POD_NAME".into(), pod.name.clone()));
             if let Some(collector) = &options.trace_collector {
                 env.push(("WEFT_TRACE_COLLECTOR".into(), collector.clone()));
             }

@@ -66,6 +66,7 @@ fn kubelet_env(container: &Container, pod: &K8sPod) -> Vec<(String, String)> {
                 let path = &from.field_ref.as_ref().expect("only fieldRef").field_path;
                 match path.as_str() {
                     "metadata.namespace" => pod.metadata.namespace.clone().unwrap(),
+                    "metadata.name" => pod.metadata.name.clone().unwrap(),
                     "spec.serviceAccountName" => pod
                         .spec
                         .as_ref()
@@ -189,17 +190,19 @@ async fn an_injected_pod_spec_runs_a_meshed_proxy() {
         let token = mesh
             .mint_token(&ca, &format!("{}-token", pod.name), NAMESPACE, account, &[])
             .unwrap();
+        // What the API server would report, for the controller's
+        // discovery, before the containers start: the proxy is ready only
+        // once it has its pod's policy.
+        doc["status"] = json!({"podIP": pod.ip.to_string(), "phase": "Running"});
+        docs.insert(pod.name.clone(), doc.clone());
+        let objects: Vec<String> = docs.values().map(|d| d.to_string()).collect();
+        mesh.publish("pods.yaml", &objects.join("\n---\n")).unwrap();
         let started = run_injected(&mesh, pod, &doc, &token).await;
         eprintln!(
             "{}: postStart hook returned after {:?}",
             pod.name, started.hook_waited
         );
-        // What the API server would report, for the controller's discovery.
-        doc["status"] = json!({"podIP": pod.ip.to_string(), "phase": "Running"});
-        docs.insert(pod.name.clone(), doc);
     }
-    let objects: Vec<String> = docs.values().map(|d| d.to_string()).collect();
-    mesh.publish("pods.yaml", &objects.join("\n---\n")).unwrap();
 
     mesh.spawn_demo(&server, "http", APP_PORT, "web")
         .await

@@ -120,7 +120,10 @@ impl Connector {
         };
         // The app's port keeps its meaning on the wire (NetworkPolicy);
         // a peer that cannot take that gets its inbound port.
-        let addr = match peer.app_port {
+        // A connection to this pod's own address never crosses its
+        // inbound redirect (locally made packets skip PREROUTING), so it
+        // goes straight to the inbound port.
+        let addr = match peer.app_port && !is_own_address(target.addr.ip()) {
             true => target.addr,
             false => SocketAddr::new(target.addr.ip(), weft_api::ports::INBOUND),
         };
@@ -188,6 +191,28 @@ impl Connector {
         let io = counting(&self.metrics, stream, guard.labels());
         Ok((io, guard))
     }
+}
+
+/// Whether `ip` is an address of this network namespace (the pod's own).
+/// Read once: a pod keeps its addresses for its whole life.
+fn is_own_address(ip: std::net::IpAddr) -> bool {
+    static OWN: std::sync::OnceLock<Vec<std::net::IpAddr>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| {
+        let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+            return Vec::new();
+        };
+        addrs
+            .filter_map(|a| a.address)
+            .filter_map(|a| {
+                if let Some(v4) = a.as_sockaddr_in() {
+                    Some(std::net::IpAddr::V4(v4.ip()))
+                } else {
+                    a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip()))
+                }
+            })
+            .collect()
+    })
+    .contains(&ip)
 }
 
 /// Wraps `stream` so its bytes count under `labels`.
