@@ -128,7 +128,7 @@ impl DiscoveryMetrics {
         );
         registry.register(
             "invalid_config",
-            "Annotations, TrafficSplits and route rules ignored because they are invalid, by kind and reason",
+            "Annotations, TrafficSplits, route rules and NetworkPolicy parts ignored because they are invalid, by kind and reason",
             m.invalid.clone(),
         );
         registry.register(
