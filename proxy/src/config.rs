@@ -104,6 +104,9 @@ pub struct Config {
     /// The pod's name: with discovery, the proxy asks for its pod's
     /// NetworkPolicy and enforces it. Without one, no policy applies.
     pub pod_name: Option<String>,
+    /// The node's address, which NetworkPolicy always allows, as the API
+    /// defines (kubelet's probes come from it).
+    pub host_ip: Option<IpAddr>,
     /// The pod's redirect exemptions, as the injector copied them from its
     /// `config.weft.io/skip-*` annotations. The CNI plugin applies them;
     /// the proxy only reports them.
@@ -261,6 +264,9 @@ impl Config {
                     _ => Err(Invalid::Rule("must be on or off")),
                 })?,
                 pod_name: var(env::POD_NAME).map(|v| v.trim().to_string()),
+                host_ip: parse_or(var(env::HOST_IP), env::HOST_IP, None, |v| {
+                    v.parse().map(Some).map_err(|_| Invalid::Ip(v.to_string()))
+                })?,
                 discovery_wait: parse_or(
                     var(env::DISCOVERY_WAIT),
                     env::DISCOVERY_WAIT,

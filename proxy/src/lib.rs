@@ -138,7 +138,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let channel = identity::controller_channel(identity, None)?;
             let namespace = identity.identity.namespace().to_string();
             tracing::info!(%namespace, %pod, "enforcing the pod's NetworkPolicy; refusing connections until it arrives");
-            Policy::follow(channel, namespace, pod.clone(), metrics.clone())
+            Policy::follow(
+                channel,
+                namespace,
+                pod.clone(),
+                config.host_ip,
+                metrics.clone(),
+            )
         }
         _ => Policy::off(metrics.clone()),
     };

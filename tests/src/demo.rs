@@ -125,14 +125,16 @@ impl Demo {
         start_injector(&mesh, &ca.anchors(), controller.addr())?;
         let underlay = Capture::start(&mesh, &mesh.node(), nodes::UNDERLAY_LINK).await?;
         let mut proxies = Vec::new();
-        for (pod, sa, workload) in [
-            (&web_v1, "web", "web-v1"),
-            (&web_v2, "web", "web-v2"),
-            (&client, "client", "client"),
+        for (pod, sa, workload, node) in [
+            (&web_v1, "web", "web-v1", 0),
+            (&web_v2, "web", "web-v2", 1),
+            (&client, "client", "client", 1),
         ] {
             let mut env = mesh.identity_env(&controller, pod, NAMESPACE, sa)?;
-            // As the injector does: the proxy enforces its pod's policy.
+            // As the injector does: the proxy enforces its pod's policy,
+            // which always lets its node in.
             env.push(("WEFT_POD_NAME".into(), pod.name.clone()));
+            env.push(("WEFT_HOST_IP".into(), nodes::gateway(node).to_string()));
             if let Some(collector) = &options.trace_collector {
                 env.push(("WEFT_TRACE_COLLECTOR".into(), collector.clone()));
             }

@@ -67,6 +67,7 @@ fn kubelet_env(container: &Container, pod: &K8sPod) -> Vec<(String, String)> {
                 match path.as_str() {
                     "metadata.namespace" => pod.metadata.namespace.clone().unwrap(),
                     "metadata.name" => pod.metadata.name.clone().unwrap(),
+                    "status.hostIP" => weft_testbed::identity::NODE_GATEWAY.to_string(),
                     "spec.serviceAccountName" => pod
                         .spec
                         .as_ref()

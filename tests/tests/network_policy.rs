@@ -122,10 +122,15 @@ async fn pods_reach_only_what_their_policies_allow() {
     })
     .await;
     eprintln!("policy applied to new connections after {applied:?}");
+    // Each proxy follows its own stream: web-v1's policy too.
+    eventually("web-v1 to isolate", || async {
+        !banner_ok(client, at(v1, TCP_PORT)).await
+    })
+    .await;
     assert!(applied < Duration::from_secs(2), "took {applied:?}");
 
     // (from, to, port, allowed), each from the rules as the API defines them.
-    let table: [(&Pod, &Pod, u16, bool); 8] = [
+    let table: [(&Pod, &Pod, u16, bool); 9] = [
         (client, v1, HTTP_TARGET_PORT, true),
         // Not a port web-v1's rule names.
         (client, v1, TCP_PORT, false),
@@ -137,8 +142,10 @@ async fn pods_reach_only_what_their_policies_allow() {
         // web-v2 takes nobody; web-v1 is not egress-isolated.
         (v1, v2, HTTP_TARGET_PORT, false),
         (v1, v2, TCP_PORT, false),
-        // Plaintext from outside every pod: its address decides.
-        (&node, v1, HTTP_TARGET_PORT, false),
+        // Plaintext from outside every pod: its address decides. A pod's
+        // own node is always let in (kubelet's probes); another is not.
+        (&node, v1, HTTP_TARGET_PORT, true),
+        (&node, v2, HTTP_TARGET_PORT, false),
     ];
     let mut wrong = Vec::new();
     for (from, to, port, allowed) in table {
@@ -155,7 +162,7 @@ async fn pods_reach_only_what_their_policies_allow() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
     assert!(denied(v1, "inbound", "not_allowed", "enforce").await >= 2.0);
-    assert!(denied(v2, "inbound", "not_allowed", "enforce").await >= 2.0);
+    assert!(denied(v2, "inbound", "not_allowed", "enforce").await >= 3.0);
     assert!(denied(client, "outbound", "not_allowed", "enforce").await >= 2.0);
 
     // Audit mode: the same policies count and log, and let traffic pass.
@@ -169,7 +176,11 @@ async fn pods_reach_only_what_their_policies_allow() {
 
     // Policies removed: open again.
     publish(&demo, Vec::new());
-    eventually("policies gone", || http_ok(&node, at(v1, HTTP_TARGET_PORT))).await;
+    publish(&demo, vec![namespace(json!({}))]);
+    eventually("policies gone", || async {
+        http_ok(client, at(v2, HTTP_TARGET_PORT)).await && banner_ok(client, at(v1, TCP_PORT)).await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -208,6 +219,14 @@ async fn a_spoofed_address_and_an_unknown_pod_are_refused() {
         )
         .await
         .unwrap();
+    // web-v1 isolated (its other port refuses the client), and the client
+    // let in on 8080; only then does the intruder make its first
+    // connection (a decision holds for a connection's life).
+    let banner = SocketAddr::from((v1.ip, TCP_PORT));
+    eventually("web-v1 to be isolated", || async {
+        !banner_ok(&demo.client, banner).await
+    })
+    .await;
     eventually("the client to be let in", || http_ok(&demo.client, at)).await;
     assert!(
         !http_ok(&intruder, at).await,

@@ -72,6 +72,8 @@ vars! {
         "how long a first lookup waits for the controller";
     POD_NAME = "WEFT_POD_NAME", "",
         "the pod's name: with discovery, the proxy enforces its NetworkPolicy";
+    HOST_IP = "WEFT_HOST_IP", "",
+        "the node's address: NetworkPolicy always allows it (kubelet probes)";
     TRACE_COLLECTOR = "WEFT_TRACE_COLLECTOR", "",
         "OTLP/gRPC collector URL for request spans";
     TRACE_SAMPLE_RATIO = "WEFT_TRACE_SAMPLE_RATIO", "1",

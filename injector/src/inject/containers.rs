@@ -85,6 +85,8 @@ pub(super) fn proxy_container(
         field_env("_WEFT_POD_SA", "spec.serviceAccountName"),
         // The proxy asks for its pod's NetworkPolicy by name.
         field_env(env::POD_NAME.name, "metadata.name"),
+        // NetworkPolicy always lets the pod's own node in (kubelet probes).
+        field_env(env::HOST_IP.name, "status.hostIP"),
         env(
             env::IDENTITY.name,
             format!(

@@ -31,7 +31,12 @@ fn denied(metrics: &Metrics, reason: &str, mode: &str) -> bool {
 #[tokio::test]
 async fn an_enforcing_proxy_refuses_everything_until_its_policy_arrives() {
     let metrics = Metrics::new();
-    let policy = Policy::with(State::Pending, false, metrics.clone());
+    let host = Some("10.0.0.254".parse().unwrap());
+    let policy = Policy::with(State::Pending, false, host, metrics.clone());
+    assert!(
+        policy.allows(Way::Ingress, addr("10.0.0.254:40000"), None, 8080),
+        "the node"
+    );
     assert!(!policy.is_ready());
     assert!(!policy.allows(Way::Egress, addr("10.0.0.1:53"), None, 53));
     assert!(denied(&metrics, "policy_unknown", "enforce"));

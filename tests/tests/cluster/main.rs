@@ -110,6 +110,7 @@ mod disruptive;
 mod dns;
 mod mesh;
 mod metrics;
+mod policy;
 mod sidecars;
 
 /// Requests over mesh mTLS that the proxies of the meshed `selector` pods
@@ -298,6 +299,7 @@ mod scenarios {
         dns => dns::dns,
         metrics => metrics::metrics,
         gateway_api_conformance => conformance::gateway_api,
+        network_policy => policy::network_policy,
     }
 
     #[test]

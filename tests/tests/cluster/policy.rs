@@ -1,0 +1,112 @@
+//! NetworkPolicy on the real cluster, enforced by the proxies with the
+//! clients' mTLS identities, across both nodes.
+
+use super::*;
+
+/// `web` takes only `load` pods of its own namespace on its named `http`
+/// port; a second policy adds a namespace by its name label (the union);
+/// kubelet's probes keep the pods ready all along; audit mode lets the
+/// refused traffic through and counts it.
+pub(super) fn network_policy(node: &KubeNode) -> anyhow::Result<()> {
+    let (ns, other) = ("e2e-policy", "e2e-policy-out");
+    node.apply(&demo_app(node, ns, true)?)?;
+    node.apply(&demo_app(node, other, true)?)?;
+    wait_demo(node, ns)?;
+    wait_demo(node, other)?;
+    let inside = load_pod(node, ns)?;
+    let outside = load_pod(node, other)?;
+    let web = format!("web.{ns}:80");
+    let report = node.load(other, &outside, "load", &web, 10, 2)?;
+    ensure!(
+        report.failed() == 0,
+        "open before any policy: {}",
+        report.summary
+    );
+
+    node.apply(&format!(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web-from-load, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+    - from: [{{podSelector: {{matchLabels: {{app: load}}}}}}]
+      ports: [{{port: http}}]
+"#
+    ))?;
+    // Applied to new connections within a second; the load opens one per
+    // request.
+    std::thread::sleep(Duration::from_secs(2));
+    let allowed = node.load(ns, &inside, "load", &web, 10, 3)?;
+    ensure!(
+        allowed.failed() == 0 && allowed.ok() > 0,
+        "the allowed client: {}",
+        allowed.summary
+    );
+    let refused = node.load(other, &outside, "load", &web, 10, 3)?;
+    ensure!(
+        refused.ok() == 0,
+        "the other namespace got through: {}",
+        refused.summary
+    );
+    let mut denials = 0.0;
+    for pod in meshed_pods(node, ns, "app=web")? {
+        denials += node.proxy_metrics(&pod)?.sum(
+            "policy_denied_total",
+            &[
+                ("direction", "inbound"),
+                ("reason", "not_allowed"),
+                ("mode", "enforce"),
+            ],
+        );
+    }
+    ensure!(denials >= 1.0, "no denial counted");
+    // Kubelet probes the app on its pod IP from the node: still ready.
+    let ready = node.wait_ready(ns, "app=web", 3, Duration::from_secs(30))?;
+    ensure!(ready.len() == 3, "web pods lost readiness under policy");
+
+    node.apply(&format!(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: web-from-out, namespace: {ns}}}
+spec:
+  podSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+    - from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {other}}}}}}}]
+"#
+    ))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let union = node.load(other, &outside, "load", &web, 10, 3)?;
+    ensure!(
+        union.failed() == 0,
+        "the second policy did not add its namespace: {}",
+        union.summary
+    );
+
+    node.kubectl(&["-n", ns, "delete", "networkpolicy", "web-from-out"])?;
+    node.kubectl(&["annotate", "namespace", ns, "policy.weft.io/mode=audit"])?;
+    std::thread::sleep(Duration::from_secs(2));
+    let audited = node.load(other, &outside, "load", &web, 10, 3)?;
+    ensure!(
+        audited.failed() == 0,
+        "audit mode refused: {}",
+        audited.summary
+    );
+    let mut audits = 0.0;
+    for pod in meshed_pods(node, ns, "app=web")? {
+        audits += node.proxy_metrics(&pod)?.sum(
+            "policy_denied_total",
+            &[("direction", "inbound"), ("mode", "audit")],
+        );
+    }
+    ensure!(
+        audits >= audited.ok() as f64,
+        "{audits} audited, {} let through",
+        audited.ok()
+    );
+    node.kubectl(&["delete", "namespace", other, "--wait=false"])?;
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
+    Ok(())
+}
