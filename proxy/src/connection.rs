@@ -225,7 +225,7 @@ async fn serve(
     match (protocol, next) {
         (Protocol::Http1 | Protocol::Http2, Next::App(app)) => {
             let version = version_of(protocol);
-            inbound::serve_http(&ctx, io, buf, version, app, PeerLabels::plain()).await
+            inbound::serve_http(&ctx, io, buf, version, app, PeerLabels::plain(), None).await
         }
         (Protocol::Http1 | Protocol::Http2, Next::Out(route)) => {
             let version = version_of(protocol);

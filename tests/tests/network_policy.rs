@@ -115,6 +115,12 @@ async fn pods_reach_only_what_their_policies_allow() {
         http_ok(client, at(v2, HTTP_TARGET_PORT)).await,
         "open before any policy"
     );
+    // This leaves a pooled mesh connection from web-v2's proxy to web-v1:
+    // the policy below must hold for requests on it too.
+    assert!(
+        http_ok(v2, at(v1, HTTP_TARGET_PORT)).await,
+        "open before any policy"
+    );
 
     publish(&demo, policies(&demo));
     let applied = eventually("web-v2 to close", || async {

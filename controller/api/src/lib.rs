@@ -9,6 +9,7 @@ pub mod admin;
 pub mod duration;
 pub mod error_chain;
 pub mod identity;
+pub mod ip_block;
 pub mod mesh;
 pub mod metric_labels;
 pub mod port_list;

@@ -3,7 +3,6 @@
 //! handed to the direction's service (`crate::inbound::http::LocalApp` or
 //! `crate::outbound::http::Outbound`).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -82,9 +81,10 @@ pub(crate) async fn serve<I, S>(
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<BoxBody>, Error = Infallible>
-        + Send
-        + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<BoxBody>> + Send + 'static,
+    // An error closes the connection (HTTP/1) or resets the stream
+    // (HTTP/2): what the inbound stack does to a request policy refuses.
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     S::Future: Send + 'static,
 {
     if version == Version::Http1 && !read_first_head(&ctx, &mut io, &mut buf, &remote).await {

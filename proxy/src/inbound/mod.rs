@@ -90,7 +90,9 @@ pub(crate) async fn serve_mesh<I>(
             } else {
                 Version::Http1
             };
-            serve_http(&ctx, tls, BytesMut::new(), version, target, peer_labels).await
+            let mesh_client = Some(Arc::new((peer, client)));
+            let buf = BytesMut::new();
+            serve_http(&ctx, tls, buf, version, target, peer_labels, mesh_client).await
         }
         weft_api::mesh::Protocol::Opaque => {
             tcp::forward(tls, &mut guard, &target, &ctx.http.pool.connector).await
@@ -130,6 +132,7 @@ pub(crate) async fn serve_http<I>(
     version: Version,
     app: Target,
     client: PeerLabels,
+    mesh_client: Option<Arc<(SocketAddr, weft_api::identity::SpiffeId)>>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -138,6 +141,8 @@ pub(crate) async fn serve_http<I>(
         app: Arc::new(app),
         version,
         client: client.clone(),
+        mesh_client,
+        policy: ctx.policy.clone(),
     };
     let service = hyper::service::service_fn(move |req| app.clone().call(req));
     crate::http::server::serve(

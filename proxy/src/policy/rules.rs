@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use weft_api::identity::SpiffeId;
+use weft_api::ip_block::IpBlock;
 use weft_api::proto::policy::{self as proto, Mode};
 
 /// Which way a connection goes, from this pod's point of view.
@@ -24,34 +25,9 @@ struct Rule {
     any_peer: bool,
     /// Pod address → the identity a mesh client there must have.
     pods: HashMap<IpAddr, SpiffeId>,
-    blocks: Vec<Block>,
+    blocks: Vec<IpBlock>,
     any_port: bool,
     ports: Vec<(u16, u16)>,
-}
-
-#[derive(Debug)]
-struct Block {
-    cidr: ipnet::IpNet,
-    except: Vec<ipnet::IpNet>,
-}
-
-impl Block {
-    /// `None` when any CIDR is bad: the controller sends none of those,
-    /// and dropping only a bad `except` would allow more than written.
-    fn parse(block: &proto::IpBlock) -> Option<Self> {
-        Some(Block {
-            cidr: block.cidr.parse().ok()?,
-            except: block
-                .except
-                .iter()
-                .map(|c| c.parse().ok())
-                .collect::<Option<_>>()?,
-        })
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        self.cidr.contains(&ip) && !self.except.iter().any(|e| e.contains(&ip))
-    }
 }
 
 /// One direction's rules.
@@ -198,7 +174,11 @@ fn side(direction: Option<&proto::Direction>) -> Side {
                 .iter()
                 .filter_map(|p| Some((p.ip.parse().ok()?, p.identity.parse().ok()?)))
                 .collect(),
-            blocks: r.blocks.iter().filter_map(Block::parse).collect(),
+            blocks: r
+                .blocks
+                .iter()
+                .filter_map(|b| IpBlock::parse(&b.cidr, &b.except))
+                .collect(),
             any_port: r.any_port,
             ports: r
                 .ports

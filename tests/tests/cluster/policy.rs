@@ -50,17 +50,7 @@ spec:
         "the other namespace got through: {}",
         refused.summary
     );
-    let mut denials = 0.0;
-    for pod in meshed_pods(node, ns, "app=web")? {
-        denials += node.proxy_metrics(&pod)?.sum(
-            "policy_denied_total",
-            &[
-                ("direction", "inbound"),
-                ("reason", "not_allowed"),
-                ("mode", "enforce"),
-            ],
-        );
-    }
+    let denials = web_denials(node, ns, &[("reason", "not_allowed"), ("mode", "enforce")])?;
     ensure!(denials >= 1.0, "no denial counted");
     // Kubelet probes the app on its pod IP from the node: still ready.
     let ready = node.wait_ready(ns, "app=web", 3, Duration::from_secs(30))?;
@@ -94,13 +84,7 @@ spec:
         "audit mode refused: {}",
         audited.summary
     );
-    let mut audits = 0.0;
-    for pod in meshed_pods(node, ns, "app=web")? {
-        audits += node.proxy_metrics(&pod)?.sum(
-            "policy_denied_total",
-            &[("direction", "inbound"), ("mode", "audit")],
-        );
-    }
+    let audits = web_denials(node, ns, &[("mode", "audit")])?;
     ensure!(
         audits >= audited.ok() as f64,
         "{audits} audited, {} let through",
@@ -109,4 +93,17 @@ spec:
     node.kubectl(&["delete", "namespace", other, "--wait=false"])?;
     node.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
     Ok(())
+}
+
+/// Inbound refusals the `web` pods' proxies counted, with `labels`.
+fn web_denials(node: &KubeNode, ns: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
+    let mut labels = labels.to_vec();
+    labels.push(("direction", "inbound"));
+    let mut sum = 0.0;
+    for pod in meshed_pods(node, ns, "app=web")? {
+        sum += node
+            .proxy_metrics(&pod)?
+            .sum("policy_denied_total", &labels);
+    }
+    Ok(sum)
 }

@@ -207,33 +207,8 @@ pub fn spawn(client: Client, store: Arc<Store>) {
         pending: AtomicUsize::new(8),
     });
     let listed = || Listed(Some(gate.clone()));
-    let config = watcher::Config::default;
-    {
-        let (store, mut listed) = (store.clone(), listed());
-        let api: Api<Service> = Api::all(client.clone());
-        tokio::spawn(async move {
-            run(
-                Kind::Service,
-                watcher::watcher(api, config()),
-                &store,
-                &mut listed,
-            )
-            .await
-        });
-    }
-    {
-        let (store, mut listed) = (store.clone(), listed());
-        let api: Api<Pod> = Api::all(client.clone());
-        tokio::spawn(async move {
-            run(
-                Kind::Pod,
-                watcher::watcher(api, config()),
-                &store,
-                &mut listed,
-            )
-            .await
-        });
-    }
+    spawn_typed::<Service>(Kind::Service, client.clone(), store.clone(), listed());
+    spawn_typed::<Pod>(Kind::Pod, client.clone(), store.clone(), listed());
     spawn_typed::<Namespace>(Kind::Namespace, client.clone(), store.clone(), listed());
     spawn_typed::<NetworkPolicy>(Kind::NetworkPolicy, client.clone(), store.clone(), listed());
     spawn_served::<SliceBody>(

@@ -10,7 +10,8 @@ use k8s_openapi::api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::core::SelectorExt;
 use weft_api::identity::SpiffeId;
-use weft_api::proto::policy::{Direction, IpBlock, PodPeer, PolicyUpdate, PortRange, Rule};
+use weft_api::ip_block::IpBlock;
+use weft_api::proto::policy::{self as proto, Direction, PodPeer, PolicyUpdate, PortRange, Rule};
 
 use super::{NamespaceInfo, NetworkPolicyInfo, pod_selector, selector};
 use crate::discovery::Objects;
@@ -41,7 +42,7 @@ struct Resolver<'a> {
 struct Peers<'a> {
     any: bool,
     pods: Vec<(&'a Key, &'a PodInfo)>,
-    blocks: Vec<IpBlock>,
+    blocks: Vec<proto::IpBlock>,
 }
 
 impl<'a> Resolver<'a> {
@@ -139,7 +140,11 @@ impl<'a> Resolver<'a> {
             self.objects.pods.iter().collect()
         } else {
             let mut pods = peers.pods.clone();
-            let blocks: Vec<Block> = peers.blocks.iter().filter_map(Block::parse).collect();
+            let blocks: Vec<IpBlock> = peers
+                .blocks
+                .iter()
+                .filter_map(|b| IpBlock::parse(&b.cidr, &b.except))
+                .collect();
             pods.extend(self.objects.pods.iter().filter(|(_, p)| {
                 p.ips
                     .iter()
@@ -198,10 +203,11 @@ impl<'a> Resolver<'a> {
         for peer in peers {
             let has_selector = peer.pod_selector.is_some() || peer.namespace_selector.is_some();
             if let Some(block) = &peer.ip_block {
-                if !has_selector && Block::from_k8s(block).is_some() {
-                    out.blocks.push(IpBlock {
+                let except = block.except.clone().unwrap_or_default();
+                if !has_selector && IpBlock::parse(&block.cidr, &except).is_some() {
+                    out.blocks.push(proto::IpBlock {
                         cidr: block.cidr.clone(),
-                        except: block.except.clone().unwrap_or_default(),
+                        except,
                     });
                 }
                 continue;
@@ -277,36 +283,4 @@ fn port_range(port: &NetworkPolicyPort, pod: Option<&PodInfo>) -> Option<PortRan
         }
     };
     Some(PortRange { first, last })
-}
-
-/// An `ipBlock`, parsed; the proxy has its own copy of this check.
-pub(crate) struct Block {
-    cidr: ipnet::IpNet,
-    except: Vec<ipnet::IpNet>,
-}
-
-impl Block {
-    fn from_k8s(block: &k8s_openapi::api::networking::v1::IPBlock) -> Option<Self> {
-        Self::parse(&IpBlock {
-            cidr: block.cidr.clone(),
-            except: block.except.clone().unwrap_or_default(),
-        })
-    }
-
-    /// `None` when any CIDR in it is bad: dropping a bad `except` alone
-    /// would allow more than written.
-    fn parse(block: &IpBlock) -> Option<Self> {
-        Some(Block {
-            cidr: block.cidr.parse().ok()?,
-            except: block
-                .except
-                .iter()
-                .map(|c| c.parse().ok())
-                .collect::<Option<_>>()?,
-        })
-    }
-
-    fn contains(&self, ip: std::net::IpAddr) -> bool {
-        self.cidr.contains(&ip) && !self.except.iter().any(|e| e.contains(&ip))
-    }
 }
