@@ -346,6 +346,11 @@ fn add_to_map(
             }));
         }
     } else {
+        // Sorted by key, so the patch is the same whether serde_json keeps
+        // insertion order (its `preserve_order` feature, which another
+        // crate in the build may turn on) or not.
+        let mut entries = entries;
+        entries.sort_by(|a, b| a.0.cmp(b.0));
         let map: serde_json::Map<String, Value> = entries
             .into_iter()
             .map(|(k, v)| (k.to_string(), Value::String(v)))
