@@ -74,6 +74,8 @@ pub struct ServeConfig {
     pub discovery: DiscoverySource,
     /// The cluster's DNS domain, for names like `web.demo.svc.cluster.local`.
     pub cluster_domain: String,
+    /// Mesh authorization where no policy says otherwise.
+    pub authorization: discovery::authz::resolve::Defaults,
 }
 
 /// Runs the identity service until SIGTERM or SIGINT.
@@ -128,6 +130,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         &config.cluster_domain,
         metrics.discovery.clone(),
     );
+    store.set_authorization_defaults(config.authorization.clone());
     match &config.discovery {
         DiscoverySource::Kubernetes => discovery::kubernetes::spawn(kube().await?, store.clone()),
         DiscoverySource::File(path) => {

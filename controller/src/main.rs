@@ -63,6 +63,17 @@ enum Command {
         /// The cluster's DNS domain.
         #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
         cluster_domain: String,
+        /// What mesh authorization lets through to a port no ALLOW
+        /// AuthorizationPolicy covers, in namespaces without the
+        /// `policy.weft.io/default` annotation: `all`, `authenticated`
+        /// (mesh clients), `cluster` (mesh clients and plaintext from
+        /// `--cluster-networks`) or `deny`.
+        #[arg(long, env = "WEFT_DEFAULT_AUTHORIZATION", default_value = "all")]
+        default_authorization: String,
+        /// The cluster's pod and node CIDRs, comma-separated, for the
+        /// `cluster` default (the private ranges when unset).
+        #[arg(long, env = "WEFT_CLUSTER_NETWORKS", value_delimiter = ',')]
+        cluster_networks: Vec<ipnet::IpNet>,
         #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
         log_level: String,
     },
@@ -178,6 +189,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             reload_interval,
             discovery,
             cluster_domain,
+            default_authorization,
+            cluster_networks,
             log_level,
         } => {
             let filter = tracing_subscriber::EnvFilter::builder()
@@ -210,6 +223,20 @@ fn run(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("--cert-lifetime must be at least 10s");
             }
             let identity = SpiffeId::new(&trust_domain, &namespace, &service_account)?;
+            let authorization = weft_controller::discovery::authz::resolve::Defaults {
+                authorization: weft_controller::discovery::authz::parse_default(
+                    &default_authorization,
+                )
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--default-authorization {default_authorization:?}: use all, authenticated, cluster or deny"
+                    )
+                })?,
+                cluster_networks: match cluster_networks.is_empty() {
+                    true => weft_controller::discovery::authz::resolve::default_cluster_networks(),
+                    false => cluster_networks,
+                },
+            };
             let config = ServeConfig {
                 issuer_dir,
                 trust_domain,
@@ -223,6 +250,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 reload_interval,
                 discovery,
                 cluster_domain,
+                authorization,
             };
             weft_api::runtime::build("weft-controller", 2)?.block_on(weft_controller::serve(config))
         }

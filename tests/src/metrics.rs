@@ -45,6 +45,24 @@ impl Scrape {
             .map(|(_, _, v)| v)
             .sum()
     }
+
+    /// The samples of `name` carrying all of `labels`, one per line, for
+    /// a failure message that shows where the counts went.
+    pub fn series(&self, name: &str, labels: &[(&str, &str)]) -> String {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(n, l, v)| {
+                let labels: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+                format!("{n}{{{}}} {v}\n", labels.join(","))
+            })
+            .collect()
+    }
 }
 
 fn parse_labels(s: &str) -> Vec<(String, String)> {

@@ -122,6 +122,10 @@ pub mod policy_annotations {
     /// `enforce` (default) or `audit`: would-be denials are counted and
     /// logged, and let through.
     pub const MODE: &str = "policy.weft.io/mode";
+    /// What mesh authorization lets through to a port no ALLOW
+    /// AuthorizationPolicy covers: `all`, `authenticated`, `cluster` or
+    /// `deny` (the controller's `--default-authorization` when unset).
+    pub const DEFAULT: &str = "policy.weft.io/default";
 }
 
 /// Service annotations that set route policy. Invalid values are reported

@@ -1,5 +1,5 @@
 //! The file source: Services, EndpointSlices, Pods, TrafficSplits,
-//! Gateway API routes (HTTPRoute, GRPCRoute), Namespaces and
+//! Gateway API routes (HTTPRoute, GRPCRoute), AuthorizationPolicies, Namespaces and
 //! NetworkPolicies as
 //! Kubernetes YAML (or JSON) on disk, reloaded when the files change.
 //!
@@ -22,6 +22,8 @@ use serde_json::Value;
 use weft_api::split::TrafficSplit;
 
 use super::model::{PodInfo, ServiceInfo, SliceInfo, SplitInfo};
+use super::authz::AuthorizationPolicyInfo;
+use super::authz::crd::AuthorizationPolicy;
 use super::netpol::{NamespaceInfo, NetworkPolicyInfo};
 use super::route::gateway::{GrpcRoute, HttpRoute};
 use super::{Kind, Object, Store, route};
@@ -35,6 +37,7 @@ const ALL_KINDS: &[Kind] = &[
     Kind::GrpcRoute,
     Kind::Namespace,
     Kind::NetworkPolicy,
+    Kind::AuthorizationPolicy,
 ];
 
 /// Why a file could not be used.
@@ -98,6 +101,7 @@ pub fn convert(mut value: Value, out: &mut Vec<Object>) -> Result<(), String> {
         ("gateway.networking.k8s.io/v1", "GRPCRoute") => Kind::GrpcRoute,
         ("v1", "Namespace") => Kind::Namespace,
         ("networking.k8s.io/v1", "NetworkPolicy") => Kind::NetworkPolicy,
+        ("policy.weft.io/v1alpha1", "AuthorizationPolicy") => Kind::AuthorizationPolicy,
         (_, kind) => {
             tracing::debug!(%api_version, %kind, "not a discovery object; skipped");
             return Ok(());
@@ -161,6 +165,11 @@ fn object_of(kind: Kind, value: Value) -> Result<Option<Object>, String> {
                 key,
                 NetworkPolicyInfo::from_k8s(&policy),
             ))
+        }
+        Kind::AuthorizationPolicy => {
+            let policy: AuthorizationPolicy = serde_json::from_value(value).map_err(bad)?;
+            let info = AuthorizationPolicyInfo::from_crd(&key.0, &policy);
+            Some(Object::AuthorizationPolicy(key, info))
         }
     })
 }

@@ -200,6 +200,17 @@ impl DiscoveryMetrics {
             .inc();
     }
 
+    /// How many problems of `kind` and `reason` were reported.
+    #[cfg(test)]
+    pub fn invalid_count(&self, kind: &'static str, reason: &str) -> f64 {
+        self.invalid
+            .get_or_create(&InvalidLabels {
+                kind,
+                reason: reason.to_string(),
+            })
+            .get() as f64
+    }
+
     pub fn route_status(&self, kind: Kind, result: StatusWrite) {
         self.route_status
             .get_or_create(&StatusLabels { kind, result })

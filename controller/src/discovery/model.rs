@@ -28,6 +28,9 @@ pub struct Invalid {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceInfo {
     pub cluster_ips: Vec<IpAddr>,
+    /// The pods it selects, for AuthorizationPolicy targets; `None`
+    /// for a Service whose endpoints are kept by hand.
+    pub selector: Option<BTreeMap<String, String>>,
     pub ports: Vec<ServicePort>,
     pub policy: RoutePolicy,
     pub opaque_ports: BTreeSet<u16>,
@@ -189,6 +192,7 @@ impl ServiceInfo {
         );
         ServiceInfo {
             cluster_ips,
+            selector: spec.selector.clone(),
             ports,
             policy,
             opaque_ports,

@@ -89,7 +89,7 @@ spec:
     ensure!(
         outbound >= report.ok() as f64,
         "client proxy counted {outbound} mTLS requests to web, load got {} answers \
-         ({} outbound in plaintext; lookups: {} known, {} timed out)",
+         ({} outbound in plaintext; lookups: {} known, {} timed out); outbound series:\n{}{}{}",
         report.ok(),
         scrape.sum(
             "request_total",
@@ -97,6 +97,9 @@ spec:
         ),
         scrape.sum("destination_lookups_total", &[("result", "known")]),
         scrape.sum("destination_lookups_total", &[("result", "timeout")]),
+        scrape.series("request_total", &[("direction", "outbound")]),
+        scrape.series("tcp_open_total", &[("direction", "outbound")]),
+        scrape.series("protocol_detect_total", &[("direction", "outbound")]),
     );
     let mut inbound = 0.0;
     let mut across_nodes = 0.0;

@@ -35,6 +35,8 @@ use serde::de::DeserializeOwned;
 use weft_api::split::TrafficSplitSpec;
 
 use super::model::{Key, PodInfo, ServiceInfo, SliceInfo, SplitInfo};
+use super::authz::AuthorizationPolicyInfo;
+use super::authz::crd::AuthorizationPolicy;
 use super::netpol::{NamespaceInfo, NetworkPolicyInfo};
 use super::route::gateway::{GrpcRoute, HttpRoute};
 use super::{Kind, Object, Store, route};
@@ -164,6 +166,13 @@ impl Discovered for GrpcRoute {
     }
 }
 
+impl Discovered for AuthorizationPolicy {
+    fn discovered(&self, key: Key) -> Option<Object> {
+        let info = AuthorizationPolicyInfo::from_crd(&key.0, self);
+        Some(Object::AuthorizationPolicy(key, info))
+    }
+}
+
 impl Discovered for Served<SplitBody> {
     fn discovered(&self, key: Key) -> Option<Object> {
         Some(Object::Split(key, SplitInfo::from_spec(&self.body.spec)))
@@ -204,7 +213,7 @@ impl Listed {
 pub fn spawn(client: Client, store: Arc<Store>) {
     let gate = Arc::new(SyncGate {
         store: store.clone(),
-        pending: AtomicUsize::new(8),
+        pending: AtomicUsize::new(9),
     });
     let listed = || Listed(Some(gate.clone()));
     spawn_typed::<Service>(Kind::Service, client.clone(), store.clone(), listed());
@@ -225,8 +234,14 @@ pub fn spawn(client: Client, store: Arc<Store>) {
         store.clone(),
         listed(),
     );
-    spawn_gateway::<HttpRoute>(Kind::HttpRoute, client.clone(), store.clone(), listed());
-    spawn_gateway::<GrpcRoute>(Kind::GrpcRoute, client.clone(), store.clone(), listed());
+    spawn_optional::<HttpRoute>(Kind::HttpRoute, client.clone(), store.clone(), listed());
+    spawn_optional::<GrpcRoute>(Kind::GrpcRoute, client.clone(), store.clone(), listed());
+    spawn_optional::<AuthorizationPolicy>(
+        Kind::AuthorizationPolicy,
+        client.clone(),
+        store.clone(),
+        listed(),
+    );
     tokio::spawn(route_status::run(client, store));
 }
 
@@ -247,10 +262,11 @@ where
     });
 }
 
-/// Watches a Gateway API route kind in `v1` once the cluster serves it. A
-/// cluster without the CRDs works without routes (readiness does not wait
-/// for them) and picks them up once the CRDs appear.
-fn spawn_gateway<K>(kind: Kind, client: Client, store: Arc<Store>, mut listed: Listed)
+/// Watches a kind of an optional CRD (Gateway API routes in `v1`, Weft's
+/// AuthorizationPolicy) in the version Weft reads, once the cluster serves
+/// it. A cluster without the CRD works without those objects (readiness
+/// does not wait for them) and picks them up once the CRD appears.
+fn spawn_optional<K>(kind: Kind, client: Client, store: Arc<Store>, mut listed: Listed)
 where
     K: Discovered + Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>,
 {
@@ -262,12 +278,12 @@ where
                 Ok(resource) if resource.version == K::version(&()) => break,
                 Ok(resource) => {
                     if !reported {
-                        tracing::warn!(kind = %resource_kind, served = %resource.version, "Gateway API route version not served; install the v1 CRDs");
+                        tracing::warn!(kind = %resource_kind, served = %resource.version, wanted = %K::version(&()), "CRD version not served; install the CRDs of examples/install/");
                     }
                 }
                 Err(error) => {
                     if !reported {
-                        tracing::info!(kind = %resource_kind, %error, "Gateway API CRDs not installed; no routes until they are");
+                        tracing::info!(kind = %resource_kind, %error, "CRD not installed; none of its objects until it is");
                     }
                 }
             }

@@ -31,6 +31,8 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub struct NamespaceInfo {
     pub labels: BTreeMap<String, String>,
     pub mode: Mode,
+    /// `policy.weft.io/default`, when set.
+    pub authorization: Option<weft_api::proto::policy::DefaultAuthorization>,
     pub invalid: Vec<Invalid>,
 }
 
@@ -41,6 +43,7 @@ impl NamespaceInfo {
         NamespaceInfo {
             labels: [(NAMESPACE_NAME_LABEL.to_string(), name.to_string())].into(),
             mode: Mode::Enforce,
+            authorization: None,
             invalid: Vec::new(),
         }
     }
@@ -68,9 +71,16 @@ impl NamespaceInfo {
                 Mode::Enforce
             }
         };
+        let authorization = crate::discovery::authz::default_from_annotation(
+            annotations
+                .get(weft_api::policy_annotations::DEFAULT)
+                .map(String::as_str),
+            &mut invalid,
+        );
         NamespaceInfo {
             labels,
             mode,
+            authorization,
             invalid,
         }
     }

@@ -18,16 +18,26 @@ use crate::discovery::Objects;
 use crate::discovery::model::{Key, PodInfo};
 
 /// The policy of pod `key`, as the proxy in it enforces it.
-pub fn policy_for(objects: &Objects, trust_domain: &str, key: &Key) -> PolicyUpdate {
+pub fn policy_for(
+    objects: &Objects,
+    trust_domain: &str,
+    defaults: &crate::discovery::authz::resolve::Defaults,
+    key: &Key,
+) -> PolicyUpdate {
     let Some(pod) = objects.pods.get(key) else {
         return PolicyUpdate::default();
     };
+    let authorization =
+        crate::discovery::authz::resolve::authorization_for(objects, trust_domain, defaults, key, pod);
     let resolver = Resolver {
         objects,
         trust_domain,
         namespaces: HashMap::new(),
     };
-    resolver.resolve(key, pod)
+    PolicyUpdate {
+        authorization: Some(authorization),
+        ..resolver.resolve(key, pod)
+    }
 }
 
 struct Resolver<'a> {
@@ -95,6 +105,7 @@ impl<'a> Resolver<'a> {
             mode: mode as i32,
             ingress: Some(ingress),
             egress: Some(egress),
+            authorization: None,
         }
     }
 
