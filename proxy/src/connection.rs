@@ -133,7 +133,7 @@ pub(crate) async fn handle(ctx: Arc<Listener>, mut stream: TcpStream, peer: Sock
     let span = tracing::debug_span!("conn", %direction, %peer, dst = %orig_dst);
     // Instrument the whole future: a span entered with `enter()` must not be
     // held across an await.
-    tracing::Instrument::instrument(serve(ctx, stream, orig_dst, buf, first), span).await;
+    tracing::Instrument::instrument(serve(ctx, stream, peer, orig_dst, buf, first), span).await;
 }
 
 /// Counts a detection timeout on `port`, and the first time for that port
@@ -159,6 +159,7 @@ fn detection_timed_out(ctx: &Listener, port: u16) {
 async fn serve(
     ctx: Arc<Listener>,
     stream: TcpStream,
+    peer: SocketAddr,
     orig_dst: SocketAddr,
     mut buf: BytesMut,
     first: Option<Detection>,
@@ -225,7 +226,12 @@ async fn serve(
     match (protocol, next) {
         (Protocol::Http1 | Protocol::Http2, Next::App(app)) => {
             let version = version_of(protocol);
-            inbound::serve_http(&ctx, io, buf, version, app, PeerLabels::plain(), None).await
+            let caller = inbound::http::Caller {
+                labels: PeerLabels::plain(),
+                peer,
+                identity: None,
+            };
+            inbound::serve_http(&ctx, io, buf, version, app, caller).await
         }
         (Protocol::Http1 | Protocol::Http2, Next::Out(route)) => {
             let version = version_of(protocol);
@@ -242,7 +248,17 @@ async fn serve(
         (Protocol::Tls | Protocol::Opaque, next) => {
             let io = io::PrefixedIo::new(buf, io);
             match next {
-                Next::App(app) => tcp::forward(io, &mut guard, &app, connector).await,
+                Next::App(app) => {
+                    let subject = crate::policy::authz::Subject::Connection;
+                    if ctx
+                        .policy
+                        .authorizes(peer, None, orig_dst.port(), subject)
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tcp::forward(io, &mut guard, &app, connector).await
+                }
                 Next::Out(Route::Fixed(target)) => {
                     tcp::forward(io, &mut guard, &target, connector).await
                 }

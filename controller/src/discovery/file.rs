@@ -21,9 +21,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use weft_api::split::TrafficSplit;
 
-use super::model::{PodInfo, ServiceInfo, SliceInfo, SplitInfo};
 use super::authz::AuthorizationPolicyInfo;
 use super::authz::crd::AuthorizationPolicy;
+use super::model::{PodInfo, ServiceInfo, SliceInfo, SplitInfo};
 use super::netpol::{NamespaceInfo, NetworkPolicyInfo};
 use super::route::gateway::{GrpcRoute, HttpRoute};
 use super::{Kind, Object, Store, route};

@@ -104,7 +104,11 @@ impl Store {
 
     /// The resolved NetworkPolicy and authorization of pod `key`.
     pub fn policy_for(&self, key: &Key) -> weft_api::proto::policy::PolicyUpdate {
-        let defaults = self.authorization_defaults.get().cloned().unwrap_or_default();
+        let defaults = self
+            .authorization_defaults
+            .get()
+            .cloned()
+            .unwrap_or_default();
         netpol::resolve::policy_for(&self.read(), &self.trust_domain, &defaults, key)
     }
 
@@ -117,19 +121,16 @@ impl Store {
     }
 
     fn policy_inputs_changed(&self, kinds: &[Kind]) {
-        if kinds
-            .iter()
-            .any(|k| {
-                matches!(
-                    k,
-                    Kind::Pod
-                        | Kind::Namespace
-                        | Kind::NetworkPolicy
-                        | Kind::AuthorizationPolicy
-                        | Kind::Service
-                )
-            })
-        {
+        if kinds.iter().any(|k| {
+            matches!(
+                k,
+                Kind::Pod
+                    | Kind::Namespace
+                    | Kind::NetworkPolicy
+                    | Kind::AuthorizationPolicy
+                    | Kind::Service
+            )
+        }) {
             self.policy_inputs.send_modify(|v| *v += 1);
         }
     }

@@ -90,11 +90,23 @@ pub(crate) async fn serve_mesh<I>(
             } else {
                 Version::Http1
             };
-            let mesh_client = Some(Arc::new((peer, client)));
             let buf = BytesMut::new();
-            serve_http(&ctx, tls, buf, version, target, peer_labels, mesh_client).await
+            let caller = http::Caller {
+                labels: peer_labels,
+                peer,
+                identity: Some(Arc::new(client)),
+            };
+            serve_http(&ctx, tls, buf, version, target, caller).await
         }
         weft_api::mesh::Protocol::Opaque => {
+            let subject = crate::policy::authz::Subject::Connection;
+            if ctx
+                .policy
+                .authorizes(peer, Some(&client), header.port, subject)
+                .is_err()
+            {
+                return;
+            }
             tcp::forward(tls, &mut guard, &target, &ctx.http.pool.connector).await
         }
     }
@@ -131,17 +143,16 @@ pub(crate) async fn serve_http<I>(
     buf: BytesMut,
     version: Version,
     app: Target,
-    client: PeerLabels,
-    mesh_client: Option<Arc<(SocketAddr, weft_api::identity::SpiffeId)>>,
+    caller: http::Caller,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let labels = caller.labels.clone();
     let app = http::LocalApp {
         ctx: ctx.http.clone(),
         app: Arc::new(app),
         version,
-        client: client.clone(),
-        mesh_client,
+        caller,
         policy: ctx.policy.clone(),
     };
     let service = hyper::service::service_fn(move |req| app.clone().call(req));
@@ -150,7 +161,7 @@ pub(crate) async fn serve_http<I>(
         io,
         buf,
         version,
-        client,
+        labels,
         service,
         ctx.shutdown.clone(),
     )

@@ -1,5 +1,6 @@
-//! NetworkPolicy metrics: connections refused (or, in audit mode, that
-//! would have been), and whether the pod's policy is known.
+//! Policy metrics: connections NetworkPolicy refused and requests (or
+//! connections) mesh authorization refused (or, in audit mode, would
+//! have), and whether the pod's policy is known.
 
 use std::sync::Arc;
 
@@ -29,9 +30,21 @@ pub struct DenialLabels {
     pub mode: Enforcement,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthorizationLabels {
+    /// The policies that decided, joined by `,`, or `default:<value>`.
+    pub policy: Arc<str>,
+    /// `deny_rule`, `not_authorized` or `default`.
+    pub reason: &'static str,
+    /// `true` for mesh mTLS clients.
+    pub tls: bool,
+    pub mode: Enforcement,
+}
+
 #[derive(Debug)]
 pub struct PolicyMetrics {
     pub denied: Family<DenialLabels, Counter>,
+    pub authorization_denied: Family<AuthorizationLabels, Counter>,
     /// 1 once the pod's policy arrived (or when none is enforced).
     pub known: Gauge,
     pub updates: Counter,
@@ -41,6 +54,7 @@ impl PolicyMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = PolicyMetrics {
             denied: Family::default(),
+            authorization_denied: Family::default(),
             known: Gauge::default(),
             updates: Counter::default(),
         };
@@ -49,6 +63,13 @@ impl PolicyMetrics {
             "Connections NetworkPolicy refused (mode=audit: would have refused), by \
              direction, isolating policies and reason",
             m.denied.clone(),
+        );
+        registry.register(
+            "authorization_denied",
+            "Inbound requests (or non-HTTP connections) mesh authorization refused \
+             (mode=audit: would have refused), by deciding policy, reason and whether the \
+             client was meshed",
+            m.authorization_denied.clone(),
         );
         registry.register(
             "policy_known",

@@ -8,10 +8,15 @@
 //! made per connection, so a changed policy applies to new connections
 //! and established ones run on (as with conntrack in most CNIs).
 //!
+//! Mesh authorization ([`authz`]) comes after NetworkPolicy, inbound
+//! only: per request on HTTP (a refusal is a 403, or `PERMISSION_DENIED`
+//! for gRPC), per connection otherwise.
+//!
 //! Fail closed: a proxy that enforces policy refuses everything until
 //! the pod's first policy arrives, and keeps the last one it got while
 //! the controller is away.
 
+pub(crate) mod authz;
 pub(crate) mod rules;
 mod watch;
 
@@ -23,7 +28,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use weft_api::identity::SpiffeId;
 
-use crate::metrics::policy::{DenialLabels, Enforcement};
+use crate::metrics::policy::{AuthorizationLabels, DenialLabels, Enforcement};
 use crate::metrics::{Direction, Metrics};
 pub(crate) use rules::Way;
 use rules::{Decision, Denial, Rules};
@@ -40,8 +45,9 @@ enum State {
     Known(Rules),
 }
 
-/// A kind of denial, for rate-limiting its log lines.
-type DenialKind = (Way, rules::Reason, Arc<str>);
+/// A kind of denial (way, reason, policies), for rate-limiting its log
+/// lines.
+type DenialKind = (Way, &'static str, Arc<str>);
 
 /// The pod's policy, shared by every connection.
 #[derive(Debug)]
@@ -167,6 +173,113 @@ impl Policy {
         self.allows(way, *first, None, first.port())
     }
 
+    /// Whether mesh authorization lets `subject` through from `peer`
+    /// (with `identity` over mesh mTLS) to this pod's app port `port`; a
+    /// refusal is counted and logged. The pod's node always passes, as
+    /// with NetworkPolicy (kubelet probes).
+    pub(crate) fn authorizes(
+        &self,
+        peer: SocketAddr,
+        identity: Option<&SpiffeId>,
+        port: u16,
+        subject: authz::Subject<'_>,
+    ) -> Result<(), authz::Refused> {
+        if self.host == Some(peer.ip()) {
+            return Ok(());
+        }
+        let state = self.state.load();
+        let (reason, policy, audit) = match &**state {
+            State::Off => return Ok(()),
+            // NetworkPolicy has refused it already.
+            State::Pending => {
+                return Err(authz::Refused {
+                    reason: authz::AuthzReason::Default,
+                    policy: "policy_unknown".into(),
+                });
+            }
+            State::Known(rules) => {
+                if rules.authorization.is_open() {
+                    return Ok(());
+                }
+                let client = authz::Client {
+                    ip: peer.ip(),
+                    identity,
+                };
+                match rules.authorization.decide(client, port, subject) {
+                    authz::Verdict::Allow => return Ok(()),
+                    authz::Verdict::Deny { reason, policy } => (reason, policy, rules.audit),
+                }
+            }
+        };
+        let refused = || match audit {
+            true => Ok(()),
+            false => Err(authz::Refused {
+                reason,
+                policy: policy.clone(),
+            }),
+        };
+        let mode = match audit {
+            true => Enforcement::Audit,
+            false => Enforcement::Enforce,
+        };
+        self.metrics
+            .policy
+            .authorization_denied
+            .get_or_create(&AuthorizationLabels {
+                policy: policy.clone(),
+                reason: reason.as_str(),
+                tls: identity.is_some(),
+                mode,
+            })
+            .inc();
+        let Some(suppressed) = self.may_log((Way::Ingress, reason.as_str(), policy.clone())) else {
+            return refused();
+        };
+        let what = match subject {
+            authz::Subject::Connection => "a connection",
+            authz::Subject::Request { .. } => "a request",
+        };
+        let (method, path) = match subject {
+            authz::Subject::Request { method, path } => (method.as_str(), path),
+            authz::Subject::Connection => ("", ""),
+        };
+        let identity = identity.map(|i| i.to_string());
+        tracing::warn!(
+            %peer,
+            identity = identity.as_deref().unwrap_or("none (plaintext)"),
+            port,
+            method,
+            path,
+            reason = reason.as_str(),
+            policy = %policy,
+            suppressed_since_last_log = suppressed,
+            "authorization {} {what}",
+            if audit { "would refuse (audit mode: let through)" } else { "refused" },
+        );
+        refused()
+    }
+
+    /// Whether a denial of this kind may be logged now (at most once per
+    /// [`LOG_EVERY`]), and how many were not since the last line.
+    fn may_log(&self, key: DenialKind) -> Option<u64> {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match logged.get_mut(&key) {
+            Some((at, count)) if now.duration_since(*at) < LOG_EVERY => {
+                *count += 1;
+                None
+            }
+            Some((at, count)) => {
+                *at = now;
+                Some(std::mem::take(count))
+            }
+            None => {
+                logged.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+
     fn refused(
         &self,
         way: Way,
@@ -194,24 +307,9 @@ impl Policy {
                 mode,
             })
             .inc();
-        let suppressed = {
-            let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
-            let key = (way, denial.reason, denial.policies.clone());
-            let now = Instant::now();
-            match logged.get_mut(&key) {
-                Some((at, count)) if now.duration_since(*at) < LOG_EVERY => {
-                    *count += 1;
-                    return;
-                }
-                Some((at, count)) => {
-                    *at = now;
-                    std::mem::take(count)
-                }
-                None => {
-                    logged.insert(key, (now, 0));
-                    0
-                }
-            }
+        let Some(suppressed) = self.may_log((way, denial.reason.as_str(), denial.policies.clone()))
+        else {
+            return;
         };
         let identity = identity.map(|i| i.to_string());
         let what = match audit {

@@ -85,6 +85,8 @@ pub(crate) struct Rules {
     pub audit: bool,
     ingress: Side,
     egress: Side,
+    /// Mesh authorization, checked after NetworkPolicy lets a client in.
+    pub authorization: super::authz::Authorization,
 }
 
 impl Rules {
@@ -93,6 +95,7 @@ impl Rules {
             audit: update.mode() == Mode::Audit,
             ingress: side(update.ingress.as_ref()),
             egress: side(update.egress.as_ref()),
+            authorization: super::authz::Authorization::compile(update.authorization.as_ref()),
         }
     }
 

@@ -12,6 +12,7 @@ fn isolated_update(mode: Mode) -> PolicyUpdate {
             rules: vec![],
         }),
         egress: None,
+        authorization: None,
     }
 }
 

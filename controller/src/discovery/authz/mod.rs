@@ -31,7 +31,10 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     Spiffe(String),
-    ServiceAccount { namespace: String, name: String },
+    ServiceAccount {
+        namespace: String,
+        name: String,
+    },
     /// Every service account of a namespace (`name: "*"`).
     Namespace(String),
 }
@@ -185,12 +188,10 @@ fn targets(spec: &AuthorizationPolicySpec, problems: &mut Vec<Invalid>) -> Vec<T
             (true, "Service", Some(name), None) if !name.is_empty() => {
                 Ok(Target::Service(name.clone()))
             }
-            (true, "Pod", None, Some(selector)) => {
-                match super::netpol::selector(selector) {
-                    Some(_) => Ok(Target::Pods(selector.clone())),
-                    None => Err("its selector cannot be read"),
-                }
-            }
+            (true, "Pod", None, Some(selector)) => match super::netpol::selector(selector) {
+                Some(_) => Ok(Target::Pods(selector.clone())),
+                None => Err("its selector cannot be read"),
+            },
             (true, "Service", _, _) => Err("a Service target needs a name and no selector"),
             (true, "Pod", _, _) => Err("a Pod target needs a selector and no name"),
             _ => Err("only Services and Pods (group \"\") can be targets"),
@@ -211,11 +212,7 @@ fn targets(spec: &AuthorizationPolicySpec, problems: &mut Vec<Invalid>) -> Vec<T
 
 type Problem = (&'static str, String);
 
-fn read_rule(
-    namespace: &str,
-    rule: &RuleSpec,
-    application: bool,
-) -> Result<RuleInfo, Problem> {
+fn read_rule(namespace: &str, rule: &RuleSpec, application: bool) -> Result<RuleInfo, Problem> {
     let sources = match &rule.sources {
         None => None,
         Some(list) => Some(
@@ -254,7 +251,11 @@ fn read_rule(
 }
 
 fn read_source(namespace: &str, source: &SourceSpec) -> Result<Source, Problem> {
-    match (source.kind.as_str(), &source.spiffe, &source.service_account) {
+    match (
+        source.kind.as_str(),
+        &source.spiffe,
+        &source.service_account,
+    ) {
         ("SPIFFE", Some(id), None) => {
             let rest = id.strip_prefix("spiffe://").unwrap_or_default();
             match rest.split_once('/') {
@@ -268,7 +269,10 @@ fn read_source(namespace: &str, source: &SourceSpec) -> Result<Source, Problem> 
             }
         }
         ("ServiceAccount", None, Some(sa)) => {
-            let ns = sa.namespace.clone().unwrap_or_else(|| namespace.to_string());
+            let ns = sa
+                .namespace
+                .clone()
+                .unwrap_or_else(|| namespace.to_string());
             match sa.name.as_str() {
                 "" => Err(("bad_source", "a ServiceAccount source needs a name".into())),
                 "*" => Ok(Source::Namespace(ns)),
@@ -327,10 +331,7 @@ fn read_http(m: &HttpMatchSpec) -> Result<proto::HttpMatch, Problem> {
     if let Some(g) = &grpc
         && (g.service.contains('/') || g.method.contains('/'))
     {
-        return Err((
-            "bad_http_match",
-            "a gRPC service or method has no /".into(),
-        ));
+        return Err(("bad_http_match", "a gRPC service or method has no /".into()));
     }
     if grpc.is_some() && (path.is_some() || !m.methods.is_empty()) {
         return Err((

@@ -32,10 +32,16 @@ impl Default for Defaults {
 /// The private ranges, as Linkerd's `clusterNetworks` default: where a
 /// cluster's pods and nodes almost always are.
 pub fn default_cluster_networks() -> Vec<ipnet::IpNet> {
-    ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
-        .iter()
-        .map(|n| n.parse().expect("a valid CIDR"))
-        .collect()
+    [
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "fd00::/8",
+    ]
+    .iter()
+    .map(|n| n.parse().expect("a valid CIDR"))
+    .collect()
 }
 
 /// The authorization of pod `key` in its proxy.

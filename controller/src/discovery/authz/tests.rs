@@ -132,7 +132,10 @@ fn invalid(store: &Store, reason: &str) -> f64 {
 fn a_service_target_covers_the_pods_it_selects_on_the_ports_it_routes_to() {
     let store = store();
     let orders = authorization(&store, "shop", "orders-1");
-    assert_eq!(orders.default, DefaultAuthorization::DefaultAuthenticated as i32);
+    assert_eq!(
+        orders.default,
+        DefaultAuthorization::DefaultAuthenticated as i32
+    );
     let names: Vec<&str> = orders.policies.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["shop/no-admin", "shop/orders-readers"]);
     let readers = &orders.policies[1];
@@ -185,7 +188,11 @@ fn a_broken_allow_rule_allows_nothing_and_a_bad_target_targets_nothing() {
     let store = store();
     let web = authorization(&store, "shop", "web-1");
     let names: Vec<&str> = web.policies.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["shop/broken"], "not the Service's policy: it selects no web pod");
+    assert_eq!(
+        names,
+        ["shop/broken"],
+        "not the Service's policy: it selects no web pod"
+    );
     let rules = &web.policies[0].rules;
     // An unknown source type; HTTP matches at the Network level: both
     // match nobody. The third rule stands.

@@ -34,9 +34,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use weft_api::split::TrafficSplitSpec;
 
-use super::model::{Key, PodInfo, ServiceInfo, SliceInfo, SplitInfo};
 use super::authz::AuthorizationPolicyInfo;
 use super::authz::crd::AuthorizationPolicy;
+use super::model::{Key, PodInfo, ServiceInfo, SliceInfo, SplitInfo};
 use super::netpol::{NamespaceInfo, NetworkPolicyInfo};
 use super::route::gateway::{GrpcRoute, HttpRoute};
 use super::{Kind, Object, Store, route};

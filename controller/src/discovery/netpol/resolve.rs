@@ -27,8 +27,13 @@ pub fn policy_for(
     let Some(pod) = objects.pods.get(key) else {
         return PolicyUpdate::default();
     };
-    let authorization =
-        crate::discovery::authz::resolve::authorization_for(objects, trust_domain, defaults, key, pod);
+    let authorization = crate::discovery::authz::resolve::authorization_for(
+        objects,
+        trust_domain,
+        defaults,
+        key,
+        pod,
+    );
     let resolver = Resolver {
         objects,
         trust_domain,
