@@ -305,6 +305,20 @@ def workload():
         description="Inbound: the client's workload identity (empty for unmeshed clients). Outbound: the destination service.",
         w=24,
     )
+    d.row("Policy")
+    d.series(
+        "Authorization denials",
+        # `or vector(0)`: a flat zero, not "no data", while nothing is refused.
+        [(f"sum by (policy, reason, mode) ({rate('authorization_denied_total', w)}) or vector(0)", "{{policy}} {{reason}} {{mode}}")],
+        unit="reqps",
+        description="Inbound requests (or non-HTTP connections) mesh authorization refused; mode=audit: would have refused.",
+    )
+    d.series(
+        "NetworkPolicy denials",
+        [(f"sum by (direction, policy, reason, mode) ({rate('policy_denied_total', w)}) or vector(0)", "{{direction}} {{policy}} {{reason}} {{mode}}")],
+        unit="cps",
+        description="Connections NetworkPolicy refused, by the policies isolating the pod; mode=audit: would have refused.",
+    )
     d.row("TCP")
     d.series("Open connections", [(f"sum by (direction, peer) (tcp_open_connections{{{w}}})", "{{direction}} {{peer}}")])
     d.series(

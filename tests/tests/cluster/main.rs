@@ -300,6 +300,7 @@ mod scenarios {
         metrics => metrics::metrics,
         gateway_api_conformance => conformance::gateway_api,
         network_policy => policy::network_policy,
+        authorization => policy::authorization,
     }
 
     #[test]

@@ -107,3 +107,85 @@ fn web_denials(node: &KubeNode, ns: &str, labels: &[(&str, &str)]) -> anyhow::Re
     }
     Ok(sum)
 }
+
+/// Weft's AuthorizationPolicy through the API server: an ALLOW policy on
+/// the `web` Service lets in only the `load` service account of another
+/// namespace; `web`'s own namespace's load is answered 403 and counted;
+/// removing the policy opens it again.
+pub(super) fn authorization(node: &KubeNode) -> anyhow::Result<()> {
+    let (ns, other) = ("e2e-authz", "e2e-authz-out");
+    node.apply(&demo_app(node, ns, true)?)?;
+    node.apply(&demo_app(node, other, true)?)?;
+    wait_demo(node, ns)?;
+    wait_demo(node, other)?;
+    let inside = load_pod(node, ns)?;
+    let outside = load_pod(node, other)?;
+    let web = format!("web.{ns}:80");
+    let open = node.load(ns, &inside, "load", &web, 10, 2)?;
+    ensure!(
+        open.failed() == 0,
+        "open before any policy: {}",
+        open.summary
+    );
+
+    node.apply(&format!(
+        r#"
+apiVersion: policy.weft.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: web-from-out, namespace: {ns}}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: web}}]
+  action: ALLOW
+  enforcementLevel: Network
+  rules:
+    - sources: [{{type: ServiceAccount, serviceAccount: {{namespace: {other}, name: load}}}}]
+"#
+    ))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let allowed = node.load(other, &outside, "load", &web, 10, 3)?;
+    ensure!(
+        allowed.failed() == 0 && allowed.ok() > 0,
+        "the allowed service account: {}",
+        allowed.summary
+    );
+    let refused = node.load(ns, &inside, "load", &web, 10, 3)?;
+    ensure!(
+        refused.ok() == 0 && refused.failed() > 0,
+        "web's own namespace got through: {}",
+        refused.summary
+    );
+    let mut denials = 0.0;
+    for pod in meshed_pods(node, ns, "app=web")? {
+        denials += node.proxy_metrics(&pod)?.sum(
+            "authorization_denied_total",
+            &[
+                ("policy", &format!("{ns}/web-from-out")),
+                ("reason", "not_authorized"),
+                ("tls", "true"),
+            ],
+        );
+    }
+    ensure!(
+        denials >= refused.failed() as f64,
+        "{denials} refusals counted, the client saw {}",
+        refused.failed()
+    );
+    // Kubelet's probes come from the node: still ready.
+    let ready = node.wait_ready(ns, "app=web", 3, Duration::from_secs(30))?;
+    ensure!(
+        ready.len() == 3,
+        "web pods lost readiness under authorization"
+    );
+
+    node.kubectl(&["-n", ns, "delete", "authorizationpolicy", "web-from-out"])?;
+    std::thread::sleep(Duration::from_secs(2));
+    let reopened = node.load(ns, &inside, "load", &web, 10, 2)?;
+    ensure!(
+        reopened.failed() == 0,
+        "still refused after the policy went: {}",
+        reopened.summary
+    );
+    node.kubectl(&["delete", "namespace", other, "--wait=false"])?;
+    node.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
+    Ok(())
+}
