@@ -8,6 +8,7 @@ pub mod banner;
 pub mod grpc;
 pub mod http;
 pub mod load;
+pub mod probe;
 
 /// Generated gRPC code for `proto/demo.proto`.
 #[allow(missing_debug_implementations, clippy::all)]

@@ -60,7 +60,7 @@ impl LoadArgs {
     }
 }
 
-fn duration(v: &str) -> anyhow::Result<Duration> {
+pub(crate) fn duration(v: &str) -> anyhow::Result<Duration> {
     let parsed = if let Some(ms) = v.strip_suffix("ms") {
         ms.parse().map(Duration::from_millis)
     } else if let Some(s) = v.strip_suffix('s') {

@@ -4,7 +4,8 @@
 //! a client running as a particular user); `weft-demo load <host:port> ...`
 //! a steady load that reports what answered (see `load.rs`); `weft-demo
 //! talk <host:port> <line>` a client of the banner service: it waits for the
-//! greeting, sends the line and prints both lines it got.
+//! greeting, sends the line and prints both lines it got; `weft-demo probe
+//! <host:port>...` one GET to each target at once (see `probe.rs`).
 
 use anyhow::{Context, bail};
 
@@ -14,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     let (kind, addr) = match (args.first(), args.get(1)) {
         (Some(k), Some(a)) => (k.as_str(), a.as_str()),
         _ => bail!(
-            "usage: weft-demo <http|grpc|banner|sink> <listen-addr> [name] | weft-demo get <host:port> <path> | weft-demo talk <host:port> <line> | weft-demo load <host:port> [--rate N] [--duration 10s]"
+            "usage: weft-demo <http|grpc|banner|sink> <listen-addr> [name] | weft-demo get <host:port> <path> | weft-demo talk <host:port> <line> | weft-demo load <host:port> [--rate N] [--duration 10s] | weft-demo probe <host:port>... [--timeout 3s]"
         ),
     };
     if kind == "get" {
@@ -22,6 +23,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if kind == "talk" {
         return talk(addr, args.get(2).map_or("hello", String::as_str)).await;
+    }
+    if kind == "probe" {
+        return weft_demo::probe::run(weft_demo::probe::ProbeArgs::parse(&args[1..])?).await;
     }
     if kind == "load" {
         return weft_demo::load::run(weft_demo::load::LoadArgs::parse(&args[1..])?).await;

@@ -111,6 +111,7 @@ mod dns;
 mod mesh;
 mod metrics;
 mod policy;
+mod policy_matrix;
 mod sidecars;
 
 /// Requests over mesh mTLS that the proxies of the meshed `selector` pods
@@ -301,6 +302,7 @@ mod scenarios {
         gateway_api_conformance => conformance::gateway_api,
         network_policy => policy::network_policy,
         authorization => policy::authorization,
+        network_policy_matrix => policy_matrix::matrix,
     }
 
     #[test]
