@@ -19,6 +19,8 @@ pub mod config;
 pub(crate) mod connection;
 pub mod detect;
 pub mod discovery;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod http;
 pub mod identity;
 pub(crate) mod inbound;

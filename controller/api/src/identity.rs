@@ -84,13 +84,44 @@ impl SpiffeId {
     /// The DNS-style name a client sends as TLS SNI when it expects this
     /// identity, and that a verifier derives from a certificate's URI SAN
     /// to compare. A namespace is a single DNS label, so the mapping is
-    /// one-to-one.
+    /// one-to-one. Kubernetes allows names whose readable form breaks DNS's
+    /// limits (a 253-character service account, a trust domain with a long
+    /// label); such an identity is named by the SHA-256 of its ID instead,
+    /// which both ends derive alike, so it is still meshed and checked
+    /// exactly rather than left without a TLS name.
     pub fn tls_server_name(&self) -> String {
-        format!(
+        let readable = format!(
             "{}.{}.serviceaccount.identity.weft.{}",
             self.service_account, self.namespace, self.trust_domain
-        )
+        );
+        if is_dns_name(&readable) {
+            return readable;
+        }
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.to_string().as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}.{}.sha256.identity.weft", &hex[..32], &hex[32..])
     }
+}
+
+/// A name TLS accepts as SNI: at most 253 bytes, labels of 1 to 63
+/// letters, digits, `-` or `_`, none starting or ending with `-`, and a
+/// last label that is not all digits (it would read as an address).
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && !name
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_".contains(&b))
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -153,6 +184,37 @@ mod tests {
             id.tls_server_name(),
             "web.demo.serviceaccount.identity.weft.cluster.local"
         );
+    }
+
+    /// Found by the `spiffe_id` fuzz target: a trust domain of one
+    /// 250-character label had no TLS name, and the proxy then treated
+    /// such a peer as unmeshed. So did any 253-character service account,
+    /// and (the second run) a trust domain ending in a numeric label.
+    #[test]
+    fn identities_too_long_for_dns_get_a_hashed_server_name() {
+        let fuzzed = format!(
+            "spiffe://gaxe{}yyp{}8{}yyyag/ns/t--hhhhhhrea-hm--hhhhhhrea-hh/sa/dbreb.rehhr",
+            "1".repeat(63),
+            "1".repeat(17),
+            "8".repeat(120)
+        );
+        let long_sa = format!(
+            "spiffe://cluster.local/ns/demo/sa/{}",
+            [vec!["a".repeat(63); 3].join("."), "b".repeat(61)].join(".")
+        );
+        let numeric_tld =
+            "spiffe://cluster.55555555luster.555555555555555555555555/ns/team-a/sa/db7.read8mmmmmmmm"
+                .to_string();
+        let mut names = std::collections::BTreeSet::new();
+        for text in [fuzzed, long_sa, numeric_tld] {
+            let id: SpiffeId = text.parse().unwrap();
+            let name = id.tls_server_name();
+            assert!(is_dns_name(&name), "{name}");
+            assert!(name.ends_with(".sha256.identity.weft"), "{name}");
+            assert_eq!(name, id.clone().tls_server_name(), "stable");
+            names.insert(name);
+        }
+        assert_eq!(names.len(), 3, "distinct identities, distinct names");
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub const ORIG_PROTO_HEADER: &str = "weft-orig-proto";
 
 /// Turns an app's HTTP/1 request into one for a mesh HTTP/2 connection:
 /// the authority moves from Host into the URI.
-fn to_mesh_h2(req: &mut Request<BoxBody>, target: &Target) {
+pub fn to_mesh_h2(req: &mut Request<BoxBody>, target: &Target) {
     let authority = req
         .uri()
         .authority()
@@ -169,7 +169,7 @@ fn to_mesh_h2(req: &mut Request<BoxBody>, target: &Target) {
 
 /// The receiving side of [`to_mesh_h2`]: back to an origin-form HTTP/1.1
 /// request with Host.
-fn from_mesh_h2(req: &mut Request<BoxBody>) {
+pub fn from_mesh_h2(req: &mut Request<BoxBody>) {
     req.headers_mut().remove(ORIG_PROTO_HEADER);
     if let Some(authority) = req.uri().authority().cloned()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())

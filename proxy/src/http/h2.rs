@@ -47,11 +47,11 @@ macro_rules! apply_settings {
 }
 
 /// Applies the mesh's settings to a client connection.
-pub(crate) fn client<E: Clone>(builder: &mut client::Builder<E>, max_header_bytes: usize) {
+pub fn client<E: Clone>(builder: &mut client::Builder<E>, max_header_bytes: usize) {
     apply_settings!(builder, max_header_bytes);
 }
 
 /// Applies the mesh's settings to a server connection.
-pub(crate) fn server<E>(builder: &mut server::Builder<E>, max_header_bytes: usize) {
+pub fn server<E>(builder: &mut server::Builder<E>, max_header_bytes: usize) {
     apply_settings!(builder, max_header_bytes);
 }

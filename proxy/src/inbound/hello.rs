@@ -18,7 +18,7 @@ const MAX_HELLO: usize = 5 + 16 * 1024;
 
 /// What an inbound connection on an app port opened with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum First {
+pub enum First {
     /// A Weft proxy's ClientHello: mesh traffic.
     Mesh,
     /// Anything else, as protocol detection classified it.
@@ -27,7 +27,7 @@ pub(crate) enum First {
 
 /// How far a byte prefix is from a ClientHello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Hello {
+pub enum Hello {
     /// Could still become a ClientHello.
     Partial,
     /// A whole ClientHello; `true` when its ALPN offers Weft's protocol.
@@ -37,7 +37,7 @@ pub(crate) enum Hello {
 }
 
 /// Classifies `bytes` (the start of a connection) as a ClientHello.
-pub(crate) fn client_hello(bytes: &[u8]) -> Hello {
+pub fn client_hello(bytes: &[u8]) -> Hello {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -61,7 +61,7 @@ pub(crate) fn client_hello(bytes: &[u8]) -> Hello {
 /// Reads the first bytes of `io` into `buf` until it is clear whether a
 /// Weft proxy is on the other end. A client that sends nothing waits out
 /// `timeout`, as detection does.
-pub(crate) async fn read_first<I: AsyncRead + Unpin>(
+pub async fn read_first<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
     timeout: Duration,
