@@ -33,6 +33,9 @@ fi
 # checks stay on (cargo-fuzz's default). A target dir of its own, so this
 # can run beside the test build without waiting on its lock.
 flags=(--sanitizer none --codegen-units 16 --target-dir target/fuzz)
+# cargo-fuzz builds the release profile; without this each target binary
+# would be thin-LTO-linked on its own, minutes apiece.
+export CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_DEBUG=line-tables-only
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 

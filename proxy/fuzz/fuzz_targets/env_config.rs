@@ -2,7 +2,8 @@
 //! is `NAME=value` lines; names are picked from the proxy's contract by
 //! index when a line starts with a digit, so most lines set a real
 //! variable. Invariants: no panic; a configuration is refused only with
-//! an error naming a variable that was set, and its value as given.
+//! an error naming a variable of the contract, with its value as given,
+//! or, for a required one that is missing or blank, no value.
 #![no_main]
 
 use std::collections::HashMap;
