@@ -154,6 +154,86 @@ fn detection_timed_out(ctx: &Listener, port: u16) {
     }
 }
 
+/// How a silent client's connection goes on once someone spoke.
+enum Silence {
+    /// Opaque through the upstream already opened: the server spoke first
+    /// (its greeting is passed on) or the client's bytes are not HTTP.
+    Forward(tcp::Opened, Detected),
+    /// The client spoke first, in this protocol, and is served as if it
+    /// had not waited.
+    Detected(Protocol),
+}
+
+/// A client silent for the whole detection timeout is either waiting for a
+/// server that speaks first or an HTTP client that dialled before it had a
+/// request (pools that dial ahead, or race a dial against a connection
+/// being returned). The upstream is opened as for opaque bytes and
+/// whichever side speaks first decides; if it is the client, the upstream
+/// (which has seen nothing) is dropped and the client is served as if it
+/// had not waited. Judging by the timeout alone would leave such HTTP
+/// connections opaque: no per-request balancing, retries or metrics.
+async fn after_silence<C>(
+    ctx: &Listener,
+    io: &mut C,
+    buf: &mut BytesMut,
+    mut opened: Option<tcp::Opened>,
+    port: u16,
+) -> std::io::Result<Silence>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut greeting = BytesMut::new();
+    let upstream = opened.as_mut().map(|o| &mut o.upstream);
+    let timeout = ctx.config.detect_timeout;
+    match detect::first_speaker(io, buf, upstream, &mut greeting, timeout).await? {
+        detect::Speaker::Server => {
+            detection_timed_out(ctx, port);
+            tokio::io::AsyncWriteExt::write_all(io, &greeting).await?;
+            let opened = opened.expect("only an opened upstream speaks");
+            Ok(Silence::Forward(opened, Detected::Opaque))
+        }
+        detect::Speaker::Client(protocol) => {
+            if !buf.is_empty() {
+                ctx.metrics.detect.spoke_late(ctx.direction);
+            }
+            tracing::debug!(protocol = protocol.as_str(), "a silent client spoke first");
+            match (protocol, opened) {
+                (Protocol::Http1 | Protocol::Http2, _) | (_, None) => {
+                    Ok(Silence::Detected(protocol))
+                }
+                // The splice sends the client's bytes first.
+                (_, Some(opened)) => Ok(Silence::Forward(opened, protocol.into())),
+            }
+        }
+    }
+}
+
+/// Opens the upstream a silent client's bytes would go to if they are
+/// opaque, where policy lets opaque bytes through; `None` otherwise, and
+/// the client is heard out alone.
+async fn open_opaque(
+    ctx: &Listener,
+    guard: &mut ConnectionGuard,
+    next: &Next,
+    peer: SocketAddr,
+    port: u16,
+) -> Option<tcp::Opened> {
+    let connector = &ctx.http.pool.connector;
+    match next {
+        Next::App(app) => {
+            let subject = crate::policy::authz::Subject::Connection;
+            if !ctx.policy.would_authorize(peer, None, port, subject) {
+                return None;
+            }
+            tcp::connect(guard, app, connector).await
+        }
+        Next::Out(Route::Fixed(target)) => tcp::connect(guard, target, connector).await,
+        Next::Out(Route::Balanced(dest)) => {
+            outbound::tcp::connect_balanced(guard, dest, connector).await
+        }
+    }
+}
+
 /// Detects the protocol of an accepted connection and forwards it. `buf`
 /// holds what was already read, and `first` what detection made of it.
 async fn serve(
@@ -208,17 +288,37 @@ async fn serve(
             Some(detection) => Ok(detection),
             None => detect::detect(&mut io, &mut buf, ctx.config.detect_timeout).await,
         };
-        match detection {
-            Ok(Detection::Found(protocol)) => (protocol, protocol.into()),
-            Ok(Detection::TimedOut) => {
+        let silent = match detection {
+            Ok(Detection::Found(protocol)) => Ok(protocol),
+            // It spoke, then stalled inside what could have been HTTP.
+            Ok(Detection::TimedOut) if !buf.is_empty() => {
                 detection_timed_out(&ctx, orig_dst.port());
-                (Protocol::Opaque, Detected::Opaque)
+                Ok(Protocol::Opaque)
             }
+            Ok(Detection::TimedOut) => Err(()),
             Err(error) => {
                 guard.set_error(&error);
                 return;
             }
-        }
+        };
+        let protocol = match silent {
+            Ok(protocol) => protocol,
+            Err(()) => {
+                let opened = open_opaque(&ctx, &mut guard, &next, peer, orig_dst.port()).await;
+                match after_silence(&ctx, &mut io, &mut buf, opened, orig_dst.port()).await {
+                    Ok(Silence::Forward(opened, outcome)) => {
+                        ctx.metrics.detect.detected(direction, outcome);
+                        return tcp::splice(io::PrefixedIo::new(buf, io), &mut guard, opened).await;
+                    }
+                    Ok(Silence::Detected(protocol)) => protocol,
+                    Err(error) => {
+                        guard.set_error(&error);
+                        return;
+                    }
+                }
+            }
+        };
+        (protocol, protocol.into())
     };
     ctx.metrics.detect.detected(direction, outcome);
     tracing::debug!(protocol = %outcome, ?next, "forwarding");

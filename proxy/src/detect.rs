@@ -4,7 +4,9 @@
 //! method, the HTTP/2 connection preface, a TLS record header, or anything
 //! else (opaque, at once). Only a client that sends nothing, or stops in the
 //! middle of a prefix that could still be HTTP, waits for the timeout; the
-//! well-known server-speaks-first ports skip detection altogether.
+//! well-known server-speaks-first ports skip detection altogether. After
+//! the timeout a silent client's upstream is opened and whichever side
+//! speaks first decides ([`first_speaker`]).
 
 use std::time::Duration;
 
@@ -110,6 +112,61 @@ pub async fn detect<I: AsyncRead + Unpin>(
     }
 }
 
+/// Who broke the silence after detection timed out on a client that sent
+/// nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaker {
+    /// The server, as protocols where it speaks first do: its first bytes
+    /// are in the greeting buffer (none if it closed).
+    Server,
+    /// The client, as an HTTP client does that dialled before it had a
+    /// request: what its bytes are (opaque if it closed or stalled in a
+    /// prefix).
+    Client(Protocol),
+}
+
+/// Waits for whichever side speaks first once a silent client has outlasted
+/// the detection timeout. `upstream` is the connection opened for opaque
+/// bytes, when one could be; server bytes win a tie, since forwarding them
+/// is right whatever the client says next. The client's bytes are then
+/// detected as at first, within `timeout`.
+pub async fn first_speaker<C, U>(
+    client: &mut C,
+    buf: &mut BytesMut,
+    upstream: Option<&mut U>,
+    greeting: &mut BytesMut,
+    timeout: Duration,
+) -> std::io::Result<Speaker>
+where
+    C: AsyncRead + Unpin,
+    U: AsyncRead + Unpin,
+{
+    // Both reads are cancel-safe: the one that loses consumed nothing.
+    let read = match upstream {
+        Some(upstream) => tokio::select! {
+            biased;
+            read = upstream.read_buf(greeting) => {
+                read?;
+                return Ok(Speaker::Server);
+            }
+            read = client.read_buf(buf) => read?,
+        },
+        None => client.read_buf(buf).await?,
+    };
+    if read == 0 {
+        return Ok(Speaker::Client(Protocol::Opaque));
+    }
+    if let Some(protocol) = classify(buf) {
+        return Ok(Speaker::Client(protocol));
+    }
+    Ok(Speaker::Client(
+        match detect(client, buf, timeout).await? {
+            Detection::Found(protocol) => protocol,
+            Detection::TimedOut => Protocol::Opaque,
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +220,67 @@ mod tests {
         assert_eq!(d, Detection::Found(Protocol::Http2));
         assert_eq!(&buf[..], H2_PREFACE);
         drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_late_client_is_detected_and_a_greeting_wins() {
+        use tokio::io::AsyncWriteExt;
+        // The client speaks first, late, in two pieces.
+        let (mut app, mut proxy_side) = tokio::io::duplex(64);
+        let (_server, mut upstream) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            app.write_all(b"PO").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            app.write_all(b"ST / HTTP/1.1\r\n").await.unwrap();
+            app
+        });
+        let (mut buf, mut greeting) = (BytesMut::new(), BytesMut::new());
+        let speaker = first_speaker(
+            &mut proxy_side,
+            &mut buf,
+            Some(&mut upstream),
+            &mut greeting,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(speaker, Speaker::Client(Protocol::Http1));
+        assert!(buf.starts_with(b"POST "));
+        assert!(greeting.is_empty());
+        drop(writer.await.unwrap());
+
+        // The server greets while the client keeps waiting.
+        let (_app, mut proxy_side) = tokio::io::duplex(64);
+        let (mut server, mut upstream) = tokio::io::duplex(64);
+        server.write_all(b"220 ready\r\n").await.unwrap();
+        let (mut buf, mut greeting) = (BytesMut::new(), BytesMut::new());
+        let speaker = first_speaker(
+            &mut proxy_side,
+            &mut buf,
+            Some(&mut upstream),
+            &mut greeting,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(speaker, Speaker::Server);
+        assert_eq!(&greeting[..], b"220 ready\r\n");
+        assert!(buf.is_empty());
+
+        // No upstream: only the client can speak; closing is opaque.
+        let (app, mut proxy_side) = tokio::io::duplex(64);
+        drop(app);
+        let mut buf = BytesMut::new();
+        let speaker = first_speaker(
+            &mut proxy_side,
+            &mut buf,
+            None::<&mut tokio::io::DuplexStream>,
+            &mut BytesMut::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(speaker, Speaker::Client(Protocol::Opaque));
     }
 }

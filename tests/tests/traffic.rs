@@ -304,6 +304,7 @@ async fn server_speaks_first_on_another_port_waits_for_the_timeout() {
             &[("direction", "outbound"), ("peer", "dst")]
         ) >= 20.0
     );
+    assert_eq!(client.sum("protocol_detect_late_client_total", &[]), 0.0);
     // Counted by port, and each proxy names the port and the fix once.
     let port = BANNER_PLAIN_PORT.to_string();
     assert_eq!(
@@ -328,6 +329,54 @@ async fn server_speaks_first_on_another_port_waits_for_the_timeout() {
             hints[0]
         );
     }
+}
+
+/// A pool that dials ahead, or races a dial against a connection being
+/// returned, leaves a connection silent for longer than the detection
+/// timeout before its first request. It is still HTTP: the proxy opens the
+/// upstream and lets whoever speaks first decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_client_that_dials_ahead_is_still_served_as_http() {
+    let p = pair("dialahead", &[("WEFT_DETECT_TIMEOUT", "200ms")]).await;
+    let stream = p.client.connect(p.http_addr()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        sender.ready().await.unwrap();
+        let req = http::Request::get("/")
+            .header("host", "server")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-served-by"], "server");
+    }
+    let client = p.client.metrics().await.unwrap();
+    let server = p.server.metrics().await.unwrap();
+    let outbound = [("direction", "outbound")];
+    assert_eq!(client.sum("request_total", &outbound), 3.0);
+    assert_eq!(
+        server.sum("request_total", &[("direction", "inbound")]),
+        3.0
+    );
+    assert_eq!(
+        client.sum("protocol_detect_late_client_total", &outbound),
+        1.0
+    );
+    assert_eq!(
+        client.sum(
+            "protocol_detect_total",
+            &[("direction", "outbound"), ("protocol", "http1")]
+        ),
+        1.0
+    );
+    // Not a server-speaks-first port, so no advice to make it opaque.
+    assert_eq!(client.sum("protocol_detect_timeout_total", &outbound), 0.0);
+    let log = p.mesh.log_of(&p.client, "proxy");
+    assert!(!log.contains("protocol detection timed out"), "{log}");
 }
 
 const HUNDRED_MIB: u64 = 100 * 1024 * 1024;

@@ -50,6 +50,7 @@ pub struct DetectMetrics {
     pub outcomes: Family<DetectLabels, Counter>,
     pub timeouts: Family<DirectionLabels, Counter>,
     pub timeouts_by_port: Family<TimeoutLabels, Counter>,
+    pub late: Family<DirectionLabels, Counter>,
 }
 
 impl DetectMetrics {
@@ -58,6 +59,7 @@ impl DetectMetrics {
             outcomes: Family::default(),
             timeouts: Family::default(),
             timeouts_by_port: Family::default(),
+            late: Family::default(),
         };
         registry.register(
             "protocol_detect",
@@ -66,7 +68,8 @@ impl DetectMetrics {
         );
         registry.register(
             "protocol_detect_timeout",
-            "Connections that sent nothing recognisable within the detection timeout",
+            "Connections whose client sent nothing recognisable within the detection timeout \
+             and whose server then spoke first, or that stalled inside an HTTP prefix",
             m.timeouts.clone(),
         );
         // Beside the total, which starts at zero for dashboards: the ports
@@ -76,8 +79,15 @@ impl DetectMetrics {
             "Detection timeouts by destination port",
             m.timeouts_by_port.clone(),
         );
+        registry.register(
+            "protocol_detect_late_client",
+            "Connections whose client sent nothing within the detection timeout and then \
+             spoke before the server; detected from those bytes",
+            m.late.clone(),
+        );
         for &direction in Direction::ALL {
             let _ = m.timeouts.get_or_create(&DirectionLabels { direction });
+            let _ = m.late.get_or_create(&DirectionLabels { direction });
             for &protocol in Detected::ALL {
                 let _ = m.outcomes.get_or_create(&DetectLabels {
                     direction,
@@ -94,6 +104,13 @@ impl DetectMetrics {
                 direction,
                 protocol,
             })
+            .inc();
+    }
+
+    /// Counts a client that outlasted the timeout and then spoke first.
+    pub fn spoke_late(&self, direction: Direction) {
+        self.late
+            .get_or_create(&DirectionLabels { direction })
             .inc();
     }
 

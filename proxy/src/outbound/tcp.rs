@@ -10,7 +10,7 @@ use weft_api::mesh::Protocol as MeshProtocol;
 use crate::balance::EndpointState;
 use crate::discovery::Destination;
 use crate::metrics::tcp::ConnectionGuard;
-use crate::tcp::{forward, splice};
+use crate::tcp::{Opened, connect, splice};
 use crate::transport::{Connector, Target};
 
 /// Endpoints tried per connection before giving up: one that refuses is
@@ -27,8 +27,20 @@ pub async fn forward_balanced<C>(
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
+    if let Some(opened) = connect_balanced(client_guard, dest, connector).await {
+        splice(client, client_guard, opened).await
+    }
+}
+
+/// Opens the upstream for [`forward_balanced`]: an endpoint that refuses is
+/// skipped for the next.
+pub async fn connect_balanced(
+    client_guard: &mut ConnectionGuard,
+    dest: &Destination,
+    connector: &Connector,
+) -> Option<Opened> {
     let Some(routes) = dest.routes() else {
-        return forward(client, client_guard, &Target::plain(dest.addr), connector).await;
+        return connect(client_guard, &Target::plain(dest.addr), connector).await;
     };
     let mut avoid: Option<Arc<EndpointState>> = None;
     for _ in 0..OPAQUE_CONNECT_ATTEMPTS {
@@ -41,19 +53,15 @@ pub async fn forward_balanced<C>(
             .connect(&endpoint.target, MeshProtocol::Opaque)
             .await
         {
-            Ok((upstream, upstream_guard)) => {
+            Ok((upstream, guard)) => {
                 endpoint.observe(started.elapsed());
                 routes.record_outcome(&endpoint, false);
-                splice(
-                    client,
-                    client_guard,
+                return Some(Opened {
                     upstream,
-                    upstream_guard,
-                    &endpoint.target,
-                )
-                .await;
-                drop(in_flight);
-                return;
+                    guard,
+                    target: endpoint.target.clone(),
+                    in_flight: Some(in_flight),
+                });
             }
             Err(error) => {
                 tracing::info!(service = %routes.service, %error, "endpoint unreachable; trying another");
@@ -64,4 +72,5 @@ pub async fn forward_balanced<C>(
         }
     }
     tracing::info!(service = %routes.service, "no reachable endpoint; closing the connection");
+    None
 }

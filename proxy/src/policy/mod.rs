@@ -173,6 +173,36 @@ impl Policy {
         self.allows(way, *first, None, first.port())
     }
 
+    /// Whether [`Self::authorizes`] would let this through, deciding ahead
+    /// without counting or logging anything.
+    pub(crate) fn would_authorize(
+        &self,
+        peer: SocketAddr,
+        identity: Option<&SpiffeId>,
+        port: u16,
+        subject: authz::Subject<'_>,
+    ) -> bool {
+        if self.host == Some(peer.ip()) {
+            return true;
+        }
+        match &**self.state.load() {
+            State::Off => true,
+            State::Pending => false,
+            State::Known(rules) => {
+                let client = authz::Client {
+                    ip: peer.ip(),
+                    identity,
+                };
+                rules.audit
+                    || rules.authorization.is_open()
+                    || matches!(
+                        rules.authorization.decide(client, port, subject),
+                        authz::Verdict::Allow
+                    )
+            }
+        }
+    }
+
     /// Whether mesh authorization lets `subject` through from `peer`
     /// (with `identity` over mesh mTLS) to this pod's app port `port`; a
     /// refusal is counted and logged. The pod's node always passes, as
