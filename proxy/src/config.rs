@@ -88,6 +88,12 @@ pub struct Config {
     pub log_level: String,
     /// Runtime worker threads.
     pub worker_threads: usize,
+    /// Connections each direction's listeners hold at once.
+    pub max_connections: usize,
+    /// Inbound connections one client address holds at once.
+    pub max_connections_per_client: usize,
+    /// Requests awaiting their response, per direction.
+    pub max_requests_in_flight: usize,
     /// Where the workload certificate comes from; `None` (no controller
     /// configured) makes a plain transparent proxy without mTLS.
     pub identity: Option<IdentityConfig>,
@@ -241,6 +247,24 @@ impl Config {
                     Ok(n) if (1..=64).contains(&n) => Ok(n),
                     _ => Err(Invalid::Rule("must be a whole number from 1 to 64")),
                 })?,
+                max_connections: parse_or(
+                    var(env::MAX_CONNECTIONS),
+                    env::MAX_CONNECTIONS,
+                    10_000,
+                    limit,
+                )?,
+                max_connections_per_client: parse_or(
+                    var(env::MAX_CONNECTIONS_PER_CLIENT),
+                    env::MAX_CONNECTIONS_PER_CLIENT,
+                    1_000,
+                    limit,
+                )?,
+                max_requests_in_flight: parse_or(
+                    var(env::MAX_REQUESTS_IN_FLIGHT),
+                    env::MAX_REQUESTS_IN_FLIGHT,
+                    10_000,
+                    limit,
+                )?,
                 identity: identity_config(&var)?,
                 inbound_mtls: parse_or(
                     var(env::INBOUND_MTLS),
@@ -467,6 +491,14 @@ fn parse_endpoints(v: &str) -> Result<Vec<(IpAddr, SpiffeId)>, Invalid> {
             Ok((ip, id))
         })
         .collect()
+}
+
+/// A count limit: a whole number from 1 to a million.
+fn limit(value: &str) -> Result<usize, Invalid> {
+    match value.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(Invalid::Rule("must be a whole number from 1 to 1000000")),
+    }
 }
 
 fn parse_or<T, E: Into<Invalid>>(

@@ -86,7 +86,7 @@ pub(crate) async fn handle(ctx: Arc<Listener>, mut stream: TcpStream, peer: Sock
         let _ = stream.set_nodelay(true);
         let span = tracing::debug_span!("mesh", %peer);
         let serve = serve_mesh(ctx, stream, peer, orig_dst, mesh::Arrival::InboundPort);
-        tracing::Instrument::instrument(serve, span).await;
+        Box::pin(tracing::Instrument::instrument(serve, span)).await;
         return;
     }
     // Without NAT the "original" destination is the listener itself: a
@@ -109,7 +109,7 @@ pub(crate) async fn handle(ctx: Arc<Listener>, mut stream: TcpStream, peer: Sock
                     let stream = io::PrefixedIo::new(buf, stream);
                     let arrival = mesh::Arrival::AppPort(orig_dst.port());
                     let serve = serve_mesh(ctx, stream, peer, orig_dst, arrival);
-                    tracing::Instrument::instrument(serve, span).await;
+                    Box::pin(tracing::Instrument::instrument(serve, span)).await;
                     return;
                 }
                 Ok(First::App(detection)) => first = Some(detection),
@@ -133,7 +133,8 @@ pub(crate) async fn handle(ctx: Arc<Listener>, mut stream: TcpStream, peer: Sock
     let span = tracing::debug_span!("conn", %direction, %peer, dst = %orig_dst);
     // Instrument the whole future: a span entered with `enter()` must not be
     // held across an await.
-    tracing::Instrument::instrument(serve(ctx, stream, peer, orig_dst, buf, first), span).await;
+    let serve = serve(ctx, stream, peer, orig_dst, buf, first);
+    Box::pin(tracing::Instrument::instrument(serve, span)).await;
 }
 
 /// Counts a detection timeout on `port`, and the first time for that port
@@ -234,7 +235,10 @@ async fn open_opaque(
     }
 }
 
-/// Detects the protocol of an accepted connection and forwards it. `buf`
+/// Detects the protocol of an accepted connection and forwards it. The
+/// later stages are boxed so that a connection waiting for its first bytes
+/// holds only what waiting needs, not the largest stage's state: idle
+/// connections are what a hostile client piles up. `buf`
 /// holds what was already read, and `first` what detection made of it.
 async fn serve(
     ctx: Arc<Listener>,
@@ -304,11 +308,14 @@ async fn serve(
         let protocol = match silent {
             Ok(protocol) => protocol,
             Err(()) => {
-                let opened = open_opaque(&ctx, &mut guard, &next, peer, orig_dst.port()).await;
-                match after_silence(&ctx, &mut io, &mut buf, opened, orig_dst.port()).await {
+                let opened =
+                    Box::pin(open_opaque(&ctx, &mut guard, &next, peer, orig_dst.port())).await;
+                let heard = after_silence(&ctx, &mut io, &mut buf, opened, orig_dst.port());
+                match Box::pin(heard).await {
                     Ok(Silence::Forward(opened, outcome)) => {
                         ctx.metrics.detect.detected(direction, outcome);
-                        return tcp::splice(io::PrefixedIo::new(buf, io), &mut guard, opened).await;
+                        let io = io::PrefixedIo::new(buf, io);
+                        return Box::pin(tcp::splice(io, &mut guard, opened)).await;
                     }
                     Ok(Silence::Detected(protocol)) => protocol,
                     Err(error) => {
@@ -331,18 +338,19 @@ async fn serve(
                 peer,
                 identity: None,
             };
-            inbound::serve_http(&ctx, io, buf, version, app, caller).await
+            Box::pin(inbound::serve_http(&ctx, io, buf, version, app, caller)).await
         }
         (Protocol::Http1 | Protocol::Http2, Next::Out(route)) => {
             let version = version_of(protocol);
-            outbound::http::serve(
+            let shutdown = ctx.shutdown.clone();
+            Box::pin(outbound::http::serve(
                 ctx.http.clone(),
                 io,
                 buf,
                 version,
                 route,
-                ctx.shutdown.clone(),
-            )
+                shutdown,
+            ))
             .await
         }
         (Protocol::Tls | Protocol::Opaque, next) => {
@@ -357,13 +365,14 @@ async fn serve(
                     {
                         return;
                     }
-                    tcp::forward(io, &mut guard, &app, connector).await
+                    Box::pin(tcp::forward(io, &mut guard, &app, connector)).await
                 }
                 Next::Out(Route::Fixed(target)) => {
-                    tcp::forward(io, &mut guard, &target, connector).await
+                    Box::pin(tcp::forward(io, &mut guard, &target, connector)).await
                 }
                 Next::Out(Route::Balanced(dest)) => {
-                    outbound::tcp::forward_balanced(io, &mut guard, &dest, connector).await
+                    let forward = outbound::tcp::forward_balanced(io, &mut guard, &dest, connector);
+                    Box::pin(forward).await
                 }
             }
         }

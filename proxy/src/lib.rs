@@ -25,6 +25,7 @@ pub mod http;
 pub mod identity;
 pub(crate) mod inbound;
 pub mod io;
+pub mod limits;
 pub(crate) mod listener;
 pub mod mesh;
 pub mod metrics;
@@ -48,6 +49,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::discovery::Resolver;
 use crate::http::server::HttpContext;
+use crate::limits::ConnectionLimits;
 use crate::listener::Listener;
 use crate::mesh::{Endpoints, MeshClient};
 use crate::metrics::{Direction, Metrics};
@@ -97,6 +99,7 @@ struct Mesh {
 /// Runs the proxy until SIGTERM, SIGINT or an admin `/shutdown`, then drains.
 pub async fn run(config: Config) -> Result<(), Error> {
     let config = Arc::new(config);
+    raise_open_files_limit(config.max_connections);
     let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -222,6 +225,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
             resolver: resolver.clone(),
             mesh_server: mesh.as_ref().map(|m| m.server.clone()),
             policy: policy.clone(),
+            limits: ConnectionLimits::new(
+                direction,
+                config.max_connections,
+                // Outbound, every connection comes from the pod's app.
+                (direction == Direction::Inbound).then_some(config.max_connections_per_client),
+                metrics.clone(),
+            ),
         });
         for (_, addr) in listeners.iter().filter(|(d, _)| *d == direction) {
             match bind(*addr, addr.is_ipv6()) {
@@ -281,6 +291,30 @@ pub async fn run(config: Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// Raises the soft limit on open files to the hard one, as Go's runtime
+/// does: each proxied connection takes two descriptors, and runtimes
+/// often leave the soft limit at 1024, far below `WEFT_MAX_CONNECTIONS`.
+fn raise_open_files_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        tracing::warn!(soft, hard, "cannot raise the open-files limit");
+    }
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(soft, |(soft, _)| soft);
+    // Two per connection (client and upstream), for both directions.
+    let needed = 4 * max_connections as u64 + 256;
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open-files limit is below what WEFT_MAX_CONNECTIONS needs; \
+             connections past it fail to accept (EMFILE) instead of being refused and counted"
+        );
+    }
+}
+
 async fn wait_for_shutdown(shutdown: &CancellationToken) -> Result<(), Error> {
     let stop = weft_api::runtime::stop_signal().map_err(Error::Signal)?;
     tokio::select! {
@@ -308,7 +342,17 @@ async fn accept(listener: TcpListener, ctx: Arc<Listener>, tracker: TaskTracker)
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tracker.spawn(connection::handle(ctx.clone(), stream, peer));
+                // Over a limit the connection is closed at once: holding it
+                // unserved would use what the limit protects.
+                let Ok(admitted) = ctx.limits.admit(peer.ip()) else {
+                    drop(stream);
+                    continue;
+                };
+                let handle = connection::handle(ctx.clone(), stream, peer);
+                tracker.spawn(async move {
+                    handle.await;
+                    drop(admitted);
+                });
             }
             Err(error) => {
                 // Usually EMFILE: back off instead of spinning.

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::discovery::Resolver;
 use crate::http::server::HttpContext;
+use crate::limits::ConnectionLimits;
 use crate::mesh::Endpoints;
 use crate::metrics::{Direction, Metrics};
 use crate::policy::Policy;
@@ -31,4 +32,6 @@ pub(crate) struct Listener {
     /// The pod's NetworkPolicy (ingress is checked here; egress in the
     /// outbound connector).
     pub policy: Arc<Policy>,
+    /// Connections this direction holds, in all and per client.
+    pub limits: Arc<ConnectionLimits>,
 }

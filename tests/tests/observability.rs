@@ -288,6 +288,7 @@ async fn check_counts(prometheus: &Prometheus, expected: &[(String, f64)]) {
         "result",
         "state",
         "port",
+        "limit",
     ]
     .into();
     let unexpected: Vec<&String> = labels

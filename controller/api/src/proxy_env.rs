@@ -37,7 +37,13 @@ vars! {
     PROXY_CORES = "WEFT_PROXY_CORES", "1",
         "runtime worker threads, 1 to 64";
     DETECT_TIMEOUT = "WEFT_DETECT_TIMEOUT", "1s",
-        "wait for a client's first bytes before treating the connection as opaque";
+        "wait for a client's first bytes; then open the upstream and let the first side to speak decide";
+    MAX_CONNECTIONS = "WEFT_MAX_CONNECTIONS", "10000",
+        "connections each direction's listeners hold at once; more are closed on accept";
+    MAX_CONNECTIONS_PER_CLIENT = "WEFT_MAX_CONNECTIONS_PER_CLIENT", "1000",
+        "inbound connections one client address holds at once";
+    MAX_REQUESTS_IN_FLIGHT = "WEFT_MAX_REQUESTS_IN_FLIGHT", "10000",
+        "requests awaiting their response, per direction; more are answered 503 at once";
     OPAQUE_PORTS = "WEFT_OPAQUE_PORTS", "25,587,3306,4444,4222,5432,6379,9300,11211,27017,33060",
         "ports that skip protocol detection (replaces the default list)";
     SHUTDOWN_GRACE = "WEFT_SHUTDOWN_GRACE", "30s",

@@ -12,11 +12,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 use super::PROXY_ERROR_HEADER;
 use super::metered::ResponseMeter;
-use super::pool::{BoxBody, Pool, Version};
+use super::pool::{BoxBody, BoxError, Pool, Version};
 use crate::config::Config;
 use crate::detect::Protocol;
 use crate::io::PrefixedIo;
@@ -36,6 +38,10 @@ pub struct HttpContext {
     pub tracer: Option<Arc<Tracer>>,
     /// This direction's error counter, resolved once instead of per request.
     pub(crate) http_errors: Counter,
+    /// Requests awaiting their response, over all of this direction's
+    /// connections (`WEFT_MAX_REQUESTS_IN_FLIGHT`).
+    in_flight: Arc<Semaphore>,
+    requests_shed: Counter,
 }
 
 impl HttpContext {
@@ -44,7 +50,10 @@ impl HttpContext {
         let direction = connector.direction;
         let labels = DirectionLabels { direction };
         let http_errors = metrics.http.errors.get_or_create(&labels).clone();
+        let requests_shed = metrics.limits.requests_shed.get_or_create(&labels).clone();
         HttpContext {
+            in_flight: Arc::new(Semaphore::new(config.max_requests_in_flight)),
+            requests_shed,
             pool: Pool::new(
                 connector,
                 config.http_idle_timeout,
@@ -81,15 +90,28 @@ pub(crate) async fn serve<I, S>(
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<BoxBody>> + Send + 'static,
+    S: tower::Service<Request<Incoming>, Response = Response<BoxBody>> + Clone + Send + 'static,
     // An error closes the connection (HTTP/1) or resets the stream
     // (HTTP/2): what the inbound stack does to a request policy refuses.
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
     if version == Version::Http1 && !read_first_head(&ctx, &mut io, &mut buf, &remote).await {
         return;
     }
+    // Over the limit a request is answered 503 at once rather than queued:
+    // a queue would hold what the limit is there to bound, and the client
+    // (or the client proxy's retry budget) can try another endpoint.
+    let overloaded =
+        answer_overloaded(ctx.requests_shed.clone(), ctx.config.max_requests_in_flight);
+    let service = tower::ServiceBuilder::new()
+        .map_result(overloaded)
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+            ctx.in_flight.clone(),
+        ))
+        .service(service);
+    let service = hyper_util::service::TowerToHyperService::new(service);
     let io = TokioIo::new(PrefixedIo::new(buf, io));
     let result = match version {
         Version::Http1 => {
@@ -131,6 +153,24 @@ pub(crate) async fn serve<I, S>(
             ctx.http_errors.inc();
         }
         tracing::debug!(direction = %ctx.direction, %error, "HTTP connection ended with an error");
+    }
+}
+
+/// Turns load shedding's error into the 503 the client gets.
+fn answer_overloaded(
+    shed: Counter,
+    limit: usize,
+) -> impl Fn(Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, BoxError> + Clone {
+    move |result| match result {
+        Err(error) if error.is::<tower::load_shed::error::Overloaded>() => {
+            shed.inc();
+            let reason = format!("overloaded: {limit} requests in flight");
+            Ok(super::headers::proxy_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                reason,
+            ))
+        }
+        other => other,
     }
 }
 

@@ -155,7 +155,7 @@ pub(crate) async fn serve_http<I>(
         caller,
         policy: ctx.policy.clone(),
     };
-    let service = hyper::service::service_fn(move |req| app.clone().call(req));
+    let service = tower::service_fn(move |req| app.clone().call(req));
     crate::http::server::serve(
         ctx.http.clone(),
         io,

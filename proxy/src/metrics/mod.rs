@@ -16,6 +16,7 @@ pub mod detect;
 pub mod discovery;
 pub mod http;
 pub mod identity;
+pub mod limits;
 pub mod peer;
 pub mod policy;
 pub mod routes;
@@ -59,6 +60,7 @@ pub struct Metrics {
     pub discovery: discovery::DiscoveryMetrics,
     pub routes: routes::RouteMetrics,
     pub policy: policy::PolicyMetrics,
+    pub limits: limits::LimitMetrics,
 }
 
 impl Metrics {
@@ -72,6 +74,7 @@ impl Metrics {
             discovery: discovery::DiscoveryMetrics::register(sub(&mut registry)),
             routes: routes::RouteMetrics::register(sub(&mut registry)),
             policy: policy::PolicyMetrics::register(sub(&mut registry)),
+            limits: limits::LimitMetrics::register(sub(&mut registry)),
             registry: Registry::default(),
         };
         registry.register_collector(Box::new(weft_api::process::ProcessCollector));

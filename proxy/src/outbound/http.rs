@@ -230,6 +230,6 @@ pub(crate) async fn serve<I>(
         route,
         version,
     };
-    let service = hyper::service::service_fn(move |req| outbound.clone().call(req));
+    let service = tower::service_fn(move |req| outbound.clone().call(req));
     crate::http::server::serve(ctx, io, buf, version, remote, service, shutdown).await
 }
