@@ -34,6 +34,7 @@ pub struct Metrics {
     registry: Registry,
     pub admissions: Family<AdmissionLabels, Counter>,
     pub bad_requests: Counter,
+    pub connections_refused: Counter,
     pub latency: Histogram,
     pub cert_reloads: Family<ResultLabels, Counter>,
     pub cert_expiry: Gauge,
@@ -46,6 +47,7 @@ impl Metrics {
         let m = Metrics {
             admissions: Family::default(),
             bad_requests: Counter::default(),
+            connections_refused: Counter::default(),
             latency: Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0]),
             cert_reloads: Family::default(),
             cert_expiry: Gauge::default(),
@@ -61,6 +63,11 @@ impl Metrics {
             "injector_bad_requests",
             "Requests refused with 400 and the like: not an AdmissionReview the webhook can answer",
             m.bad_requests.clone(),
+        );
+        registry.register(
+            "injector_connections_refused",
+            "Connections closed on accept: 1024 were open, or 128 from the same address",
+            m.connections_refused.clone(),
         );
         registry.register(
             "injector_review_duration_ms",

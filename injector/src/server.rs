@@ -20,11 +20,12 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use weft_api::slots::Slots;
 
 use crate::metrics::Metrics;
 use crate::review::{self, Outcome};
@@ -41,6 +42,16 @@ pub const PATH_ANNOTATED_ONLY: &str = "/inject-annotated";
 pub const MAX_BODY: usize = 4 << 20;
 /// A client must finish its TLS handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's head, and then its body, must arrive within this time. The
+/// API server gives a webhook at most 30 s (`timeoutSeconds`, 10 by
+/// default), so a slower client is not the API server.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once, and from one client address. The API
+/// servers need a few each; past these a flood is closed on accept rather
+/// than using up memory and descriptors, and one flooding address leaves
+/// the API servers their share.
+pub const MAX_CONNECTIONS: usize = 1024;
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 128;
 
 /// Everything a review needs, shared by all connections.
 #[derive(Debug)]
@@ -93,9 +104,17 @@ impl Webhook {
                 &format!("weft-injector: expected application/json, got {content_type}\n"),
             );
         }
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(error) => {
+        let body = Limited::new(req.into_body(), MAX_BODY).collect();
+        let body = match tokio::time::timeout(REQUEST_TIMEOUT, body).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            Err(_) => {
+                self.metrics.bad_requests.inc();
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!("weft-injector: body not received within {REQUEST_TIMEOUT:?}\n"),
+                );
+            }
+            Ok(Err(error)) => {
                 self.metrics.bad_requests.inc();
                 return if error.is::<http_body_util::LengthLimitError>() {
                     text(
@@ -159,11 +178,12 @@ pub async fn serve_webhook(
 ) {
     let acceptor = TlsAcceptor::from(Arc::new(cert.server_config()));
     let graceful = GracefulShutdown::new();
+    let slots = Slots::new(MAX_CONNECTIONS, Some(MAX_CONNECTIONS_PER_CLIENT));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -172,10 +192,19 @@ pub async fn serve_webhook(
             },
             () = &mut shutdown => break,
         };
+        let slot = match slots.take(client.ip()) {
+            Ok(slot) => slot,
+            Err(full) => {
+                webhook.metrics.connections_refused.inc();
+                tracing::debug!(%client, ?full, "too many connections; closing a new one");
+                continue;
+            }
+        };
         let (acceptor, webhook) = (acceptor.clone(), webhook.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let peer = stream.peer_addr().ok();
+            let _slot = slot;
+            let peer = Some(client);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
@@ -191,7 +220,11 @@ pub async fn serve_webhook(
                 let webhook = webhook.clone();
                 async move { Ok::<_, Infallible>(webhook.handle(req).await) }
             });
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
             if let Err(error) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(?peer, %error, "connection ended");

@@ -462,6 +462,100 @@ fn bad_requests_get_clear_errors_and_break_nothing() {
     assert!(common::decode_response(&body).1.is_some());
 }
 
+impl Injector {
+    /// A TLS connection to the webhook, for writing raw HTTP.
+    async fn tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.pki.ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::try_from(SERVER_NAME).unwrap();
+        connector.connect(name, tcp).await.unwrap()
+    }
+}
+
+#[test]
+fn floods_and_slow_clients_do_not_stop_reviews() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let injector = Injector::start();
+    let good = serde_json::to_vec(&common::review_of(&podinfo(), "demo", "uid-1")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // A flood of idle connections from one address (127.0.0.2): its share
+    // is held, the rest closed on accept.
+    let flood = runtime.block_on(async {
+        let mut flood = Vec::new();
+        for _ in 0..300 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::from(([127, 0, 0, 2], 0))).unwrap();
+            flood.push(socket.connect(injector.addr).await.unwrap());
+        }
+        flood
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while injector.metric("injector_connections_refused_total") < 172.0 {
+        assert!(Instant::now() < deadline, "{}", injector.metrics());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A body that never finishes, and a head that never does, while
+    // reviews go on.
+    let started = Instant::now();
+    let (slow_body, slow_head) = std::thread::scope(|scope| {
+        let reviews = scope.spawn(|| {
+            for _ in 0..5 {
+                let (status, _, _) = injector
+                    .request("POST", "/inject", "application/json", &good, true)
+                    .unwrap();
+                assert_eq!(status, 200);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let slow = runtime.block_on(async {
+        let mut body = injector.tls().await;
+        body.write_all(
+            b"POST /inject HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"kind\":",
+        )
+        .await
+        .unwrap();
+        let mut head = injector.tls().await;
+        head.write_all(b"POST /inject HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        let read_all = |mut stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>| async move {
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        tokio::join!(read_all(body), read_all(head))
+        });
+        reviews.join().unwrap();
+        slow
+    });
+    let waited = started.elapsed();
+    assert!(slow_body.starts_with("HTTP/1.1 408"), "{slow_body:?}");
+    assert!(
+        slow_body.contains("body not received within"),
+        "{slow_body:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(20),
+        "slow clients held on for {waited:?}"
+    );
+    // The stalled head got no request at all; its connection was closed.
+    assert!(!slow_head.contains("200"), "{slow_head:?}");
+    // The flood is still open, and reviews are answered.
+    let (status, body, _) = injector
+        .request("POST", "/inject", "application/json", &good, true)
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(common::decode_response(&body).1.is_some());
+    drop(flood);
+}
+
 #[test]
 fn serving_certificate_is_reloaded_in_place() {
     let injector = Injector::start();

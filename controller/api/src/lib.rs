@@ -16,6 +16,7 @@ pub mod port_list;
 pub mod process;
 pub mod proxy_env;
 pub mod runtime;
+pub mod slots;
 pub mod split;
 
 pub use error_chain::error_chain;
