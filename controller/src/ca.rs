@@ -261,6 +261,13 @@ impl Ca {
     /// Signs `csr_der` for `identity` after checking that the CSR is well
     /// formed, signed by a P-256 key, and asks for exactly that identity.
     pub fn certify(&self, identity: &SpiffeId, csr_der: &[u8]) -> Result<Issued, CsrRefusal> {
+        let checked = self.check(identity, csr_der)?;
+        self.sign(&checked)
+    }
+
+    /// The checks of [`Self::certify`], all local and cheap: done before a
+    /// token is sent to the API server, so garbage costs it nothing.
+    pub fn check(&self, identity: &SpiffeId, csr_der: &[u8]) -> Result<CheckedCsr, CsrRefusal> {
         if identity.trust_domain() != self.settings.trust_domain {
             return Err(CsrRefusal::TrustDomain(identity.to_string()));
         }
@@ -284,7 +291,15 @@ impl Ca {
                 found: format!("{sans:?}"),
             });
         }
+        Ok(CheckedCsr {
+            identity: expected,
+            public_key: csr.public_key,
+        })
+    }
 
+    /// Signs a checked CSR under the current issuer.
+    pub fn sign(&self, checked: &CheckedCsr) -> Result<Issued, CsrRefusal> {
+        let expected = checked.identity.clone();
         let loaded = self.issuer.load();
         let now = SystemTime::now();
         let not_after = (now + self.settings.leaf_lifetime).min(loaded.not_after);
@@ -305,7 +320,7 @@ impl Ca {
         ];
         params.use_authority_key_identifier_extension = true;
         let leaf = params
-            .signed_by(&csr.public_key, &loaded.issuer)
+            .signed_by(&checked.public_key, &loaded.issuer)
             .map_err(|e| CsrRefusal::Malformed(format!("cannot sign: {e}")))?;
         Ok(Issued {
             leaf: leaf.der().clone(),
@@ -313,6 +328,13 @@ impl Ca {
             not_after,
         })
     }
+}
+
+/// A CSR that passed [`Ca::check`]: the identity it asks for and its key.
+#[derive(Debug)]
+pub struct CheckedCsr {
+    identity: String,
+    public_key: rcgen::PublicKey,
 }
 
 impl Ca {

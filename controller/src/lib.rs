@@ -120,10 +120,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             TokenVerifier::file(&pem, &config.token_audience)
                 .with_context(|| format!("{} is not an EC public key", path.display()))?
         }
-        TokenSource::Kubernetes => TokenVerifier::Kubernetes {
-            client: kube().await?,
-            audience: config.token_audience.clone(),
-        },
+        TokenSource::Kubernetes => TokenVerifier::kubernetes(kube().await?, &config.token_audience),
     });
     let store = Store::new(
         &config.trust_domain,
@@ -184,6 +181,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         ca,
         tokens,
         metrics,
+        refusal_log: Default::default(),
     })
     // A CSR and a token fit easily; anything bigger is not a real request.
     .max_decoding_message_size(64 * 1024);

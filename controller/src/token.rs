@@ -80,7 +80,25 @@ pub enum TokenVerifier {
     Kubernetes {
         client: kube::Client,
         audience: String,
+        /// TokenReviews in flight: a flood of certificate requests waits
+        /// here (each call is bounded by the gRPC server's timeout) rather
+        /// than becoming a flood at the API server.
+        reviews: tokio::sync::Semaphore,
     },
+}
+
+/// TokenReviews the controller has in flight at once.
+pub const MAX_TOKEN_REVIEWS: usize = 32;
+
+impl TokenVerifier {
+    /// The Kubernetes source: TokenReview with Weft's `audience`.
+    pub fn kubernetes(client: kube::Client, audience: &str) -> Self {
+        TokenVerifier::Kubernetes {
+            client,
+            audience: audience.into(),
+            reviews: tokio::sync::Semaphore::new(MAX_TOKEN_REVIEWS),
+        }
+    }
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -112,7 +130,19 @@ impl TokenVerifier {
         }
         match self {
             TokenVerifier::File { key, audience } => verify_file_token(key, audience, token),
-            TokenVerifier::Kubernetes { client, audience } => {
+            TokenVerifier::Kubernetes {
+                client,
+                audience,
+                reviews,
+            } => {
+                // Only what is shaped like a JWT is worth the API server's
+                // time: garbage is refused here.
+                jsonwebtoken::decode_header(token)
+                    .map_err(|e| TokenRefusal::Malformed(format!("not a JWT: {e}")))?;
+                let _review = reviews
+                    .acquire()
+                    .await
+                    .map_err(|e| TokenRefusal::Unavailable(e.to_string()))?;
                 token_review(client, audience, token).await
             }
         }

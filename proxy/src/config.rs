@@ -367,20 +367,28 @@ impl Config {
                 }
             }
         }
+        // A clash blames the variable that was set (the defaults differ),
+        // with its value as given.
         let listeners = [
-            config.outbound_port,
-            config.inbound_port,
-            config.admin_addr.port(),
+            (env::OUTBOUND_PORT, config.outbound_port),
+            (env::INBOUND_PORT, config.inbound_port),
+            (env::ADMIN_ADDR, config.admin_addr.port()),
         ];
-        if listeners[0] == listeners[1]
-            || listeners[0] == listeners[2]
-            || listeners[1] == listeners[2]
-        {
-            return Err(ConfigError {
-                var: env::OUTBOUND_PORT.name,
-                value: format!("{listeners:?}"),
-                reason: Invalid::Rule("outbound, inbound and admin ports must differ"),
-            });
+        for (i, (first, port)) in listeners.iter().enumerate() {
+            for (second, other) in &listeners[i + 1..] {
+                if port != other {
+                    continue;
+                }
+                let blamed = match get(second.name) {
+                    Some(_) => second,
+                    None => first,
+                };
+                return Err(ConfigError {
+                    var: blamed.name,
+                    value: get(blamed.name).unwrap_or_default(),
+                    reason: Invalid::Rule("outbound, inbound and admin ports must differ"),
+                });
+            }
         }
         if config.detect_timeout.is_zero() {
             return Err(ConfigError {

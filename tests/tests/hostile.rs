@@ -1,8 +1,8 @@
 //! Hostile clients at a server pod's proxy: thousands of idle connections,
 //! a slowloris on request heads, a client that never reads its response,
-//! and more requests at once than the proxy takes. Each time a
-//! well-behaved client keeps being served and the proxy stays inside the
-//! injected pod's memory limit.
+//! and more requests at once than the proxy takes; and at the controller,
+//! an endless stream of garbage certificate requests. Each time a
+//! well-behaved client keeps being served and memory stays flat.
 
 mod common;
 
@@ -323,4 +323,136 @@ async fn requests_past_the_in_flight_limit_are_shed_with_503() {
         .await
         .unwrap();
     assert_eq!(status, 200);
+}
+
+/// A gRPC identity client for the controller, from the node.
+async fn identity_client(
+    m: &MeshedPair,
+) -> weft_api::proto::identity::identity_client::IdentityClient<tonic::transport::Channel> {
+    let node = m.pair.mesh.node();
+    let anchors =
+        weft_proxy::tls::load_anchors(&std::fs::read(m.controller.ca.anchors()).unwrap()).unwrap();
+    let tls = weft_proxy::tls::controller_client_config(anchors).unwrap();
+    let controller_id: weft_api::identity::SpiffeId =
+        weft_testbed::identity::spiffe_id("weft-system", "weft-controller")
+            .parse()
+            .unwrap();
+    let name = weft_proxy::tls::server_name_for(&controller_id).unwrap();
+    let addr = m.controller.addr();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_uri| {
+            let (node, tls, name) = (node.clone(), tls.clone(), name.clone());
+            async move {
+                let tcp = node.connect(addr).await.map_err(std::io::Error::other)?;
+                let stream = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    weft_api::proto::identity::identity_client::IdentityClient::new(channel)
+}
+
+fn csr_for(identity: &str) -> Vec<u8> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.try_into().unwrap())];
+    params.serialize_request(&key).unwrap().der().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_stream_of_garbage_csrs_leaves_the_controller_serving() {
+    use weft_api::proto::identity::CertifyRequest;
+    let m = meshed_pair(
+        "csrflood",
+        weft_testbed::identity::ControllerOptions::default(),
+        &[],
+    )
+    .await;
+    let mesh = &m.pair.mesh;
+    let token = std::fs::read_to_string(
+        mesh.mint_token(&m.controller.ca, "flood-token", NAMESPACE, "client", &[])
+            .unwrap(),
+    )
+    .unwrap();
+    let before = rss_kib(m.controller.pid);
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four clients, each sending garbage as fast as the controller answers:
+    // a CSR of random bytes, a token of random bytes, an oversized message.
+    let flooders: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, token) = (stop.clone(), token.clone());
+            let m = &m;
+            let client = identity_client(m);
+            async move {
+                let mut client = client.await;
+                let mut sent = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let garbage: Vec<u8> = (0..512).map(|b| (b * 31 + sent) as u8).collect();
+                    let request = match (sent + i) % 3 {
+                        0 => CertifyRequest {
+                            identity: client_id(),
+                            token: token.clone(),
+                            csr_der: garbage,
+                        },
+                        1 => CertifyRequest {
+                            identity: client_id(),
+                            token: String::from_utf8_lossy(&garbage).into_owned(),
+                            csr_der: csr_for(&client_id()),
+                        },
+                        _ => CertifyRequest {
+                            identity: client_id(),
+                            token: token.clone(),
+                            csr_der: vec![0x30; 100 * 1024],
+                        },
+                    };
+                    let refused = client.certify(request).await.unwrap_err();
+                    assert_ne!(refused.code(), tonic::Code::Ok);
+                    sent += 1;
+                }
+                sent
+            }
+        })
+        .collect();
+    let good = async {
+        // Meanwhile a real request is answered, again and again.
+        let mut client = identity_client(&m).await;
+        let mut slowest = Duration::ZERO;
+        for _ in 0..20 {
+            let started = Instant::now();
+            let issued = client
+                .certify(CertifyRequest {
+                    identity: client_id(),
+                    token: token.clone(),
+                    csr_der: csr_for(&client_id()),
+                })
+                .await
+                .expect("a good request during the flood");
+            assert!(!issued.into_inner().leaf_der.is_empty());
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        slowest
+    };
+    let (sent, slowest) = tokio::join!(futures_util::future::join_all(flooders), good);
+    let sent: u32 = sent.into_iter().sum();
+    let after = rss_kib(m.controller.pid);
+    let metrics = mesh.controller_metrics(&m.controller).await.unwrap();
+    let refused = metrics.sum("identity_certificates_refused_total", &[]);
+    let log = mesh.controller_log(&m.controller);
+    let logged = log.matches("certificate request refused").count();
+    eprintln!(
+        "garbage CSRs: {sent} sent, {refused} refused; slowest good request {slowest:?}; \
+         controller RSS {before} KiB -> {after} KiB; {logged} refusals logged"
+    );
+    // Oversized messages are refused by tonic before the service sees them.
+    assert!(refused >= f64::from(sent) * 0.6, "{refused} of {sent}");
+    assert!(sent > 100, "the flood sent only {sent}");
+    assert!(after < before + 32 * 1024, "RSS {before} -> {after} KiB");
+    // Ten per 10 s window, however many were refused.
+    assert!(logged <= 20, "{logged} refusal lines");
 }

@@ -85,6 +85,14 @@ fn reads_redirect_exemptions() {
 fn listener_ports_must_differ() {
     let err = config(&[("WEFT_INBOUND_PORT", "6140")]).unwrap_err();
     assert!(err.to_string().contains("must differ"), "{err}");
+    // The variable that was set is blamed, with its value as given (found
+    // by fuzzing: the message quoted a list nobody wrote).
+    assert_eq!((err.var, err.value.as_str()), ("WEFT_INBOUND_PORT", "6140"));
+    let err = config(&[("WEFT_ADMIN_ADDR", " 0.0.0.0:6140")]).unwrap_err();
+    assert_eq!(
+        (err.var, err.value.as_str()),
+        ("WEFT_ADMIN_ADDR", " 0.0.0.0:6140")
+    );
 }
 
 /// A syntactically valid anchor, made on the fly.

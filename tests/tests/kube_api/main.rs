@@ -395,6 +395,11 @@ async fn certificates_for_real_service_account_tokens_checked_by_token_review() 
             tonic::Code::Unauthenticated,
         ),
         (
+            "not a token at all (refused before any TokenReview)",
+            "not.a-jwt".to_string(),
+            tonic::Code::Unauthenticated,
+        ),
+        (
             "a token whose claims were rewritten",
             forge(
                 &web_token,
@@ -432,6 +437,7 @@ async fn certificates_for_real_service_account_tokens_checked_by_token_review() 
     assert_eq!(refused("identity_mismatch").await, 1.0);
     assert_eq!(refused("wrong_audience").await, 1.0);
     assert_eq!(refused("unknown_token").await, 1.0);
+    assert_eq!(refused("malformed_token").await, 1.0);
 
     // A deleted service account's token stops working as soon as the API
     // server's own cache has seen the deletion.
