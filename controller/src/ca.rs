@@ -17,6 +17,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use crate::pki::IssuerPaths;
 use metrics::{IdentityMetrics, Reload};
 
+pub mod expiry;
 pub mod metrics;
 
 /// The issuer files could not be used.
@@ -68,6 +69,7 @@ impl CsrRefusal {
 struct LoadedIssuer {
     issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
+    not_before: SystemTime,
     not_after: SystemTime,
     raw: (Vec<u8>, Vec<u8>),
 }
@@ -95,8 +97,10 @@ pub struct Ca {
     settings: CaSettings,
     paths: IssuerPaths,
     anchors: Vec<CertificateDer<'static>>,
+    anchor_validity: Vec<expiry::Validity>,
     issuer: ArcSwap<LoadedIssuer>,
     metrics: Arc<IdentityMetrics>,
+    expiry: expiry::ExpiryWatch,
 }
 
 impl std::fmt::Debug for Ca {
@@ -174,12 +178,14 @@ fn load_issuer(
             "issuer certificate is not signed by any trust anchor".into(),
         ));
     }
+    let not_before = unix(validity.not_before.timestamp());
     let not_after = unix(validity.not_after.timestamp());
     let issuer = Issuer::from_ca_cert_der(&cert, key)
         .map_err(|e| LoadError::Invalid(format!("issuer certificate: {e}")))?;
     Ok(LoadedIssuer {
         issuer,
         cert,
+        not_before,
         not_after,
         raw: (cert_pem, key_pem),
     })
@@ -193,18 +199,45 @@ impl Ca {
         metrics: Arc<IdentityMetrics>,
     ) -> Result<Self, LoadError> {
         let anchors = pem_certs(&read(&paths.anchors)?, "trust anchors")?;
+        let mut anchor_validity = Vec::new();
         for anchor in &anchors {
-            parse_cert(anchor, "trust anchor")?;
+            let parsed = parse_cert(anchor, "trust anchor")?;
+            let validity = parsed.validity();
+            anchor_validity.push(expiry::Validity {
+                what: format!("trust anchor {}", parsed.subject()),
+                not_before: unix(validity.not_before.timestamp()),
+                not_after: unix(validity.not_after.timestamp()),
+            });
         }
         let loaded = load_issuer(&anchors, read(&paths.cert)?, read(&paths.key)?)?;
-        metrics.set_issuer_expiry(loaded.not_after);
-        Ok(Ca {
+        metrics.set_issuer(&loaded.cert, loaded.not_after);
+        if let Some(first) = anchor_validity.iter().map(|v| v.not_after).min() {
+            metrics.set_anchor_expiry(first);
+        }
+        let ca = Ca {
             settings,
             paths,
             anchors,
+            anchor_validity,
             issuer: ArcSwap::from_pointee(loaded),
             metrics,
-        })
+            expiry: Default::default(),
+        };
+        ca.watch_expiry();
+        Ok(ca)
+    }
+
+    /// Logs (at most hourly) the issuer or an anchor near its end; the
+    /// gauges say it all the time.
+    pub fn watch_expiry(&self) -> bool {
+        let issuer = self.issuer.load();
+        let mut certs = self.anchor_validity.clone();
+        certs.push(expiry::Validity {
+            what: "the issuer".into(),
+            not_before: issuer.not_before,
+            not_after: issuer.not_after,
+        });
+        self.expiry.check(&certs, SystemTime::now())
     }
 
     pub fn settings(&self) -> &CaSettings {
@@ -243,7 +276,7 @@ impl Ca {
                     "issuer reloaded from {}",
                     self.paths.cert.display()
                 );
-                self.metrics.set_issuer_expiry(loaded.not_after);
+                self.metrics.set_issuer(&loaded.cert, loaded.not_after);
                 self.metrics.issuer_reload(Reload::Success);
                 self.issuer.store(Arc::new(loaded));
                 true

@@ -61,6 +61,9 @@ mod tests {
         );
         let backends = [("web-v1".to_string(), 1)];
         discovery.set_split_weights(std::iter::once(("ns", "split", "web", &backends[..])));
+        metrics
+            .identity
+            .set_issuer(b"an issuer", std::time::SystemTime::UNIX_EPOCH);
         let text = metrics.encode();
         let mut families: Vec<&str> = text
             .lines()
@@ -87,7 +90,9 @@ mod tests {
                 "identity_certificates_issued",
                 "identity_certificates_refused",
                 "identity_issuer_expiration_timestamp_seconds",
+                "identity_issuer_info",
                 "identity_issuer_reloads",
+                "identity_trust_anchor_expiration_timestamp_seconds",
                 "traffic_split_backend_weight",
             ]
         );

@@ -102,6 +102,7 @@ pub async fn maintain(ca: Arc<Ca>, serving: Arc<ServingCert>, interval: Duration
     loop {
         tick.tick().await;
         let reloaded = ca.reload_if_changed();
+        ca.watch_expiry();
         if reloaded || serving.due() {
             serving.renew(&ca);
         }

@@ -113,8 +113,12 @@ pub async fn maintain(config: IdentityConfig, store: Arc<CertStore>, metrics: Ar
     loop {
         match refresh(&config, &key, &csr, client.clone()).await {
             Ok((certified, not_before, not_after)) => {
+                let issuer = certified
+                    .cert
+                    .get(1)
+                    .map(|c| weft_api::identity::fingerprint(c));
                 store.set(certified);
-                metrics.identity.refreshed(not_after);
+                metrics.identity.refreshed(not_after, issuer);
                 backoff = MIN_BACKOFF;
                 let wait = renew_after(not_before, not_after, SystemTime::now());
                 tracing::info!(

@@ -58,6 +58,9 @@ pub struct FileTarget {
     pub labels: Vec<(String, String)>,
 }
 
+/// The shipped alert rules.
+pub const ALERT_RULES: &str = include_str!("../../examples/prometheus/alerts.yml");
+
 /// A running Prometheus; killed when dropped.
 #[derive(Debug)]
 pub struct Prometheus {
@@ -83,6 +86,8 @@ impl Prometheus {
         std::fs::create_dir_all(dir.join("data"))?;
         let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config)?;
+        // The shipped configurations load the shipped rules beside them.
+        std::fs::write(dir.join("alerts.yml"), ALERT_RULES)?;
         let log = dir.join("prometheus.log");
         let file = std::fs::File::create(&log)?;
         let mut cmd = match netns {

@@ -51,6 +51,7 @@ async fn prometheus_sees_the_mesh_as_the_dashboards_show_it() {
     send_traffic(&demo).await;
     let expected = expected_counts(&demo).await;
     check_counts(&prometheus, &expected).await;
+    check_alert_rules(&prometheus).await;
     // rate() needs two samples of a series in its window: wait until every
     // target, and the series the last traffic made, have been scraped
     // that often.
@@ -289,6 +290,7 @@ async fn check_counts(prometheus: &Prometheus, expected: &[(String, f64)]) {
         "state",
         "port",
         "limit",
+        "issuer",
     ]
     .into();
     let unexpected: Vec<&String> = labels
@@ -401,5 +403,57 @@ async fn check_traces(otlp: &OtlpReceiver) {
             .iter()
             .any(|s| s.attribute("rpc.grpc.status_code") == Some("0")),
         "no gRPC span with its status"
+    );
+}
+
+/// The shipped alert rules load and evaluate against what the mesh
+/// exports: every rule healthy, and each expiry they watch present.
+async fn check_alert_rules(prometheus: &Prometheus) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, text) = prometheus.get("/api/v1/rules").await.unwrap();
+        assert_eq!(status, 200, "{text}");
+        let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let rules: Vec<&serde_json::Value> = answer["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+            .collect();
+        assert_eq!(rules.len(), 5, "{text}");
+        if rules.iter().all(|r| r["health"] == "ok") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rules not healthy: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for watched in [
+        "identity_issuer_expiration_timestamp_seconds",
+        "identity_trust_anchor_expiration_timestamp_seconds",
+        "identity_cert_expiration_timestamp_seconds",
+    ] {
+        let left = prometheus
+            .value(&format!("min({watched}) - time()"))
+            .await
+            .unwrap();
+        assert!(left > 0.0, "{watched}: {left}");
+    }
+    // Every proxy holds a certificate from the issuer signing now.
+    let current = prometheus.query("identity_issuer_info").await.unwrap();
+    assert_eq!(current.len(), 1, "{current:?}");
+    let retired = prometheus
+        .query("identity_cert_issuer_info unless on (issuer) identity_issuer_info")
+        .await
+        .unwrap();
+    assert!(retired.is_empty(), "{retired:?}");
+    assert!(
+        !prometheus
+            .query("identity_cert_issuer_info")
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

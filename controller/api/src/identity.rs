@@ -170,6 +170,17 @@ pub fn parse_service_account_username(username: &str) -> Option<(&str, &str)> {
     (!ns.is_empty() && !sa.is_empty() && !sa.contains(':')).then_some((ns, sa))
 }
 
+/// A certificate's short fingerprint, the first 16 hex digits of the
+/// SHA-256 of its DER: how metrics name an issuer, so that an alert can
+/// tell a proxy's issuer from the controller's.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct IssuerLabels {
+    /// [`weft_api::identity::fingerprint`] of the issuer certificate.
+    pub issuer: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: Reload,
 }
@@ -36,6 +42,8 @@ pub struct IdentityMetrics {
     pub issued: Counter,
     refused: Family<ReasonLabels, Counter>,
     issuer_expiry: Gauge,
+    issuer: Family<IssuerLabels, Gauge>,
+    anchor_expiry: Gauge,
     issuer_reloads: Family<ReloadLabels, Counter>,
 }
 
@@ -58,6 +66,16 @@ impl IdentityMetrics {
             "issuer_expiration_timestamp_seconds",
             "When the issuer certificate in use expires (Unix time)",
             m.issuer_expiry.clone(),
+        );
+        registry.register(
+            "issuer_info",
+            "1 for the issuer (its fingerprint) signing now",
+            m.issuer.clone(),
+        );
+        registry.register(
+            "trust_anchor_expiration_timestamp_seconds",
+            "When the first of the trust anchors expires (Unix time)",
+            m.anchor_expiry.clone(),
         );
         registry.register(
             "issuer_reloads",
@@ -91,8 +109,20 @@ impl IdentityMetrics {
             .inc();
     }
 
-    pub fn set_issuer_expiry(&self, t: SystemTime) {
+    pub fn set_anchor_expiry(&self, t: SystemTime) {
         let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.anchor_expiry.set(secs as i64);
+    }
+
+    /// The issuer now signing: its expiry and fingerprint.
+    pub fn set_issuer(&self, cert_der: &[u8], not_after: SystemTime) {
+        let secs = not_after
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         self.issuer_expiry.set(secs as i64);
+        self.issuer.clear();
+        let issuer = weft_api::identity::fingerprint(cert_der);
+        self.issuer.get_or_create(&IssuerLabels { issuer }).set(1);
     }
 }

@@ -44,9 +44,17 @@ pub struct OutcomeLabels {
     pub result: Outcome,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct IssuerLabels {
+    /// [`weft_api::identity::fingerprint`] of the issuer certificate.
+    pub issuer: String,
+}
+
 #[derive(Debug)]
 pub struct IdentityMetrics {
     pub expiry: Gauge,
+    /// 1 for the issuer of the certificate in use; one series at a time.
+    pub issuer: Family<IssuerLabels, Gauge>,
     pub refresh: Family<OutcomeLabels, Counter>,
     pub mtls_refused: Family<RefusedLabels, Counter>,
 }
@@ -55,6 +63,7 @@ impl IdentityMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = IdentityMetrics {
             expiry: Gauge::default(),
+            issuer: Family::default(),
             refresh: Family::default(),
             mtls_refused: Family::default(),
         };
@@ -67,6 +76,11 @@ impl IdentityMetrics {
             "identity_cert_expiration_timestamp_seconds",
             "When the proxy's workload certificate expires (Unix time)",
             m.expiry.clone(),
+        );
+        registry.register(
+            "identity_cert_issuer_info",
+            "1 for the issuer (its fingerprint) of the workload certificate in use",
+            m.issuer.clone(),
         );
         registry.register(
             "identity_cert_refresh",
@@ -86,9 +100,15 @@ impl IdentityMetrics {
         m
     }
 
-    pub fn refreshed(&self, not_after: SystemTime) {
+    /// A certificate was installed: when it expires, and the fingerprint
+    /// of its issuer, if the controller sent it.
+    pub fn refreshed(&self, not_after: SystemTime, issuer: Option<String>) {
         let secs = not_after.duration_since(UNIX_EPOCH).unwrap_or_default();
         self.expiry.set(secs.as_secs() as i64);
+        self.issuer.clear();
+        if let Some(issuer) = issuer {
+            self.issuer.get_or_create(&IssuerLabels { issuer }).set(1);
+        }
         self.refresh
             .get_or_create(&OutcomeLabels {
                 result: Outcome::Success,
