@@ -159,7 +159,17 @@ impl Config {
     }
 
     /// Builds the configuration from any variable lookup (tests use a map).
+    /// An error quotes the variable's value exactly as given, whatever part
+    /// of it the parser looked at (found by fuzzing: some quoted it
+    /// trimmed).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::parse(&get).map_err(|error| ConfigError {
+            value: get(error.var).unwrap_or_default(),
+            ..error
+        })
+    }
+
+    fn parse(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let var = |var: env::Var| get(var.name).filter(|v| !v.trim().is_empty());
         let config =
             Config {

@@ -88,6 +88,9 @@ fn listener_ports_must_differ() {
     // The variable that was set is blamed, with its value as given (found
     // by fuzzing: the message quoted a list nobody wrote).
     assert_eq!((err.var, err.value.as_str()), ("WEFT_INBOUND_PORT", "6140"));
+    // Whitespace the parser trims is quoted too.
+    let err = config(&[("WEFT_CONTROLLER_ADDR", "wef5,\u{b}\u{b}")]).unwrap_err();
+    assert_eq!(err.value, "wef5,\u{b}\u{b}");
     let err = config(&[("WEFT_ADMIN_ADDR", " 0.0.0.0:6140")]).unwrap_err();
     assert_eq!(
         (err.var, err.value.as_str()),
