@@ -53,6 +53,12 @@ pub enum Skip {
     /// pod with the proxy's Linux security settings. Left unmeshed, and
     /// counted, rather than denied, so a mixed namespace keeps working.
     Windows,
+    /// The pod has no containers: not a valid pod, and nothing to patch
+    /// beside. Left for the API server's validation to refuse with its own
+    /// message (found by fuzzing: the patch named a container list that
+    /// was not there, and the API server would have failed the request on
+    /// an unappliable patch).
+    NoContainers,
 }
 
 impl Skip {
@@ -65,6 +71,7 @@ impl Skip {
             Skip::HostNetwork => "host_network",
             Skip::SystemNamespace => "system_namespace",
             Skip::Windows => "windows",
+            Skip::NoContainers => "no_containers",
         }
     }
 }
@@ -128,6 +135,9 @@ pub fn mutate(
     let empty = BTreeMap::new();
     let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
 
+    if spec.containers.is_empty() {
+        return Ok(Decision::Skip(Skip::NoContainers));
+    }
     if spec.host_network == Some(true) {
         return Ok(Decision::Skip(Skip::HostNetwork));
     }

@@ -90,6 +90,13 @@ fn who_is_left_alone() {
         "spec": {"os": {"name": "windows"}, "containers": [{"name": "iis"}]}
     }));
     assert_eq!(skip_of(&windows, ENABLED), Some(Skip::Windows));
+    // No containers (a misspelled field, found by fuzzing): nothing to
+    // patch; the API server's validation refuses it.
+    let empty = pod(json!({
+        "metadata": {"annotations": {"weft.io/inject": "enabled"}},
+        "spec": {"contai@ners": [{"name": "app"}]}
+    }));
+    assert_eq!(skip_of(&empty, ENABLED), Some(Skip::NoContainers));
     let linux = pod(json!({
         "spec": {"os": {"name": "linux"}, "containers": [{"name": "app"}]}
     }));
