@@ -53,9 +53,15 @@ pub fn parse(v: &str) -> Result<Quantity, String> {
         }
         _ => return Err(bad()),
     };
+    let value = mantissa * scale;
+    // The API caps quantities far below this; an exponent such as 2e2420
+    // overflows to infinity (found by fuzzing).
+    if !value.is_finite() {
+        return Err(format!("{text:?} is too large for a quantity"));
+    }
     Ok(Quantity {
         text: text.to_string(),
-        value: mantissa * scale,
+        value,
     })
 }
 
@@ -92,5 +98,8 @@ mod tests {
             let error = parse(bad).unwrap_err();
             assert!(error.contains("is not a quantity"), "{bad}: {error}");
         }
+        // Found by fuzzing: an exponent that overflows.
+        let error = parse("2e2420").unwrap_err();
+        assert!(error.contains("too large"), "{error}");
     }
 }
