@@ -167,6 +167,9 @@ async fn realistic_pods_are_admitted_in_both_modes() {
     let mut failures = Vec::new();
     for mode in ["native", "classic"] {
         let injector = Injector::with_mode(&api.kubeconfig, mode);
+        // The webhook's failure policy is Fail: the API server must not
+        // call it before it listens.
+        injector.wait_ready().await;
         let ns = format!("shapes-{mode}");
         // Only this test's namespaces, through the namespace path.
         let label = "weft-test/pod-shapes";

@@ -50,18 +50,7 @@ async fn the_api_server_calls_the_injector_through_the_shipped_webhooks() {
     let injector = Injector::start(&api.kubeconfig);
 
     // A current cluster has native sidecars: auto mode must pick them.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((200, _)) = injector.admin_get("/ready").await {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "injector not ready:\n{}",
-            injector.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    injector.wait_ready().await;
     let (_, metrics) = injector.admin_get("/metrics").await.unwrap();
     assert!(
         metrics.contains("injector_sidecar_mode{mode=\"native\"} 1"),

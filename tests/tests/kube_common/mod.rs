@@ -173,6 +173,20 @@ impl Injector {
         admin_get(self.admin, path).await
     }
 
+    /// Waits until the admin port says ready: the webhook is listening
+    /// and has picked its sidecar mode. Panics with the log after 30 s.
+    pub async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !matches!(self.admin_get("/ready").await, Some((200, _))) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "injector not ready:\n{}",
+                self.process.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// The shipped webhook configuration, pointed at this process.
     pub fn webhook_configuration(&self, name: &str) -> MutatingWebhookConfiguration {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
