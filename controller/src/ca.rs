@@ -1,5 +1,5 @@
 //! The identity CA: signs workload certificates with the issuer, and
-//! reloads the issuer when its files change.
+//! reloads the trust anchors and the issuer when their files change.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -65,13 +65,17 @@ impl CsrRefusal {
     }
 }
 
-/// The issuer in use, with the raw files it came from (to detect changes).
-struct LoadedIssuer {
+/// The anchors and the issuer in use, swapped as one so that a
+/// certificate and the bundle sent with it always come from the same
+/// files, with the raw files (to detect changes).
+struct Material {
+    anchors: Arc<[CertificateDer<'static>]>,
+    anchor_validity: Vec<expiry::Validity>,
     issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
     not_before: SystemTime,
     not_after: SystemTime,
-    raw: (Vec<u8>, Vec<u8>),
+    raw: [Vec<u8>; 3],
 }
 
 /// A signed workload certificate.
@@ -81,6 +85,9 @@ pub struct Issued {
     /// The issuer, leaf first order after the leaf.
     pub intermediates: Vec<CertificateDer<'static>>,
     pub not_after: SystemTime,
+    /// The trust anchors the leaf was issued under: what the holder
+    /// should trust from now on.
+    pub anchors: Arc<[CertificateDer<'static>]>,
 }
 
 /// Settings for what the CA issues.
@@ -96,9 +103,7 @@ pub struct CaSettings {
 pub struct Ca {
     settings: CaSettings,
     paths: IssuerPaths,
-    anchors: Vec<CertificateDer<'static>>,
-    anchor_validity: Vec<expiry::Validity>,
-    issuer: ArcSwap<LoadedIssuer>,
+    material: ArcSwap<Material>,
     metrics: Arc<IdentityMetrics>,
     expiry: expiry::ExpiryWatch,
 }
@@ -110,6 +115,11 @@ impl std::fmt::Debug for Ca {
             .field("paths", &self.paths)
             .finish_non_exhaustive()
     }
+}
+
+/// The anchor, issuer certificate and issuer key files, as read.
+fn read_material(paths: &IssuerPaths) -> Result<[Vec<u8>; 3], LoadError> {
+    Ok([read(&paths.anchors)?, read(&paths.cert)?, read(&paths.key)?])
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, LoadError> {
@@ -138,14 +148,23 @@ fn unix(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
 }
 
-/// Checks an issuer certificate and key against the anchors and loads them.
-fn load_issuer(
-    anchors: &[CertificateDer<'static>],
-    cert_pem: Vec<u8>,
-    key_pem: Vec<u8>,
-) -> Result<LoadedIssuer, LoadError> {
-    let cert = pem_certs(&cert_pem, "issuer certificate")?.swap_remove(0);
-    let key_text = std::str::from_utf8(&key_pem)
+/// Checks the anchors, and the issuer certificate and key against them,
+/// and loads them.
+fn load_material(raw: [Vec<u8>; 3]) -> Result<Material, LoadError> {
+    let [anchors_pem, cert_pem, key_pem] = &raw;
+    let anchors = pem_certs(anchors_pem, "trust anchors")?;
+    let mut anchor_validity = Vec::new();
+    for anchor in &anchors {
+        let parsed = parse_cert(anchor, "trust anchor")?;
+        let validity = parsed.validity();
+        anchor_validity.push(expiry::Validity {
+            what: format!("trust anchor {}", parsed.subject()),
+            not_before: unix(validity.not_before.timestamp()),
+            not_after: unix(validity.not_after.timestamp()),
+        });
+    }
+    let cert = pem_certs(cert_pem, "issuer certificate")?.swap_remove(0);
+    let key_text = std::str::from_utf8(key_pem)
         .map_err(|_| LoadError::Invalid("issuer key is not PEM text".into()))?;
     let key =
         KeyPair::from_pem(key_text).map_err(|e| LoadError::Invalid(format!("issuer key: {e}")))?;
@@ -182,12 +201,14 @@ fn load_issuer(
     let not_after = unix(validity.not_after.timestamp());
     let issuer = Issuer::from_ca_cert_der(&cert, key)
         .map_err(|e| LoadError::Invalid(format!("issuer certificate: {e}")))?;
-    Ok(LoadedIssuer {
+    Ok(Material {
+        anchors: anchors.into(),
+        anchor_validity,
         issuer,
         cert,
         not_before,
         not_after,
-        raw: (cert_pem, key_pem),
+        raw,
     })
 }
 
@@ -198,44 +219,37 @@ impl Ca {
         settings: CaSettings,
         metrics: Arc<IdentityMetrics>,
     ) -> Result<Self, LoadError> {
-        let anchors = pem_certs(&read(&paths.anchors)?, "trust anchors")?;
-        let mut anchor_validity = Vec::new();
-        for anchor in &anchors {
-            let parsed = parse_cert(anchor, "trust anchor")?;
-            let validity = parsed.validity();
-            anchor_validity.push(expiry::Validity {
-                what: format!("trust anchor {}", parsed.subject()),
-                not_before: unix(validity.not_before.timestamp()),
-                not_after: unix(validity.not_after.timestamp()),
-            });
-        }
-        let loaded = load_issuer(&anchors, read(&paths.cert)?, read(&paths.key)?)?;
-        metrics.set_issuer(&loaded.cert, loaded.not_after);
-        if let Some(first) = anchor_validity.iter().map(|v| v.not_after).min() {
-            metrics.set_anchor_expiry(first);
-        }
+        let material = load_material(read_material(&paths)?)?;
         let ca = Ca {
             settings,
             paths,
-            anchors,
-            anchor_validity,
-            issuer: ArcSwap::from_pointee(loaded),
+            material: ArcSwap::from_pointee(material),
             metrics,
             expiry: Default::default(),
         };
+        ca.export_material();
         ca.watch_expiry();
         Ok(ca)
+    }
+
+    /// The gauges for the material in use.
+    fn export_material(&self) {
+        let material = self.material.load();
+        self.metrics.set_issuer(&material.cert, material.not_after);
+        if let Some(first) = material.anchor_validity.iter().map(|v| v.not_after).min() {
+            self.metrics.set_anchor_expiry(first);
+        }
     }
 
     /// Logs (at most hourly) the issuer or an anchor near its end; the
     /// gauges say it all the time.
     pub fn watch_expiry(&self) -> bool {
-        let issuer = self.issuer.load();
-        let mut certs = self.anchor_validity.clone();
+        let material = self.material.load();
+        let mut certs = material.anchor_validity.clone();
         certs.push(expiry::Validity {
             what: "the issuer".into(),
-            not_before: issuer.not_before,
-            not_after: issuer.not_after,
+            not_before: material.not_before,
+            not_after: material.not_after,
         });
         self.expiry.check(&certs, SystemTime::now())
     }
@@ -244,47 +258,59 @@ impl Ca {
         &self.settings
     }
 
-    pub fn anchors(&self) -> &[CertificateDer<'static>] {
-        &self.anchors
+    /// The trust anchors in use.
+    pub fn anchors(&self) -> Arc<[CertificateDer<'static>]> {
+        self.material.load().anchors.clone()
     }
 
     /// The issuer currently signing.
     pub fn issuer_cert(&self) -> CertificateDer<'static> {
-        self.issuer.load().cert.clone()
+        self.material.load().cert.clone()
     }
 
-    /// Re-reads the issuer files; switches to them if they changed and are
-    /// valid. An invalid or half-written pair is reported and the current
-    /// issuer stays in use, so no request fails because of a rotation.
-    /// Returns whether the issuer changed.
+    /// Re-reads the anchor and issuer files; switches to them if they
+    /// changed and fit together. An invalid or half-written set is
+    /// reported and the current one stays in use, so no request fails
+    /// because of a rotation. Returns whether the issuer changed (the
+    /// serving certificate then follows it).
     pub fn reload_if_changed(&self) -> bool {
-        let (cert_pem, key_pem) = match (read(&self.paths.cert), read(&self.paths.key)) {
-            (Ok(c), Ok(k)) => (c, k),
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::warn!(%error, "cannot read issuer files; keeping the current issuer");
+        let raw = match read_material(&self.paths) {
+            Ok(raw) => raw,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the CA files; keeping the current anchors and issuer");
                 return false;
             }
         };
-        let current = self.issuer.load();
-        if current.raw.0 == cert_pem && current.raw.1 == key_pem {
+        let current = self.material.load();
+        if current.raw == raw {
             return false;
         }
-        match load_issuer(&self.anchors, cert_pem, key_pem) {
+        match load_material(raw) {
             Ok(loaded) => {
-                tracing::info!(
-                    not_after = %humantime(loaded.not_after),
-                    "issuer reloaded from {}",
-                    self.paths.cert.display()
-                );
-                self.metrics.set_issuer(&loaded.cert, loaded.not_after);
+                let issuer_changed = loaded.raw[1..] != current.raw[1..];
+                if loaded.raw[0] != current.raw[0] {
+                    tracing::info!(
+                        anchors = loaded.anchors.len(),
+                        "trust anchors reloaded from {}; proxies get them with their next certificate",
+                        self.paths.anchors.display()
+                    );
+                }
+                if issuer_changed {
+                    tracing::info!(
+                        not_after = %humantime(loaded.not_after),
+                        "issuer reloaded from {}",
+                        self.paths.cert.display()
+                    );
+                }
                 self.metrics.issuer_reload(Reload::Success);
-                self.issuer.store(Arc::new(loaded));
-                true
+                self.material.store(Arc::new(loaded));
+                self.export_material();
+                issuer_changed
             }
             Err(error) => {
-                // Often a rotation caught between its two file writes; the
-                // next poll sees the finished pair.
-                tracing::warn!(%error, "new issuer files are not usable (yet); keeping the current issuer");
+                // Often a rotation caught between its file writes; the
+                // next poll sees the finished set.
+                tracing::warn!(%error, "new CA files are not usable (yet); keeping the current anchors and issuer");
                 self.metrics.issuer_reload(Reload::Failure);
                 false
             }
@@ -333,7 +359,7 @@ impl Ca {
     /// Signs a checked CSR under the current issuer.
     pub fn sign(&self, checked: &CheckedCsr) -> Result<Issued, CsrRefusal> {
         let expected = checked.identity.clone();
-        let loaded = self.issuer.load();
+        let loaded = self.material.load();
         let now = SystemTime::now();
         let not_after = (now + self.settings.leaf_lifetime).min(loaded.not_after);
         let mut params = CertificateParams::default();
@@ -359,6 +385,7 @@ impl Ca {
             leaf: leaf.der().clone(),
             intermediates: vec![loaded.cert.clone()],
             not_after,
+            anchors: loaded.anchors.clone(),
         })
     }
 }

@@ -23,6 +23,14 @@ struct Cli {
 
 // Parsed once at startup; the size of `Serve` does not matter.
 #[allow(clippy::large_enum_variant)]
+/// The steps of `rotate-anchor`, in order.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum AnchorStepFlag {
+    Add,
+    Issuer,
+    Retire,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the identity service.
@@ -120,6 +128,22 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
         trust_domain: String,
+        #[arg(long, default_value = "365d", value_parser = duration)]
+        issuer_lifetime: Duration,
+    },
+    /// One step of replacing the trust anchor with no outage, in the CA
+    /// folder: `add` a new anchor to the bundle, switch to an `issuer`
+    /// under it, then `retire` the old anchor. Wait between steps until
+    /// every proxy caught up (README, "Rotating the trust anchor").
+    RotateAnchor {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        step: AnchorStepFlag,
+        #[arg(long, default_value = DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        #[arg(long, default_value = "3650d", value_parser = duration)]
+        anchor_lifetime: Duration,
         #[arg(long, default_value = "365d", value_parser = duration)]
         issuer_lifetime: Duration,
     },
@@ -310,6 +334,24 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             pki::rotate_issuer(&dir, &trust_domain, issuer_lifetime)?;
             println!("wrote a new issuer to {}", dir.display());
+            Ok(())
+        }
+        Command::RotateAnchor {
+            dir,
+            step,
+            trust_domain,
+            anchor_lifetime,
+            issuer_lifetime,
+        } => {
+            SpiffeId::new(&trust_domain, "a", "b")?;
+            let step = match step {
+                AnchorStepFlag::Add => pki::AnchorStep::Add,
+                AnchorStepFlag::Issuer => pki::AnchorStep::Issuer,
+                AnchorStepFlag::Retire => pki::AnchorStep::Retire,
+            };
+            let done =
+                pki::rotate_anchor(&dir, step, &trust_domain, anchor_lifetime, issuer_lifetime)?;
+            println!("{done}");
             Ok(())
         }
         Command::Issue {

@@ -19,6 +19,11 @@ use rcgen::{
 
 pub const ANCHOR_CERT: &str = "ca.crt";
 pub const ANCHOR_KEY: &str = "ca.key";
+/// The key of an anchor added by `rotate-anchor add`, until `issuer`
+/// makes it the signing anchor.
+pub const NEXT_ANCHOR_KEY: &str = "ca-next.key";
+/// The key of the anchor `rotate-anchor issuer` stepped away from.
+pub const RETIRED_ANCHOR_KEY: &str = "ca-retired.key";
 pub const ISSUER_CERT: &str = "tls.crt";
 pub const ISSUER_KEY: &str = "tls.key";
 pub const TOKEN_SIGNING_KEY: &str = "token-signing.key";
@@ -89,7 +94,9 @@ pub struct IssuerPem {
 
 pub fn generate_anchor(trust_domain: &str, lifetime: Duration) -> anyhow::Result<Anchor> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let params = ca_params(&format!("root.{trust_domain}"), lifetime, None);
+    // The date tells anchors of one trust domain apart in a bundle.
+    let today = time::OffsetDateTime::now_utc().date();
+    let params = ca_params(&format!("root.{trust_domain} {today}"), lifetime, None);
     let cert = params.self_signed(&key)?;
     Ok(Anchor {
         cert_pem: cert.pem(),
@@ -175,14 +182,120 @@ pub fn rotate_issuer(dir: &Path, trust_domain: &str, lifetime: Duration) -> anyh
         std::fs::read_to_string(dir.join(name))
             .with_context(|| format!("cannot read {}", dir.join(name).display()))
     };
+    let key_pem = read(ANCHOR_KEY)?;
     let anchor = Anchor {
-        cert_pem: read(ANCHOR_CERT)?,
-        key_pem: read(ANCHOR_KEY)?,
+        cert_pem: anchor_for_key(&read(ANCHOR_CERT)?, &key_pem)?,
+        key_pem,
     };
     let issuer = generate_issuer(trust_domain, &anchor, lifetime)?;
     write_atomic(&dir.join(ISSUER_KEY), issuer.key_pem.as_bytes(), true)?;
     write_atomic(&dir.join(ISSUER_CERT), issuer.cert_pem.as_bytes(), false)?;
     Ok(())
+}
+
+/// The certificate in the bundle `bundle_pem` whose public key is that of
+/// `key_pem`, as PEM.
+fn anchor_for_key(bundle_pem: &str, key_pem: &str) -> anyhow::Result<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let key = KeyPair::from_pem(key_pem).context("trust anchor key")?;
+    for block in ::pem::parse_many(bundle_pem).context("trust anchors")? {
+        let (_, cert) = X509Certificate::from_der(block.contents()).context("trust anchor")?;
+        if cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw() {
+            return Ok(::pem::encode_config(
+                &block,
+                ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF),
+            ));
+        }
+    }
+    anyhow::bail!("no trust anchor in {ANCHOR_CERT} belongs to the key")
+}
+
+/// The three steps of replacing the trust anchor with no outage. Between
+/// steps, every proxy must have caught up (see the README).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnchorStep {
+    /// Make a new anchor and add it to the bundle: everything trusts both.
+    Add,
+    /// Switch to a new issuer under the new anchor.
+    Issuer,
+    /// Drop every anchor but the one of the issuer in use.
+    Retire,
+}
+
+/// `rotate-anchor`: one step of an anchor rotation in `dir`.
+pub fn rotate_anchor(
+    dir: &Path,
+    step: AnchorStep,
+    trust_domain: &str,
+    anchor_lifetime: Duration,
+    issuer_lifetime: Duration,
+) -> anyhow::Result<String> {
+    let path = |name: &str| dir.join(name);
+    let read = |name: &str| {
+        std::fs::read_to_string(path(name))
+            .with_context(|| format!("cannot read {}", path(name).display()))
+    };
+    match step {
+        AnchorStep::Add => {
+            if path(NEXT_ANCHOR_KEY).exists() {
+                anyhow::bail!(
+                    "{} exists: a rotation is already under way (next step: issuer)",
+                    path(NEXT_ANCHOR_KEY).display()
+                );
+            }
+            let bundle = read(ANCHOR_CERT)?;
+            let anchor = generate_anchor(trust_domain, anchor_lifetime)?;
+            // The key first: a bundle naming an anchor whose key is lost
+            // would be a rotation that cannot finish.
+            write_atomic(&path(NEXT_ANCHOR_KEY), anchor.key_pem.as_bytes(), true)?;
+            let mut bundle = bundle.trim_end().to_string();
+            bundle.push('\n');
+            bundle.push_str(&anchor.cert_pem);
+            write_atomic(&path(ANCHOR_CERT), bundle.as_bytes(), false)?;
+            Ok(format!(
+                "added a new trust anchor to {}; once every proxy trusts it, run the issuer step",
+                path(ANCHOR_CERT).display()
+            ))
+        }
+        AnchorStep::Issuer => {
+            let next_key =
+                read(NEXT_ANCHOR_KEY).context("no rotation under way (run the add step)")?;
+            let anchor = Anchor {
+                cert_pem: anchor_for_key(&read(ANCHOR_CERT)?, &next_key)?,
+                key_pem: next_key,
+            };
+            let issuer = generate_issuer(trust_domain, &anchor, issuer_lifetime)?;
+            write_atomic(&path(ISSUER_KEY), issuer.key_pem.as_bytes(), true)?;
+            write_atomic(&path(ISSUER_CERT), issuer.cert_pem.as_bytes(), false)?;
+            std::fs::rename(path(ANCHOR_KEY), path(RETIRED_ANCHOR_KEY))
+                .context("cannot set the old anchor key aside")?;
+            std::fs::rename(path(NEXT_ANCHOR_KEY), path(ANCHOR_KEY))
+                .context("cannot make the new anchor key current")?;
+            Ok(format!(
+                "the issuer in {} is now under the new anchor; once every proxy has a certificate from it, run the retire step",
+                path(ISSUER_CERT).display()
+            ))
+        }
+        AnchorStep::Retire => {
+            if path(NEXT_ANCHOR_KEY).exists() {
+                anyhow::bail!("the issuer step has not run yet");
+            }
+            let current = anchor_for_key(&read(ANCHOR_CERT)?, &read(ANCHOR_KEY)?)?;
+            write_atomic(&path(ANCHOR_CERT), current.as_bytes(), false)?;
+            let retired = if path(RETIRED_ANCHOR_KEY).exists() {
+                format!(
+                    "; the old anchor's key is {} (delete it when you no longer need it)",
+                    path(RETIRED_ANCHOR_KEY).display()
+                )
+            } else {
+                String::new()
+            };
+            Ok(format!(
+                "{} holds only the current anchor now{retired}",
+                path(ANCHOR_CERT).display()
+            ))
+        }
+    }
 }
 
 /// `token-key`: the key pair the file token source signs and checks with.

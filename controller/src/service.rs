@@ -150,6 +150,7 @@ impl Identity for IdentityService {
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs() as i64,
+            trust_anchors_der: issued.anchors.iter().map(|c| c.to_vec()).collect(),
         }))
     }
 }

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 weft_api::label_values! {
-    /// How reloading the issuer after its files changed went.
+    /// How reloading the anchors and issuer after their files changed went.
     pub enum Reload {
         Success => "success",
         Failure => "failure",
@@ -79,7 +79,7 @@ impl IdentityMetrics {
         );
         registry.register(
             "issuer_reloads",
-            "Issuer reloads after its files changed, by result",
+            "Reloads of the trust anchors and issuer after their files changed, by result",
             m.issuer_reloads.clone(),
         );
         // Known label values start at zero, so dashboards show "none yet"

@@ -195,6 +195,81 @@ fn reloads_a_rotated_issuer_and_ignores_a_broken_one() {
 }
 
 #[test]
+fn an_anchor_rotation_moves_the_bundle_and_the_issuer_in_three_steps() {
+    let (dir, ca) = setup(Duration::from_secs(3600));
+    let old_anchor = ca.anchors()[0].clone();
+    let old_issuer = ca.issuer_cert();
+    let step = |step| {
+        pki::rotate_anchor(
+            dir.path(),
+            step,
+            "cluster.local",
+            Duration::from_secs(86_400),
+            Duration::from_secs(3600),
+        )
+    };
+    let issue = || {
+        ca.certify(&web(), &csr_for(&p256(), &[&web().to_string()]))
+            .unwrap()
+    };
+
+    // 1. Both anchors, the old issuer: certificates carry both.
+    step(pki::AnchorStep::Add).unwrap();
+    let second = step(pki::AnchorStep::Add).unwrap_err().to_string();
+    assert!(second.contains("already under way"), "{second}");
+    assert!(!ca.reload_if_changed(), "the issuer did not change");
+    let issued = issue();
+    assert_eq!(issued.anchors.len(), 2);
+    assert_eq!(issued.anchors[0], old_anchor);
+    assert_eq!(issued.intermediates, vec![old_issuer.clone()]);
+    let new_anchor = issued.anchors[1].clone();
+    assert!(
+        step(pki::AnchorStep::Retire).is_err(),
+        "retire before issuer"
+    );
+
+    // 2. A new issuer under the new anchor.
+    step(pki::AnchorStep::Issuer).unwrap();
+    assert!(ca.reload_if_changed());
+    let issued = issue();
+    assert_eq!(issued.anchors.len(), 2);
+    let (_, issuer) = X509Certificate::from_der(&issued.intermediates[0]).unwrap();
+    let (_, anchor) = X509Certificate::from_der(&new_anchor).unwrap();
+    assert_eq!(issuer.issuer(), anchor.subject());
+    issuer.verify_signature(Some(anchor.public_key())).unwrap();
+    // A later issuer rotation stays under the new anchor.
+    pki::rotate_issuer(dir.path(), "cluster.local", Duration::from_secs(3600)).unwrap();
+    assert!(ca.reload_if_changed());
+
+    // 3. Only the new anchor.
+    step(pki::AnchorStep::Retire).unwrap();
+    assert!(!ca.reload_if_changed(), "the issuer did not change");
+    let issued = issue();
+    assert_eq!(&issued.anchors[..], &[new_anchor]);
+    assert!(dir.path().join(pki::RETIRED_ANCHOR_KEY).exists());
+}
+
+#[test]
+fn a_bundle_without_the_issuers_anchor_is_refused() {
+    let (dir, ca, metrics) = setup_with_metrics(Duration::from_secs(3600));
+    let anchors = ca.anchors();
+    let foreign = tempfile::tempdir().unwrap();
+    bootstrap(foreign.path()).unwrap();
+    std::fs::copy(
+        foreign.path().join(pki::ANCHOR_CERT),
+        dir.path().join(pki::ANCHOR_CERT),
+    )
+    .unwrap();
+    assert!(!ca.reload_if_changed());
+    assert_eq!(ca.anchors(), anchors, "kept the working anchors");
+    assert!(
+        metrics
+            .encode()
+            .contains("identity_issuer_reloads_total{result=\"failure\"} 1")
+    );
+}
+
+#[test]
 fn refuses_to_start_with_mismatched_files() {
     let dir = tempfile::tempdir().unwrap();
     bootstrap(dir.path()).unwrap();
