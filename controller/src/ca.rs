@@ -236,6 +236,7 @@ impl Ca {
     fn export_material(&self) {
         let material = self.material.load();
         self.metrics.set_issuer(&material.cert, material.not_after);
+        self.metrics.set_bundle(&material.anchors);
         if let Some(first) = material.anchor_validity.iter().map(|v| v.not_after).min() {
             self.metrics.set_anchor_expiry(first);
         }

@@ -31,6 +31,8 @@ enum AnchorStepFlag {
     Retire,
 }
 
+// Parsed once at start: the size of the biggest command does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the identity service.

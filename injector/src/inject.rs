@@ -18,6 +18,11 @@ use crate::settings::{MeshSettings, SidecarMode};
 pub const TOKEN_VOLUME: &str = "weft-identity-token";
 /// Where the proxy finds its token.
 pub const TOKEN_DIR: &str = "/var/run/weft/identity";
+/// The pod-lifetime volume where the proxy keeps the controller's latest
+/// trust anchors, so that a restarted proxy container follows a rotation
+/// that happened after the pod was made.
+pub const ANCHORS_VOLUME: &str = "weft-trust-anchors";
+pub const ANCHORS_DIR: &str = "/var/run/weft/anchors";
 /// Pod annotation `kubectl logs` and `kubectl exec` read to pick a container.
 const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 /// Namespaces whose pods are never injected, whatever they say.
@@ -98,10 +103,8 @@ pub enum Denial {
          move it or annotate the pod weft.io/inject: disabled"
     )]
     PortConflict { container: String, port: i32 },
-    #[error(
-        "weft-injector: the pod already has a volume named {TOKEN_VOLUME:?}, which weft-proxy needs"
-    )]
-    VolumeConflict,
+    #[error("weft-injector: the pod already has a volume named {0:?}, which weft-proxy needs")]
+    VolumeConflict(&'static str),
 }
 
 impl Denial {
@@ -110,7 +113,7 @@ impl Denial {
         match self {
             Denial::Annotations(_) => "bad_annotation",
             Denial::PortConflict { .. } => "port_conflict",
-            Denial::VolumeConflict => "volume_conflict",
+            Denial::VolumeConflict(_) => "volume_conflict",
         }
     }
 }
@@ -243,10 +246,14 @@ pub fn mutate(
         }
     }
 
-    let volume = to_value(token_volume(settings));
+    let volumes = [to_value(token_volume(settings)), to_value(anchors_volume())];
     match &spec.volumes {
-        Some(_) => add(&mut ops, &["spec", "volumes", "-"], volume),
-        None => add(&mut ops, &["spec", "volumes"], Value::Array(vec![volume])),
+        Some(_) => {
+            for volume in volumes {
+                add(&mut ops, &["spec", "volumes", "-"], volume);
+            }
+        }
+        None => add(&mut ops, &["spec", "volumes"], Value::Array(volumes.into())),
     }
 
     // The validator goes first of all, so nothing in the pod runs before
@@ -328,13 +335,10 @@ fn check_conflicts(spec: &PodSpec) -> Result<(), Denial> {
             }
         }
     }
-    if spec
-        .volumes
-        .iter()
-        .flatten()
-        .any(|v| v.name == TOKEN_VOLUME)
-    {
-        return Err(Denial::VolumeConflict);
+    for ours in [TOKEN_VOLUME, ANCHORS_VOLUME] {
+        if spec.volumes.iter().flatten().any(|v| v.name == ours) {
+            return Err(Denial::VolumeConflict(ours));
+        }
     }
     Ok(())
 }
@@ -426,4 +430,4 @@ mod containers;
 #[cfg(test)]
 mod tests;
 
-use containers::{proxy_container, token_volume, validator_container};
+use containers::{anchors_volume, proxy_container, token_volume, validator_container};

@@ -248,9 +248,23 @@ fn check_injected(case: &Case, mode: SidecarMode, before: &Value, after: &Pod) {
         .as_ref()
         .unwrap();
     assert_eq!(projection.audience.as_deref(), Some("identity.weft.io"));
-    assert_eq!(volumes.len(), old.volumes.as_ref().map_or(0, Vec::len) + 1);
-    let mount = &proxy.volume_mounts.as_ref().unwrap()[0];
-    assert_eq!(mount.name, "weft-identity-token");
+    let anchors = volumes
+        .iter()
+        .find(|v| v.name == "weft-trust-anchors")
+        .expect("anchors volume");
+    let empty_dir = anchors.empty_dir.as_ref().unwrap();
+    assert_eq!(empty_dir.medium.as_deref(), Some("Memory"));
+    assert_eq!(volumes.len(), old.volumes.as_ref().map_or(0, Vec::len) + 2);
+    let mounts: Vec<(&str, bool)> = proxy
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.read_only == Some(true)))
+        .collect();
+    assert_eq!(
+        mounts,
+        [("weft-identity-token", true), ("weft-trust-anchors", false)]
+    );
     let env: Vec<&str> = proxy
         .env
         .iter()
@@ -262,6 +276,7 @@ fn check_injected(case: &Case, mode: SidecarMode, before: &Value, after: &Pod) {
         "WEFT_IDENTITY",
         "WEFT_IDENTITY_TOKEN_FILE",
         "WEFT_TRUST_ANCHORS",
+        "WEFT_TRUST_ANCHORS_CACHE",
         "WEFT_INBOUND_PORT",
         "WEFT_OUTBOUND_PORT",
         "WEFT_ADMIN_ADDR",

@@ -483,12 +483,22 @@ fn identity_config(
         value: String::from_utf8_lossy(&pem).chars().take(40).collect(),
         reason: e.into(),
     })?;
+    let anchors_cache = var(env::TRUST_ANCHORS_CACHE).map(|path| PathBuf::from(path.trim()));
+    // A bundle a previous run of this proxy got from the controller is
+    // newer than the environment, which dates from the pod's creation.
+    if let Some(cached) = anchors_cache
+        .as_deref()
+        .and_then(crate::tls::read_anchor_cache)
+    {
+        anchors.replace(cached);
+    }
     Ok(Some(IdentityConfig {
         controller_addr,
         controller_identity,
         identity,
         token_file,
         anchors,
+        anchors_cache,
     }))
 }
 

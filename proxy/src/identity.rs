@@ -4,14 +4,15 @@
 //! controller only ever sees a CSR and the pod's service-account token. A
 //! renewal swaps the certificate in place (see [`CertStore`]), and a
 //! controller that cannot be reached is retried with jittered exponential
-//! backoff while the current certificate keeps serving.
+//! backoff while the current certificate keeps serving. Each certificate
+//! comes with the controller's trust anchors, which replace the proxy's
+//! (see [`tls::TrustAnchors`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
-use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use weft_api::identity::SpiffeId;
@@ -19,7 +20,7 @@ use weft_api::proto::identity::CertifyRequest;
 use weft_api::proto::identity::identity_client::IdentityClient;
 
 use crate::metrics::Metrics;
-use crate::tls::{self, CertStore};
+use crate::tls::{self, AnchorSet, CertStore, TrustAnchors};
 
 /// Where and how to get certificates.
 #[derive(Clone)]
@@ -33,7 +34,10 @@ pub struct IdentityConfig {
     /// The service-account token; re-read on every request because the
     /// kubelet rotates projected tokens.
     pub token_file: PathBuf,
-    pub anchors: Arc<RootCertStore>,
+    /// Live: every verifier of the proxy reads it at each handshake.
+    pub anchors: Arc<TrustAnchors>,
+    /// Where the controller's latest bundle is kept for the next start.
+    pub anchors_cache: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for IdentityConfig {
@@ -44,7 +48,7 @@ impl std::fmt::Debug for IdentityConfig {
             .field("controller_identity", &self.controller_identity.to_string())
             .field("identity", &self.identity.to_string())
             .field("token_file", &self.token_file)
-            .field("trust_anchors", &self.anchors.len())
+            .field("trust_anchors", &self.anchors.current().count())
             .finish()
     }
 }
@@ -87,6 +91,9 @@ pub enum ChannelError {
 
 /// Runs forever, keeping `store` supplied with a valid certificate.
 pub async fn maintain(config: IdentityConfig, store: Arc<CertStore>, metrics: Arc<Metrics>) {
+    metrics
+        .identity
+        .anchors_in_use(&config.anchors.current().fingerprints());
     let key = match rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256) {
         Ok(key) => key,
         Err(error) => {
@@ -112,11 +119,31 @@ pub async fn maintain(config: IdentityConfig, store: Arc<CertStore>, metrics: Ar
     let mut backoff = MIN_BACKOFF;
     loop {
         match refresh(&config, &key, &csr, client.clone()).await {
-            Ok((certified, not_before, not_after)) => {
+            Ok(Refreshed {
+                certified,
+                not_before,
+                not_after,
+                anchors,
+            }) => {
                 let issuer = certified
                     .cert
                     .get(1)
                     .map(|c| weft_api::identity::fingerprint(c));
+                // The anchors first: the new certificate chains to them,
+                // and peers' renewed certificates soon will.
+                if let Some(anchors) = anchors {
+                    let fingerprints = anchors.fingerprints();
+                    let pem = anchors.to_pem();
+                    if config.anchors.replace(anchors) {
+                        tracing::info!(anchors = ?fingerprints, "trust anchors replaced by the controller's bundle");
+                    }
+                    if let Some(path) = &config.anchors_cache {
+                        keep_anchors(path, &pem);
+                    }
+                }
+                metrics
+                    .identity
+                    .anchors_in_use(&config.anchors.current().fingerprints());
                 store.set(certified);
                 metrics.identity.refreshed(not_after, issuer);
                 backoff = MIN_BACKOFF;
@@ -137,6 +164,20 @@ pub async fn maintain(config: IdentityConfig, store: Arc<CertStore>, metrics: Ar
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// Writes the bundle for the next start of this proxy (a temporary file,
+/// then a rename: a restart never reads half a bundle). Unchanged
+/// contents are not rewritten.
+fn keep_anchors(path: &std::path::Path, pem: &str) {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == pem) {
+        return;
+    }
+    let tmp = path.with_extension("tmp");
+    let written = std::fs::write(&tmp, pem).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(error) = written {
+        tracing::warn!(%error, path = %path.display(), "cannot keep the trust anchors for the next start");
     }
 }
 
@@ -204,12 +245,21 @@ pub fn controller_channel(
     Ok(endpoint.connect_with_connector_lazy(connector))
 }
 
+/// A certificate ready to install, and the bundle that came with it
+/// (`None` from a controller that sends none: keep the anchors in use).
+struct Refreshed {
+    certified: CertifiedKey,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    anchors: Option<AnchorSet>,
+}
+
 async fn refresh(
     config: &IdentityConfig,
     key: &rcgen::KeyPair,
     csr: &[u8],
     mut client: IdentityClient<tonic::transport::Channel>,
-) -> Result<(CertifiedKey, SystemTime, SystemTime), RefreshError> {
+) -> Result<Refreshed, RefreshError> {
     let token =
         std::fs::read_to_string(&config.token_file).map_err(|source| RefreshError::Token {
             path: config.token_file.display().to_string(),
@@ -240,22 +290,44 @@ async fn refresh(
             .into_iter()
             .map(CertificateDer::from),
     );
-    let (not_before, not_after) = check_issued(config, key, &chain)?;
+    let anchors =
+        if response.trust_anchors_der.is_empty() {
+            None
+        } else {
+            let ders = response
+                .trust_anchors_der
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect();
+            Some(AnchorSet::from_der(ders).map_err(|e| {
+                RefreshError::BadCertificate(format!("unusable trust anchors: {e}"))
+            })?)
+        };
+    let current = config.anchors.current();
+    let (not_before, not_after) =
+        check_issued(config, key, &chain, anchors.as_ref().unwrap_or(&current))?;
     let signing_key = tls::provider()
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
             key.serialize_der(),
         )))
         .map_err(|e| RefreshError::BadCertificate(e.to_string()))?;
-    Ok((CertifiedKey::new(chain, signing_key), not_before, not_after))
+    Ok(Refreshed {
+        certified: CertifiedKey::new(chain, signing_key),
+        not_before,
+        not_after,
+        anchors,
+    })
 }
 
 /// Checks what the controller sent before using it: our key, our identity,
-/// a chain to our anchors. Returns the validity period.
+/// a chain to `anchors` (the bundle that came with it). Returns the
+/// validity period.
 fn check_issued(
     config: &IdentityConfig,
     key: &rcgen::KeyPair,
     chain: &[CertificateDer<'static>],
+    anchors: &AnchorSet,
 ) -> Result<(SystemTime, SystemTime), RefreshError> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let bad = |m: String| RefreshError::BadCertificate(m);
@@ -276,7 +348,7 @@ fn check_issued(
         rustls::server::ParsedCertificate::try_from(&chain[0]).map_err(|e| bad(e.to_string()))?;
     rustls::client::verify_server_cert_signed_by_trust_anchor(
         &parsed,
-        &config.anchors,
+        anchors.roots(),
         &chain[1..],
         rustls::pki_types::UnixTime::now(),
         tls::provider().signature_verification_algorithms.all,

@@ -7,6 +7,7 @@
 //! Servers require a client certificate chaining to a trust anchor and
 //! read the client's identity from it. Only TLS 1.3; rustls prefers the
 //! hybrid post-quantum key exchange X25519MLKEM768 when both sides have it.
+//! Every verifier follows the live [`TrustAnchors`].
 
 use std::sync::Arc;
 
@@ -15,9 +16,9 @@ use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ParsedCertificate, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use tokio::sync::watch;
 use weft_api::identity::SpiffeId;
 use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509Certificate};
@@ -39,19 +40,24 @@ pub enum AnchorError {
     Empty,
 }
 
-/// Parses PEM trust anchors.
-pub fn load_anchors(pem: &[u8]) -> Result<Arc<RootCertStore>, AnchorError> {
-    let mut roots = RootCertStore::empty();
-    let mut count = 0;
-    for cert in rustls_pemfile::certs(&mut &pem[..]) {
-        let cert = cert.map_err(AnchorError::NotPem)?;
-        roots.add(cert).map_err(AnchorError::Unusable)?;
-        count += 1;
+mod anchors;
+pub use anchors::{AnchorSet, LiveClientVerifier, TrustAnchors};
+
+/// The bundle a previous run left in `path`, if there is a usable one.
+pub fn read_anchor_cache(path: &std::path::Path) -> Option<AnchorSet> {
+    let pem = std::fs::read(path).ok()?;
+    match AnchorSet::from_pem(&pem) {
+        Ok(set) => Some(set),
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "ignoring the cached trust anchors");
+            None
+        }
     }
-    if count == 0 {
-        return Err(AnchorError::Empty);
-    }
-    Ok(Arc::new(roots))
+}
+
+/// Parses PEM trust anchors, the proxy's first bundle.
+pub fn load_anchors(pem: &[u8]) -> Result<Arc<TrustAnchors>, AnchorError> {
+    Ok(TrustAnchors::new(AnchorSet::from_pem(pem)?))
 }
 
 /// The identity in a certificate's single SPIFFE URI SAN, if it has
@@ -136,14 +142,14 @@ impl ResolvesClientCert for CertStore {
 /// identity against the one the client expects (carried as SNI).
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
-    roots: Arc<RootCertStore>,
+    anchors: Arc<TrustAnchors>,
     provider: Arc<CryptoProvider>,
 }
 
 impl SpiffeServerVerifier {
-    pub fn new(roots: Arc<RootCertStore>) -> Self {
+    pub fn new(anchors: Arc<TrustAnchors>) -> Self {
         SpiffeServerVerifier {
-            roots,
+            anchors,
             provider: provider(),
         }
     }
@@ -161,7 +167,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         let cert = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
-            &self.roots,
+            self.anchors.current().roots(),
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
@@ -246,13 +252,13 @@ pub struct NoTlsName {
 
 /// Client side of proxy-to-proxy mTLS.
 pub fn mesh_client_config(
-    roots: Arc<RootCertStore>,
+    anchors: Arc<TrustAnchors>,
     certs: Arc<CertStore>,
 ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots)))
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(anchors)))
         .with_client_cert_resolver(certs);
     config.alpn_protocols = vec![weft_api::mesh::ALPN.to_vec()];
     Ok(Arc::new(config))
@@ -261,15 +267,12 @@ pub fn mesh_client_config(
 /// Server side of proxy-to-proxy mTLS: a client certificate under the
 /// trust anchors is required, and so is Weft's ALPN protocol.
 pub fn mesh_server_config(
-    roots: Arc<RootCertStore>,
+    anchors: Arc<TrustAnchors>,
     certs: Arc<CertStore>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(LiveClientVerifier::new(anchors))
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![weft_api::mesh::ALPN.to_vec()];
     Ok(Arc::new(config))
@@ -278,12 +281,12 @@ pub fn mesh_server_config(
 /// Client config for the controller's gRPC server (no client certificate:
 /// the token proves who we are).
 pub fn controller_client_config(
-    roots: Arc<RootCertStore>,
+    anchors: Arc<TrustAnchors>,
 ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(roots)))
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(anchors)))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))

@@ -103,6 +103,18 @@ impl Mesh {
         Ok(())
     }
 
+    /// One step of a trust-anchor rotation: `add`, `issuer` or `retire`.
+    pub fn rotate_anchor(&self, ca: &CaDir, step: &str) -> anyhow::Result<()> {
+        self.controller_cmd(&[
+            "rotate-anchor",
+            "--dir",
+            &ca.dir.to_string_lossy(),
+            "--step",
+            step,
+        ])?;
+        Ok(())
+    }
+
     /// Starts a controller on the node and waits until it serves.
     pub async fn start_controller(
         &self,
@@ -211,7 +223,9 @@ impl Mesh {
     }
 
     /// Environment that gives a pod's proxy the identity `namespace/sa`
-    /// from controller `c`.
+    /// from controller `c`, the way the injector does: the bundle of the
+    /// moment inline, and a cache file of the pod's own for what the
+    /// controller sends later (kept across restarts of the proxy).
     pub fn identity_env(
         &self,
         c: &Controller,
@@ -226,32 +240,40 @@ impl Mesh {
             service_account,
             &[],
         )?;
-        Ok(identity_env_with_token(
-            c,
-            &spiffe_id(namespace, service_account),
-            &token,
-        ))
+        let mut env = identity_env_with_token(c, &spiffe_id(namespace, service_account), &token)?;
+        let cache = self.dir.join(format!("{}-anchors", pod.name));
+        std::fs::create_dir_all(&cache)?;
+        nix::unistd::chown(
+            &cache,
+            Some(nix::unistd::Uid::from_raw(weft_api::PROXY_UID)),
+            Some(nix::unistd::Gid::from_raw(weft_api::PROXY_GID)),
+        )?;
+        env.push((
+            "WEFT_TRUST_ANCHORS_CACHE".into(),
+            cache.join("ca.crt").to_string_lossy().into_owned(),
+        ));
+        Ok(env)
     }
 }
 
-/// The proxy variables for an identity and a token file.
+/// The proxy variables for an identity and a token file, with the
+/// controller's anchors of the moment inline.
 pub fn identity_env_with_token(
     c: &Controller,
     identity: &str,
     token: &Path,
-) -> Vec<(String, String)> {
-    vec![
+) -> anyhow::Result<Vec<(String, String)>> {
+    let anchors = std::fs::read_to_string(c.ca.anchors())
+        .with_context(|| format!("cannot read {}", c.ca.anchors().display()))?;
+    Ok(vec![
         ("WEFT_CONTROLLER_ADDR".into(), c.addr().to_string()),
         ("WEFT_IDENTITY".into(), identity.into()),
         (
             "WEFT_IDENTITY_TOKEN_FILE".into(),
             token.to_string_lossy().into_owned(),
         ),
-        (
-            "WEFT_TRUST_ANCHORS_FILE".into(),
-            c.ca.anchors().to_string_lossy().into_owned(),
-        ),
-    ]
+        ("WEFT_TRUST_ANCHORS".into(), anchors),
+    ])
 }
 
 /// A file readable only by the proxy's user (as the kubelet mounts tokens).

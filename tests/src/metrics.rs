@@ -46,6 +46,19 @@ impl Scrape {
             .sum()
     }
 
+    /// The values label `key` takes on the samples of `name` whose value is
+    /// not zero, sorted (the members of an info metric).
+    pub fn label_values(&self, name: &str, key: &str) -> Vec<String> {
+        let mut values: Vec<String> = self
+            .samples
+            .iter()
+            .filter(|(n, _, v)| n == name && *v != 0.0)
+            .filter_map(|(_, l, _)| l.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()))
+            .collect();
+        values.sort();
+        values
+    }
+
     /// The samples of `name` carrying all of `labels`, one per line, for
     /// a failure message that shows where the counts went.
     pub fn series(&self, name: &str, labels: &[(&str, &str)]) -> String {

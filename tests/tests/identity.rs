@@ -294,6 +294,139 @@ async fn issuer_rotation_under_load_fails_nothing() {
     }
 }
 
+/// The README's three steps, under load: add the new anchor, wait until
+/// every proxy trusts it; switch the issuer, wait until every proxy holds
+/// a certificate from it; retire the old anchor, wait until no proxy
+/// trusts it. New connections (new handshakes) run all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_anchor_rotation_under_load_fails_nothing() {
+    let m = meshed_pair("anchors", short_lived(), &[]).await;
+    let p = &m.pair;
+    let mesh = &p.mesh;
+    let ca = &m.controller.ca;
+    let pods = [&p.client, &p.server];
+    let anchors_of = |pod: &weft_testbed::Pod| {
+        let pod = pod.clone();
+        async move {
+            let metrics = pod.metrics().await.unwrap();
+            (
+                metrics.label_values("identity_trust_anchor_info", "anchor"),
+                metrics.label_values("identity_cert_issuer_info", "issuer"),
+            )
+        }
+    };
+    let (old_anchors, _) = anchors_of(&p.client).await;
+    assert_eq!(old_anchors.len(), 1, "{old_anchors:?}");
+    let load_time = Duration::from_secs(70);
+    let started = Instant::now();
+    let rotate = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        mesh.rotate_anchor(ca, "add").unwrap();
+        eventually(
+            Duration::from_secs(30),
+            "every proxy trusting both anchors",
+            || async {
+                let mut all = true;
+                for pod in pods {
+                    all &= anchors_of(pod).await.0.len() == 2;
+                }
+                all
+            },
+        )
+        .await;
+        let both = anchors_of(&p.client).await.0;
+        mesh.rotate_anchor(ca, "issuer").unwrap();
+        let new_issuer = || async {
+            let metrics = mesh.controller_metrics(&m.controller).await.unwrap();
+            metrics.label_values("identity_issuer_info", "issuer")
+        };
+        eventually(
+            Duration::from_secs(30),
+            "every proxy on the new issuer",
+            || async {
+                let issuer = new_issuer().await;
+                let mut all = true;
+                for pod in pods {
+                    all &= anchors_of(pod).await.1 == issuer;
+                }
+                all && issuer.len() == 1
+            },
+        )
+        .await;
+        mesh.rotate_anchor(ca, "retire").unwrap();
+        let new_anchor: Vec<String> = both
+            .into_iter()
+            .filter(|a| !old_anchors.contains(a))
+            .collect();
+        eventually(
+            Duration::from_secs(30),
+            "no proxy trusting the old anchor",
+            || async {
+                let mut all = true;
+                for pod in pods {
+                    all &= anchors_of(pod).await.0 == new_anchor;
+                }
+                all
+            },
+        )
+        .await;
+        // Handshakes with the new anchor alone, for a while.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        started.elapsed()
+    };
+    let (stats, rotated_in) = tokio::join!(run_load(p, load_time), rotate);
+    assert!(
+        rotated_in < load_time,
+        "the rotation outlasted the load ({rotated_in:?})"
+    );
+    assert!(
+        stats.failed.is_empty(),
+        "{} failures: {:?}",
+        stats.failed.len(),
+        &stats.failed[..stats.failed.len().min(10)]
+    );
+    assert!(stats.ok > 300, "only {} exchanges", stats.ok);
+    let log = mesh.controller_log(&m.controller);
+    assert!(log.contains("trust anchors reloaded"), "{log}");
+
+    // A proxy restarted in place (as the kubelet restarts a container)
+    // has only the old anchor in its environment, which no longer
+    // verifies the controller; the bundle it kept in its cache does.
+    let (kept, _) = anchors_of(&p.client).await;
+    mesh.terminate(p.client_proxy).unwrap();
+    mesh.wait_exit(p.client_proxy, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        m.client_env
+            .iter()
+            .any(|(k, v)| k == "WEFT_TRUST_ANCHORS" && !v.is_empty()),
+        "the client proxy has its first bundle inline"
+    );
+    mesh.spawn_proxy(
+        &p.client,
+        ProxyOptions {
+            env: m.client_env.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("the restarted proxy gets a certificate");
+    assert_eq!(anchors_of(&p.client).await.0, kept);
+    let stats = run_load(p, Duration::from_secs(2)).await;
+    assert!(stats.failed.is_empty() && stats.ok > 0, "{stats:?}");
+    for pod in pods {
+        let metrics = pod.metrics().await.unwrap();
+        assert_eq!(
+            metrics.sum("mtls_refused_total", &[("reason", "tls_handshake")]),
+            0.0,
+            "{}: {}",
+            pod.name,
+            metrics.series("mtls_refused_total", &[])
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_and_requests_that_cannot_prove_their_identity_are_refused() {
     let m = meshed_pair("refused", ControllerOptions::default(), &[]).await;
@@ -388,7 +521,8 @@ async fn peers_and_requests_that_cannot_prove_their_identity_are_refused() {
                 flags,
             )
             .unwrap();
-        let env = identity_env_with_token(&m.controller, &spiffe_id(NAMESPACE, asked_sa), &token);
+        let env = identity_env_with_token(&m.controller, &spiffe_id(NAMESPACE, asked_sa), &token)
+            .unwrap();
         mesh.spawn_proxy(
             &pod,
             ProxyOptions {
@@ -555,7 +689,7 @@ async fn proxies_wait_for_a_late_controller_and_outlive_a_lost_one() {
         let token = mesh
             .mint_token(&ca, &format!("{sa}-token"), NAMESPACE, sa, &[])
             .unwrap();
-        let mut env = identity_env_with_token(&planned, &spiffe_id(NAMESPACE, sa), &token);
+        let mut env = identity_env_with_token(&planned, &spiffe_id(NAMESPACE, sa), &token).unwrap();
         // Discovery knows no pods here: each side pins the other.
         let (peer, id) = match sa {
             "client" => (&server, server_id()),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Pod as K8sPod};
 use serde_json::{Value, json};
-use weft_injector::inject::{self, Decision, NamespaceView, TOKEN_DIR};
+use weft_injector::inject::{self, ANCHORS_DIR, Decision, NamespaceView, TOKEN_DIR};
 use weft_injector::settings::{MeshSettings, SidecarMode};
 use weft_testbed::identity::{CaDir, ControllerOptions};
 use weft_testbed::{Mesh, Pod, http_request, require_root};
@@ -105,13 +105,29 @@ async fn run_injected(mesh: &Mesh, pod: &Pod, doc: &Value, token: &Path) -> Star
     let proxy = spec.containers[0].clone();
     assert_eq!(proxy.name, weft_api::PROXY_CONTAINER_NAME);
     let mut env = kubelet_env(&proxy, &k8s);
-    // The projected token volume, "mounted" where the spec says.
-    let mount = &proxy.volume_mounts.as_ref().unwrap()[0];
-    assert_eq!(mount.mount_path, TOKEN_DIR);
+    // The projected token volume, "mounted" where the spec says, and the
+    // anchors' emptyDir as a folder of the pod's own.
+    let mounts = proxy.volume_mounts.as_ref().unwrap();
+    assert_eq!(mounts[0].mount_path, TOKEN_DIR);
+    assert_eq!(mounts[1].mount_path, ANCHORS_DIR);
+    let anchors_dir = mesh.dir.join(format!("{}-anchors-volume", pod.name));
+    std::fs::create_dir_all(&anchors_dir).unwrap();
+    nix::unistd::chown(
+        &anchors_dir,
+        Some(nix::unistd::Uid::from_raw(weft_api::PROXY_UID)),
+        None,
+    )
+    .unwrap();
     for (name, value) in &mut env {
         if name == "WEFT_IDENTITY_TOKEN_FILE" {
             assert_eq!(*value, format!("{TOKEN_DIR}/token"));
             *value = token.to_string_lossy().into_owned();
+        }
+        if name == "WEFT_TRUST_ANCHORS_CACHE" {
+            let file = value
+                .strip_prefix(ANCHORS_DIR)
+                .expect("in the anchors volume");
+            *value = format!("{}{file}", anchors_dir.display());
         }
     }
     let hook = proxy
@@ -165,8 +181,12 @@ async fn run_injected(mesh: &Mesh, pod: &Pod, doc: &Value, token: &Path) -> Star
         mesh.log_of(pod, "proxy")
     );
     assert!(mesh.log_of(pod, "post-start").contains("ready after"));
-    // Ready means it holds a certificate for the pod's service account.
+    // Ready means it holds a certificate for the pod's service account,
+    // and the bundle that came with it is kept for a restart.
     assert_eq!(pod.admin_get("/ready").await.unwrap().0, 200);
+    let kept = std::fs::read_to_string(anchors_dir.join("ca.crt")).unwrap();
+    let inline = env.iter().find(|(k, _)| k == "WEFT_TRUST_ANCHORS").unwrap();
+    assert_eq!(kept.trim(), inline.1.trim(), "the cache holds the bundle");
     Started {
         hook_waited: started.elapsed(),
     }

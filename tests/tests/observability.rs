@@ -291,6 +291,7 @@ async fn check_counts(prometheus: &Prometheus, expected: &[(String, f64)]) {
         "port",
         "limit",
         "issuer",
+        "anchor",
     ]
     .into();
     let unexpected: Vec<&String> = labels
@@ -420,7 +421,7 @@ async fn check_alert_rules(prometheus: &Prometheus) {
             .iter()
             .flat_map(|g| g["rules"].as_array().unwrap())
             .collect();
-        assert_eq!(rules.len(), 5, "{text}");
+        assert_eq!(rules.len(), 6, "{text}");
         if rules.iter().all(|r| r["health"] == "ok") {
             break;
         }
@@ -449,6 +450,26 @@ async fn check_alert_rules(prometheus: &Prometheus) {
         .await
         .unwrap();
     assert!(retired.is_empty(), "{retired:?}");
+    // ... and trusts the controller's whole bundle.
+    let bundle = prometheus
+        .query("identity_trust_anchor_bundle_info")
+        .await
+        .unwrap();
+    assert_eq!(bundle.len(), 1, "{bundle:?}");
+    let behind = prometheus
+        .query(
+            "count by (namespace, pod) (identity_trust_anchor_info \
+             and on (anchor) identity_trust_anchor_bundle_info) \
+             < scalar(count(max by (anchor) (identity_trust_anchor_bundle_info)))",
+        )
+        .await
+        .unwrap();
+    assert!(behind.is_empty(), "{behind:?}");
+    let trusting = prometheus
+        .query("identity_trust_anchor_info and on (anchor) identity_trust_anchor_bundle_info")
+        .await
+        .unwrap();
+    assert!(!trusting.is_empty(), "no proxy reports its anchors");
     assert!(
         !prometheus
             .query("identity_cert_issuer_info")

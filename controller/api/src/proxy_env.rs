@@ -68,6 +68,8 @@ vars! {
         "trust anchors, PEM (or WEFT_TRUST_ANCHORS_FILE)";
     TRUST_ANCHORS_FILE = "WEFT_TRUST_ANCHORS_FILE", "",
         "trust anchors, a PEM file (or WEFT_TRUST_ANCHORS)";
+    TRUST_ANCHORS_CACHE = "WEFT_TRUST_ANCHORS_CACHE", "",
+        "a file for the controller's latest anchor bundle, preferred at start (so a restarted proxy follows a rotation)";
     INBOUND_MTLS = "WEFT_INBOUND_MTLS", "permissive",
         "permissive, or strict to accept only mesh mTLS";
     MESH_ENDPOINTS = "WEFT_MESH_ENDPOINTS", "",

@@ -30,6 +30,12 @@ pub struct IssuerLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AnchorLabels {
+    /// [`weft_api::identity::fingerprint`] of the anchor certificate.
+    pub anchor: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: Reload,
 }
@@ -44,6 +50,7 @@ pub struct IdentityMetrics {
     issuer_expiry: Gauge,
     issuer: Family<IssuerLabels, Gauge>,
     anchor_expiry: Gauge,
+    bundle: Family<AnchorLabels, Gauge>,
     issuer_reloads: Family<ReloadLabels, Counter>,
 }
 
@@ -78,6 +85,11 @@ impl IdentityMetrics {
             m.anchor_expiry.clone(),
         );
         registry.register(
+            "trust_anchor_bundle_info",
+            "1 for each trust anchor (its fingerprint) in the bundle sent with certificates",
+            m.bundle.clone(),
+        );
+        registry.register(
             "issuer_reloads",
             "Reloads of the trust anchors and issuer after their files changed, by result",
             m.issuer_reloads.clone(),
@@ -107,6 +119,15 @@ impl IdentityMetrics {
         self.issuer_reloads
             .get_or_create(&ReloadLabels { result })
             .inc();
+    }
+
+    /// The bundle in use, by anchor certificate.
+    pub fn set_bundle(&self, anchors: &[rustls::pki_types::CertificateDer<'_>]) {
+        self.bundle.clear();
+        for anchor in anchors {
+            let anchor = weft_api::identity::fingerprint(anchor);
+            self.bundle.get_or_create(&AnchorLabels { anchor }).set(1);
+        }
     }
 
     pub fn set_anchor_expiry(&self, t: SystemTime) {

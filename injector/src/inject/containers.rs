@@ -1,12 +1,12 @@
-//! The containers and volume the patch adds: the proxy (a native sidecar
-//! or a classic one), its validator, and the projected token the proxy
-//! proves its identity with.
+//! The containers and volumes the patch adds: the proxy (a native sidecar
+//! or a classic one), its validator, the projected token the proxy proves
+//! its identity with, and the small volume it keeps its anchors in.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource,
     ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
     VolumeMount, VolumeProjection,
 };
@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use weft_api::proxy_env as env;
 use weft_api::{PROXY_CONTAINER_NAME, PROXY_UID, VALIDATOR_CONTAINER_NAME, VALIDATOR_UID, ports};
 
-use super::{TOKEN_DIR, TOKEN_VOLUME};
+use super::{ANCHORS_DIR, ANCHORS_VOLUME, TOKEN_DIR, TOKEN_VOLUME};
 use crate::pod_config::ProxyConfig;
 use crate::settings::{MeshSettings, SidecarMode};
 pub(super) fn token_volume(settings: &MeshSettings) -> Volume {
@@ -31,6 +31,18 @@ pub(super) fn token_volume(settings: &MeshSettings) -> Volume {
                 ..Default::default()
             }]),
             ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// In memory, and small: a bundle of anchors is a few KiB.
+pub(super) fn anchors_volume() -> Volume {
+    Volume {
+        name: ANCHORS_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: Some(K8sQuantity("1Mi".into())),
         }),
         ..Default::default()
     }
@@ -101,6 +113,10 @@ pub(super) fn proxy_container(
         ),
         env(env::IDENTITY_TOKEN_FILE.name, format!("{TOKEN_DIR}/token")),
         env(env::TRUST_ANCHORS.name, settings.trust_anchors_pem.clone()),
+        env(
+            env::TRUST_ANCHORS_CACHE.name,
+            format!("{ANCHORS_DIR}/ca.crt"),
+        ),
         env(env::OUTBOUND_PORT.name, ports::OUTBOUND.to_string()),
         env(env::INBOUND_PORT.name, ports::INBOUND.to_string()),
         // On all addresses: kubelet probes it on the pod IP. `/shutdown`
@@ -162,12 +178,19 @@ pub(super) fn proxy_container(
         }]),
         resources: Some(resources),
         security_context: Some(hardened(PROXY_UID)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: TOKEN_VOLUME.into(),
-            mount_path: TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: TOKEN_VOLUME.into(),
+                mount_path: TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: ANCHORS_VOLUME.into(),
+                mount_path: ANCHORS_DIR.into(),
+                ..Default::default()
+            },
+        ]),
         liveness_probe: Some(probe("/live", 10, 3)),
         readiness_probe: Some(probe("/ready", 5, 3)),
         termination_message_policy: Some("FallbackToLogsOnError".into()),

@@ -298,9 +298,14 @@ fn conflicts_are_refused_with_a_hint() {
         error.to_string().contains("\"app\" uses port 6143"),
         "{error}"
     );
-    let p = pod(json!({"spec": {"containers": [{"name": "app"}],
-        "volumes": [{"name": TOKEN_VOLUME, "emptyDir": {}}]}}));
-    assert_eq!(decide(&p, ENABLED).unwrap_err(), Denial::VolumeConflict);
+    for ours in [TOKEN_VOLUME, ANCHORS_VOLUME] {
+        let p = pod(json!({"spec": {"containers": [{"name": "app"}],
+            "volumes": [{"name": ours, "emptyDir": {}}]}}));
+        assert_eq!(
+            decide(&p, ENABLED).unwrap_err(),
+            Denial::VolumeConflict(ours)
+        );
+    }
 }
 
 #[test]

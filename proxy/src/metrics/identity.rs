@@ -50,9 +50,17 @@ pub struct IssuerLabels {
     pub issuer: String,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AnchorLabels {
+    /// [`weft_api::identity::fingerprint`] of the anchor certificate.
+    pub anchor: String,
+}
+
 #[derive(Debug)]
 pub struct IdentityMetrics {
     pub expiry: Gauge,
+    /// 1 for each trust anchor the proxy trusts now.
+    pub anchors: Family<AnchorLabels, Gauge>,
     /// 1 for the issuer of the certificate in use; one series at a time.
     pub issuer: Family<IssuerLabels, Gauge>,
     pub refresh: Family<OutcomeLabels, Counter>,
@@ -63,6 +71,7 @@ impl IdentityMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = IdentityMetrics {
             expiry: Gauge::default(),
+            anchors: Family::default(),
             issuer: Family::default(),
             refresh: Family::default(),
             mtls_refused: Family::default(),
@@ -81,6 +90,11 @@ impl IdentityMetrics {
             "identity_cert_issuer_info",
             "1 for the issuer (its fingerprint) of the workload certificate in use",
             m.issuer.clone(),
+        );
+        registry.register(
+            "identity_trust_anchor_info",
+            "1 for each trust anchor (its fingerprint) the proxy trusts now",
+            m.anchors.clone(),
         );
         registry.register(
             "identity_cert_refresh",
@@ -114,6 +128,18 @@ impl IdentityMetrics {
                 result: Outcome::Success,
             })
             .inc();
+    }
+
+    /// The bundle in use, by fingerprint.
+    pub fn anchors_in_use(&self, fingerprints: &[String]) {
+        self.anchors.clear();
+        for anchor in fingerprints {
+            self.anchors
+                .get_or_create(&AnchorLabels {
+                    anchor: anchor.clone(),
+                })
+                .set(1);
+        }
     }
 
     pub fn refresh_failed(&self) {

@@ -31,10 +31,8 @@ impl TestCa {
         }
     }
 
-    fn roots(&self) -> Arc<RootCertStore> {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.cert.clone()).unwrap();
-        Arc::new(roots)
+    fn roots(&self) -> Arc<TrustAnchors> {
+        TrustAnchors::new(AnchorSet::from_der(vec![self.cert.clone()]).unwrap())
     }
 
     fn store_for(&self, id: &str) -> Arc<CertStore> {
@@ -133,6 +131,35 @@ async fn peers_under_another_anchor_are_refused() {
     // Their client, our server: the server refuses the client certificate.
     let client = mesh_client_config(ours.roots(), theirs.store_for(WEB)).unwrap();
     let server = mesh_server_config(ours.roots(), ours.store_for(API)).unwrap();
+    assert!(handshake(client, server, API).await.is_err());
+}
+
+#[tokio::test]
+async fn replaced_anchors_decide_the_next_handshake() {
+    let old = TestCa::new();
+    let new = TestCa::new();
+    let both = || AnchorSet::from_der(vec![old.cert.clone(), new.cert.clone()]).unwrap();
+    // Both sides share one live bundle, as a proxy's client and server do.
+    let anchors = old.roots();
+    let client = mesh_client_config(anchors.clone(), new.store_for(WEB)).unwrap();
+    let server = mesh_server_config(anchors.clone(), new.store_for(API)).unwrap();
+    let error = handshake(client.clone(), server.clone(), API)
+        .await
+        .unwrap_err();
+    assert!(error.contains("invalid peer certificate"), "{error}");
+
+    assert!(anchors.replace(both()));
+    assert!(!anchors.replace(both()), "the same bundle is no change");
+    assert_eq!(anchors.current().count(), 2);
+    let seen = handshake(client.clone(), server.clone(), API)
+        .await
+        .unwrap();
+    assert_eq!(seen.unwrap().to_string(), WEB);
+
+    // The server alone dropping the new anchor refuses the client's
+    // certificate, on the server's side of the handshake.
+    let server_only_old = old.roots();
+    let server = mesh_server_config(server_only_old, new.store_for(API)).unwrap();
     assert!(handshake(client, server, API).await.is_err());
 }
 

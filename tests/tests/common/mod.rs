@@ -62,6 +62,8 @@ pub async fn pair(label: &str, proxy_env: &[(&str, &str)]) -> Pair {
 pub struct MeshedPair {
     pub pair: Pair,
     pub controller: Controller,
+    /// What the client proxy was started with (to start it again).
+    pub client_env: Vec<(String, String)>,
 }
 
 pub const NAMESPACE: &str = "demo";
@@ -110,7 +112,7 @@ pub async fn meshed_pair(
         .spawn_proxy(
             &client,
             ProxyOptions {
-                env: client_env,
+                env: client_env.clone(),
                 ..Default::default()
             },
         )
@@ -135,6 +137,7 @@ pub async fn meshed_pair(
             server_proxy,
         },
         controller,
+        client_env,
     }
 }
 
