@@ -307,6 +307,10 @@ clusterDNS: [$CLUSTER_DNS]
 # a signal off; a disk that is really full still fails where it is written.
 evictionHard: {memory.available: "0%", nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%", imagefs.inodesFree: "0%", pid.available: "0%"}
 imageGCHighThresholdPercent: 100
+# Mounted Secrets and ConfigMaps follow their objects at each pod sync:
+# every 10 s instead of every minute, so that a CA rotation's steps reach
+# the controller and the injector within seconds in the tests.
+syncFrequency: 10s
 volumePluginDir: $dir/flexvolume
 YAML
 }

@@ -112,6 +112,7 @@ mod mesh;
 mod metrics;
 mod policy;
 mod policy_matrix;
+mod rotation;
 mod sidecars;
 
 /// Requests over mesh mTLS that the proxies of the meshed `selector` pods
@@ -308,6 +309,11 @@ mod scenarios {
     #[test]
     fn controller_restart() {
         disturbing(|c| disruptive::controller_restart(&c.node));
+    }
+
+    #[test]
+    fn anchor_rotation() {
+        disturbing(|c| rotation::anchor_rotation(&c.node, &c.install));
     }
 
     #[test]

@@ -1,0 +1,188 @@
+//! The README's trust-anchor rotation on the cluster, as an operator runs
+//! it: each step of `weft-controller rotate-anchor` in the PKI folder,
+//! `install-secrets` again, `kubectl apply` of the manifest; the mounted
+//! Secret and ConfigMap reach the controller and the injector, and every
+//! certificate carries the new bundle to the proxies. A load runs through
+//! the mesh all along, and a workload rolls at the end, so new pods (and
+//! new handshakes) meet the finished rotation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::*;
+
+/// A meshed pod's name, the anchors its proxy trusts, and its
+/// certificate's issuer (fingerprints).
+type Trust = (String, Vec<String>, Vec<String>);
+
+/// What the proxies of `ns` trust, one entry per meshed pod.
+fn trust_of(node: &KubeNode, ns: &str) -> anyhow::Result<Vec<Trust>> {
+    let mut out = Vec::new();
+    for pod in meshed_pods(node, ns, "app")? {
+        let metrics = node.proxy_metrics(&pod)?;
+        out.push((
+            pod_name(&pod),
+            metrics.label_values("identity_trust_anchor_info", "anchor"),
+            metrics.label_values("identity_cert_issuer_info", "issuer"),
+        ));
+    }
+    ensure!(!out.is_empty(), "no meshed pods in {ns}");
+    Ok(out)
+}
+
+/// Runs one step and applies the manifest it changes.
+fn step(node: &KubeNode, install: &Path, pki: &Path, step: &str) -> anyhow::Result<()> {
+    let controller = Bins::locate()?.path("weft-controller");
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = std::process::Command::new(&controller)
+            .args(args)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "weft-controller {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let pki = pki.to_str().context("pki path")?;
+    run(&["rotate-anchor", "--dir", pki, "--step", step])?;
+    let manifest = install.join("05-secrets.yaml");
+    let manifest = manifest.to_str().context("manifest path")?;
+    run(&["install-secrets", "--pki", pki, "--out", manifest])?;
+    node.kubectl(&["apply", "-f", manifest])?;
+    Ok(())
+}
+
+/// The anchors inlined in a pod's proxy environment by the injector.
+fn inline_anchors(pod: &Value) -> String {
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|f| pod["spec"][*f].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["name"] == "weft-proxy")
+        .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
+        .find(|e| e["name"] == "WEFT_TRUST_ANCHORS")
+        .and_then(|e| e["value"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+pub(super) fn anchor_rotation(node: &KubeNode, install: &Path) -> anyhow::Result<()> {
+    let ns = "e2e-anchors";
+    let pki = install.parent().context("install folder")?.join("pki");
+    let lifetime = |value: &str| {
+        node.kubectl(&[
+            "-n",
+            "weft-system",
+            "set",
+            "env",
+            "deploy/weft-controller",
+            value,
+        ])?;
+        node.kubectl(&[
+            "-n",
+            "weft-system",
+            "rollout",
+            "status",
+            "deploy/weft-controller",
+            "--timeout=120s",
+        ])
+    };
+    // Renewals every 36–45 s, so that each step reaches every proxy in
+    // under a minute.
+    lifetime("WEFT_CERT_LIFETIME=60s")?;
+    let result = (|| {
+        node.apply(&demo_app(node, ns, true)?)?;
+        wait_demo(node, ns)?;
+        let before = trust_of(node, ns)?;
+        let old_anchor = before[0].1.clone();
+        ensure!(old_anchor.len() == 1, "{before:?}");
+        let old_pod = &node.pods(ns, "app=web,version=v1")?[0];
+        let old_inline = inline_anchors(old_pod);
+        ensure!(old_inline.matches("BEGIN CERTIFICATE").count() == 1);
+
+        let load = load_pod(node, ns)?;
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let running = scope.spawn(|| -> anyhow::Result<(u64, u64, Vec<Value>)> {
+                let (mut ok, mut failed, mut failures) = (0, 0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let r = node.load(ns, &load, "load", "web:80", 20, 10)?;
+                    ok += r.ok();
+                    failed += r.failed();
+                    if r.failed() > 0 {
+                        failures.push(r.summary.clone());
+                    }
+                }
+                Ok((ok, failed, failures))
+            });
+            let steps = (|| {
+                let minute = Duration::from_secs(120);
+                step(node, install, &pki, "add")?;
+                let both = node.wait_for("every proxy trusting both anchors", minute, || {
+                    let now = trust_of(node, ns)?;
+                    Ok(now
+                        .iter()
+                        .all(|(_, a, _)| a.len() == 2 && a.contains(&old_anchor[0]))
+                        .then(|| now[0].1.clone()))
+                })?;
+                let old_issuer = trust_of(node, ns)?[0].2.clone();
+                step(node, install, &pki, "issuer")?;
+                node.wait_for("every proxy on the new issuer", minute, || {
+                    let now = trust_of(node, ns)?;
+                    Ok(now
+                        .iter()
+                        .all(|(_, _, i)| i.len() == 1 && *i != old_issuer)
+                        .then_some(()))
+                })?;
+                step(node, install, &pki, "retire")?;
+                let new_anchor: Vec<String> =
+                    both.into_iter().filter(|a| *a != old_anchor[0]).collect();
+                node.wait_for("no proxy trusting the old anchor", minute, || {
+                    let now = trust_of(node, ns)?;
+                    Ok(now.iter().all(|(_, a, _)| *a == new_anchor).then_some(()))
+                })?;
+                // New pods, injected with the new bundle, meet the others.
+                node.wait_for("the injector's bundle to follow", minute, || {
+                    let pem = std::fs::read_to_string(pki.join("ca.crt"))?;
+                    let cm = node.json(&[
+                        "-n",
+                        "weft-system",
+                        "get",
+                        "configmap",
+                        "weft-trust-anchors",
+                    ])?;
+                    Ok((cm["data"]["ca.crt"].as_str() == Some(pem.as_str())).then_some(()))
+                })?;
+                node.kubectl(&["-n", ns, "rollout", "restart", "deploy/web-v1"])?;
+                node.kubectl(&[
+                    "-n",
+                    ns,
+                    "rollout",
+                    "status",
+                    "deploy/web-v1",
+                    "--timeout=120s",
+                ])?;
+                let fresh = node.wait_ready(ns, "app=web,version=v1", 2, minute)?;
+                for pod in &fresh {
+                    let inline = inline_anchors(pod);
+                    ensure!(
+                        inline.matches("BEGIN CERTIFICATE").count() == 1 && inline != old_inline,
+                        "{} was injected with the old bundle",
+                        pod_name(pod)
+                    );
+                }
+                // Traffic to the new pods for a while.
+                std::thread::sleep(Duration::from_secs(10));
+                Ok(())
+            })();
+            stop.store(true, Ordering::Relaxed);
+            let (ok, failed, failures) = running.join().expect("load thread")?;
+            steps?;
+            eprintln!("anchor rotation: {ok} requests answered, {failed} failed");
+            ensure!(failed == 0, "{failed} failed requests: {failures:?}");
+            ensure!(ok > 1000, "only {ok} requests");
+            Ok(())
+        })
+    })();
+    // Back to the default lifetime for the scenarios that follow.
+    lifetime("WEFT_CERT_LIFETIME-")?;
+    result
+}
