@@ -14,6 +14,7 @@
 #                                        # with WEFT_NODE_OWNER=PID, down when PID ends;
 #                                        # WEFT_NODES=1 for one node
 #   tests/kube/node.sh import IMAGE.tar  # into every node's containerd
+#   tests/kube/node.sh tag IMAGE NEW     # a second tag for an image, on every node
 #   tests/kube/node.sh down              # stops it and removes what `up` made
 #   tests/kube/node.sh status
 #
@@ -524,6 +525,13 @@ import() {
     for socket in "$RUN"/containerd*.sock; do import_into "$socket" "$archive"; done
 }
 
+tag() {
+    local image=${1:?usage: node.sh tag IMAGE NEW} new=${2:?usage: node.sh tag IMAGE NEW} socket
+    for socket in "$RUN"/containerd*.sock; do
+        ctr --address "$socket" -n k8s.io images tag --force "$image" "$new" >/dev/null
+    done
+}
+
 alive() { [[ -e $RUN/$1.pid ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
 stop_process() {
@@ -615,7 +623,8 @@ case ${1:-} in
     build) build ;;
     up) up ;;
     import) import "${2:-}" ;;
+    tag) tag "${2:-}" "${3:-}" ;;
     down) down ;;
     status) status ;;
-    *) die "usage: node.sh build | up | import IMAGE.tar | down | status" ;;
+    *) die "usage: node.sh build | up | import IMAGE.tar | tag IMAGE NEW | down | status" ;;
 esac

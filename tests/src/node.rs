@@ -130,6 +130,24 @@ impl KubeNode {
         Ok(())
     }
 
+    /// Gives `image` a second name, `new`, on every node: "a new image
+    /// tag of the same build", for rolling updates.
+    pub fn tag(&self, image: &str, new: &str) -> anyhow::Result<()> {
+        let out = Command::new("bash")
+            .arg(self.repo.join("tests/kube/node.sh"))
+            .args(["tag", image, new])
+            .env("WEFT_NODE", &self.dir)
+            .stdin(Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "node.sh tag {image} {new}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     pub fn repo(&self) -> &Path {
         &self.repo
     }
@@ -294,6 +312,11 @@ impl KubeNode {
     /// A pod's proxy metrics, fetched from the node (pod IPs are routed
     /// there).
     pub fn proxy_metrics(&self, pod: &Value) -> anyhow::Result<crate::metrics::Scrape> {
+        self.pod_metrics(pod, weft_api::ports::ADMIN)
+    }
+
+    /// The metrics a pod serves on `port` (a controller's admin port, say).
+    pub fn pod_metrics(&self, pod: &Value, port: u16) -> anyhow::Result<crate::metrics::Scrape> {
         let ip = pod["status"]["podIP"].as_str().context("pod has no IP")?;
         let text = crate::sh(
             "curl",
@@ -301,7 +324,7 @@ impl KubeNode {
                 "-sf",
                 "--max-time",
                 "5",
-                &format!("http://{ip}:6191/metrics"),
+                &format!("http://{ip}:{port}/metrics"),
             ],
         )?;
         Ok(crate::metrics::Scrape::parse(&text))

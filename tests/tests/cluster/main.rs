@@ -114,6 +114,45 @@ mod policy;
 mod policy_matrix;
 mod rotation;
 mod sidecars;
+mod upgrades;
+
+/// Runs `during` while `weft-demo load` sends 20 requests a second to
+/// `web:80` from the `load` pod `load` in `ns`, in batches of 10 s until
+/// `during` returns. Fails if `during` does, or if any request failed;
+/// otherwise returns how many were answered.
+fn under_load(
+    node: &KubeNode,
+    ns: &str,
+    load: &str,
+    during: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let running = scope.spawn(|| -> anyhow::Result<(u64, u64, Vec<Value>)> {
+            let (mut ok, mut failed, mut failures) = (0, 0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let r = node.load(ns, load, "load", "web:80", 20, 10)?;
+                ok += r.ok();
+                failed += r.failed();
+                if r.failed() > 0 {
+                    failures.push(r.summary.clone());
+                }
+            }
+            Ok((ok, failed, failures))
+        });
+        let result = during();
+        stop.store(true, Ordering::Relaxed);
+        let (ok, failed, failures) = running.join().expect("load thread")?;
+        result?;
+        ensure!(
+            failed == 0,
+            "{failed} of {} requests failed: {failures:?}",
+            ok + failed
+        );
+        Ok(ok)
+    })
+}
 
 /// Requests over mesh mTLS that the proxies of the meshed `selector` pods
 /// counted in `direction`, from or to the peer `(label, identity)`.
@@ -314,6 +353,11 @@ mod scenarios {
     #[test]
     fn anchor_rotation() {
         disturbing(|c| rotation::anchor_rotation(&c.node, &c.install));
+    }
+
+    #[test]
+    fn upgrades() {
+        disturbing(|c| upgrades::upgrades(&c.node));
     }
 
     #[test]
