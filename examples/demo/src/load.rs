@@ -27,7 +27,8 @@ pub struct LoadArgs {
 
 impl LoadArgs {
     /// `<host:port> [--path P] [--rate PER_SECOND] [--duration D] [--timeout D] [--grpc]`;
-    /// durations like `500ms` or `10s`.
+    /// durations like `500ms` or `10s`. With `--grpc`, the path (without
+    /// its leading `/`) is the message sent.
     pub fn parse(args: &[String]) -> anyhow::Result<Self> {
         let mut it = args.iter();
         let target = it.next().context("load needs <host:port>")?.clone();
@@ -128,11 +129,12 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<()> {
         tasks.spawn(async move {
             let result = tokio::time::timeout(timeout, async {
                 if let Some(mut grpc) = grpc {
+                    let message = match uri.path().trim_start_matches('/') {
+                        "" => "load".to_string(),
+                        path => path.to_string(),
+                    };
                     let reply = grpc
-                        .say(crate::proto::EchoRequest {
-                            message: "load".into(),
-                            count: 0,
-                        })
+                        .say(crate::proto::EchoRequest { message, count: 0 })
                         .await
                         .map_err(|status| format!("grpc {:?}", status.code()))?;
                     return Ok(reply.into_inner().served_by);

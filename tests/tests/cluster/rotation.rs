@@ -117,9 +117,11 @@ pub(super) fn anchor_rotation(node: &KubeNode, install: &Path) -> anyhow::Result
         ensure!(old_inline.matches("BEGIN CERTIFICATE").count() == 1);
 
         let load = load_pod(node, ns)?;
+        let started = Instant::now();
         let ok = under_load(node, ns, &load, || {
             let minute = Duration::from_secs(120);
             step(node, install, &pki, "add")?;
+            eprintln!("anchor rotation: step add at {:?}", started.elapsed());
             let both = node.wait_for("every controller sending both anchors", minute, || {
                 let now = controllers(node)?;
                 Ok(now
@@ -133,6 +135,7 @@ pub(super) fn anchor_rotation(node: &KubeNode, install: &Path) -> anyhow::Result
             })?;
             let old_issuer = trust_of(node, ns)?[0].2.clone();
             step(node, install, &pki, "issuer")?;
+            eprintln!("anchor rotation: step issuer at {:?}", started.elapsed());
             node.wait_for("every controller on the new issuer", minute, || {
                 let now = controllers(node)?;
                 Ok(now.iter().all(|(_, i)| *i != old_issuer).then_some(()))
@@ -145,6 +148,7 @@ pub(super) fn anchor_rotation(node: &KubeNode, install: &Path) -> anyhow::Result
                     .then_some(()))
             })?;
             step(node, install, &pki, "retire")?;
+            eprintln!("anchor rotation: step retire at {:?}", started.elapsed());
             let new_anchor: Vec<String> =
                 both.into_iter().filter(|a| *a != old_anchor[0]).collect();
             node.wait_for(
@@ -180,6 +184,7 @@ pub(super) fn anchor_rotation(node: &KubeNode, install: &Path) -> anyhow::Result
                 }
                 Ok(Some(()))
             })?;
+            eprintln!("anchor rotation: web-v1 rolls at {:?}", started.elapsed());
             node.kubectl(&["-n", ns, "rollout", "restart", "deploy/web-v1"])?;
             node.kubectl(&[
                 "-n",
