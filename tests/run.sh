@@ -14,15 +14,6 @@ echo "== Gateway API CRDs match the pinned module"
 ./tests/kube/gateway-api/crds.sh --check
 echo "== cargo clippy (the fuzz targets too)"
 cargo clippy --locked --workspace --all-targets -- -D warnings
-fuzz_log=$(mktemp)
-trap 'rm -f "${log:-}" "$fuzz_log"; kill "${fuzz_pid:-}" 2>/dev/null || true' EXIT
-echo "== fuzzing (tests/fuzz.sh, every target ${WEFT_FUZZ_SECONDS:-20} s, from here on beside the builds and the tests, at the lowest priority)"
-# The builds leave a core idle while they link, and the end-to-end tests
-# leave most of the CPU idle while they wait on the network; the fuzzers
-# (their own target folder, so no lock is shared) take what is left, and
-# give it back when asked.
-nice -n 19 ./tests/fuzz.sh "${WEFT_FUZZ_SECONDS:-20}" >"$fuzz_log" 2>&1 &
-fuzz_pid=$!
 echo "== build (profile ci, shared by all tests)"
 cargo build --locked --profile ci --bins
 # Built from the Go module proxy once per version, cached outside the clone
@@ -43,6 +34,13 @@ echo "== benchmark smoke run (figures are not checked; see README)"
 ./target/ci/weft-mesh bench --duration 1 >/dev/null
 echo "benchmark ran"
 log=$(mktemp)
+fuzz_log=$(mktemp)
+trap 'rm -f "$log" "$fuzz_log"' EXIT
+echo "== fuzzing (tests/fuzz.sh, every target ${WEFT_FUZZ_SECONDS:-20} s, beside the tests at the lowest priority)"
+# The end-to-end tests leave most of the CPU idle while they wait on the
+# network; the fuzzers take what is left, and give it back when asked.
+nice -n 19 ./tests/fuzz.sh "${WEFT_FUZZ_SECONDS:-20}" >"$fuzz_log" 2>&1 &
+fuzz_pid=$!
 echo "== tests"
 # End-to-end tests mostly wait on the network, so run more of them at once
 # than there are cores; each builds its own namespaces. (No doctests: the
