@@ -132,13 +132,12 @@ pub async fn maintain(config: IdentityConfig, store: Arc<CertStore>, metrics: Ar
                 // The anchors first: the new certificate chains to them,
                 // and peers' renewed certificates soon will.
                 if let Some(anchors) = anchors {
+                    if let Some(path) = &config.anchors_cache {
+                        keep_anchors(path, &anchors.to_pem());
+                    }
                     let fingerprints = anchors.fingerprints();
-                    let pem = anchors.to_pem();
                     if config.anchors.replace(anchors) {
                         tracing::info!(anchors = ?fingerprints, "trust anchors replaced by the controller's bundle");
-                    }
-                    if let Some(path) = &config.anchors_cache {
-                        keep_anchors(path, &pem);
                     }
                 }
                 metrics

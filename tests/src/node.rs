@@ -290,7 +290,32 @@ impl KubeNode {
         rate: u32,
         seconds: u32,
     ) -> anyhow::Result<LoadReport> {
-        let out = self.kubectl(&[
+        let out = self.demo(
+            namespace,
+            pod,
+            container,
+            &[
+                "load",
+                target,
+                "--rate",
+                &rate.to_string(),
+                "--duration",
+                &format!("{seconds}s"),
+            ],
+        )?;
+        LoadReport::parse(&out)
+    }
+
+    /// `weft-demo ARGS...` run in `container` of `pod` (the demo image
+    /// has the binary), returning what it printed.
+    pub fn demo(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        args: &[&str],
+    ) -> anyhow::Result<String> {
+        let mut all = vec![
             "-n",
             namespace,
             "exec",
@@ -299,14 +324,9 @@ impl KubeNode {
             container,
             "--",
             "/usr/local/bin/weft-demo",
-            "load",
-            target,
-            "--rate",
-            &rate.to_string(),
-            "--duration",
-            &format!("{seconds}s"),
-        ])?;
-        LoadReport::parse(&out)
+        ];
+        all.extend_from_slice(args);
+        self.kubectl(&all)
     }
 
     /// A pod's proxy metrics, fetched from the node (pod IPs are routed

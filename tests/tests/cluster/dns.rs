@@ -41,54 +41,14 @@ spec:
           ports: [{{name: http, containerPort: 8080}}]
           readinessProbe: {{httpGet: {{path: /, port: http}}, periodSeconds: 2}}
           resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
----
-# SMTP's port: opaque by default, so the client proxy does not wait for the
-# client to speak.
-apiVersion: v1
-kind: Service
-metadata: {{name: banner, namespace: {ns}}}
-spec:
-  selector: {{app: banner}}
-  ports: [{{name: smtp, port: 25, targetPort: 2525, protocol: TCP}}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: banner, namespace: {ns}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: banner}}}}
-  template:
-    metadata:
-      labels: {{app: banner}}
-      annotations: {{config.weft.io/proxy-cpu-request: 10m, config.weft.io/proxy-memory-request: 16Mi}}
-    spec:
-      serviceAccountName: web
-      containers:
-        - name: banner
-          image: docker.io/weft/weft-demo:0.1.0
-          imagePullPolicy: IfNotPresent
-          args: ["banner", "0.0.0.0:2525", "banner"]
-          resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
 "#
     ))?;
+    node.apply(&banner_app(ns, Some("web")))?;
     let timeout = Duration::from_secs(120);
     let dbs = node.wait_ready(ns, "app=db", 2, timeout)?;
     node.wait_ready(ns, "app=banner", 1, timeout)?;
     let load = load_pod(node, ns)?;
-    let exec = |args: &[&str]| -> anyhow::Result<String> {
-        let mut all = vec![
-            "-n",
-            ns,
-            "exec",
-            &load,
-            "-c",
-            "load",
-            "--",
-            "/usr/local/bin/weft-demo",
-        ];
-        all.extend_from_slice(args);
-        node.kubectl(&all)
-    };
+    let exec = |args: &[&str]| node.demo(ns, &load, "load", args);
     // Names resolve as soon as the pods are ready; the first call may
     // still race the DNS cache's negative answer.
     let get = |target: &str| -> anyhow::Result<String> {

@@ -44,6 +44,43 @@ fn demo_app(node: &KubeNode, ns: &str, meshed: bool) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// A meshed server-speaks-first TCP service, `banner` on port 25 (SMTP's:
+/// opaque by default, so the client proxy does not wait for the client to
+/// speak), run as `service_account` if given.
+fn banner_app(ns: &str, service_account: Option<&str>) -> String {
+    let account = service_account
+        .map(|sa| format!("\n      serviceAccountName: {sa}"))
+        .unwrap_or_default();
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: banner, namespace: {ns}}}
+spec:
+  selector: {{app: banner}}
+  ports: [{{name: smtp, port: 25, targetPort: 2525, protocol: TCP}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: banner, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: banner}}}}
+  template:
+    metadata:
+      labels: {{app: banner}}
+      annotations: {{config.weft.io/proxy-cpu-request: 10m, config.weft.io/proxy-memory-request: 16Mi}}
+    spec:{account}
+      containers:
+        - name: banner
+          image: docker.io/weft/weft-demo:0.1.0
+          imagePullPolicy: IfNotPresent
+          args: ["banner", "0.0.0.0:2525", "banner"]
+          resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
+"#
+    )
+}
+
 fn has_container(pod: &Value, field: &str, name: &str) -> bool {
     pod["spec"][field]
         .as_array()

@@ -81,34 +81,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 pub(super) fn plaintext_never_on_the_wire(node: &KubeNode) -> anyhow::Result<()> {
     let ns = "e2e-wire";
     node.apply(&demo_app(node, ns, true)?)?;
-    node.apply(&format!(
-        r#"
-apiVersion: v1
-kind: Service
-metadata: {{name: banner, namespace: {ns}}}
-spec:
-  selector: {{app: banner}}
-  ports: [{{name: smtp, port: 25, targetPort: 2525, protocol: TCP}}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: banner, namespace: {ns}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: banner}}}}
-  template:
-    metadata:
-      labels: {{app: banner}}
-      annotations: {{config.weft.io/proxy-cpu-request: 10m, config.weft.io/proxy-memory-request: 16Mi}}
-    spec:
-      containers:
-        - name: banner
-          image: docker.io/weft/weft-demo:0.1.0
-          imagePullPolicy: IfNotPresent
-          args: ["banner", "0.0.0.0:2525", "banner"]
-          resources: {{requests: {{cpu: 10m, memory: 16Mi}}}}
-"#
-    ))?;
+    node.apply(&banner_app(ns, None))?;
     wait_demo(node, ns)?;
     node.wait_ready(ns, "app=banner", 1, Duration::from_secs(120))?;
     let pods: Vec<Value> = node
@@ -135,20 +108,7 @@ spec:
         Capture::start(dir.path(), None, "weftul2")?,
         Capture::start(dir.path(), Some("weftnode2"), "weftbr1")?,
     ];
-    let exec = |args: &[&str]| -> anyhow::Result<String> {
-        let mut all = vec![
-            "-n",
-            ns,
-            "exec",
-            &load,
-            "-c",
-            "load",
-            "--",
-            "/usr/local/bin/weft-demo",
-        ];
-        all.extend_from_slice(args);
-        node.kubectl(&all)
-    };
+    let exec = |args: &[&str]| node.demo(ns, &load, "load", args);
     let path = format!("/{meshed_marker}");
     let traffic = (|| -> anyhow::Result<()> {
         for (target, grpc) in [("web:80", false), ("grpc:9090", true)] {
